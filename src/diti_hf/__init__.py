@@ -1,0 +1,31 @@
+"""diti_hf: DiTi (ICLR 2024) time-step-modular representations from a frozen diffusion model, Hugging Face native."""
+
+from .models import (
+    DenoiseOutput,
+    DiTiDecoderModel,
+    DiTiDecoderOutput,
+    DiTiEncoderModel,
+    DiTiEncoderOutput,
+    UNetFeatures,
+    denoise,
+    unet_down,
+    unet_up,
+)
+from .partition import TimestepPartition
+from .schedule import DiffusionCoefficients
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DenoiseOutput",
+    "DiTiDecoderModel",
+    "DiTiDecoderOutput",
+    "DiTiEncoderModel",
+    "DiTiEncoderOutput",
+    "DiffusionCoefficients",
+    "TimestepPartition",
+    "UNetFeatures",
+    "denoise",
+    "unet_down",
+    "unet_up",
+]

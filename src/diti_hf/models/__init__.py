@@ -1,0 +1,16 @@
+from .decoder import DiTiDecoderModel, DiTiDecoderOutput
+from .denoiser import DenoiseOutput, denoise
+from .encoder import DiTiEncoderModel, DiTiEncoderOutput
+from .unet_split import UNetFeatures, unet_down, unet_up
+
+__all__ = [
+    "DenoiseOutput",
+    "DiTiDecoderModel",
+    "DiTiDecoderOutput",
+    "DiTiEncoderModel",
+    "DiTiEncoderOutput",
+    "UNetFeatures",
+    "denoise",
+    "unet_down",
+    "unet_up",
+]

@@ -1,0 +1,60 @@
+"""One forward of DiTi's denoiser: ε_θ of the frozen UNet and the decoder shift G, sharing the down path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import UNet2DModel
+from diffusers.utils import BaseOutput
+
+from .decoder import DiTiDecoderModel
+from .unet_split import UNetFeatures, unet_down, unet_up
+
+
+@dataclass
+class DenoiseOutput(BaseOutput):
+    """
+    Args:
+        eps (`torch.Tensor`): Frozen ε_θ(x_t, t), computed without autograd.
+        shift (`torch.Tensor` or `None`): Decoder shift G(x_t, t, z); `None` when no `z` was given.
+        features ([`UNetFeatures`]): The frozen down path's features, to run the decoder on other conditions
+            without recomputing them.
+    """
+
+    eps: torch.Tensor
+    shift: torch.Tensor | None = None
+    features: UNetFeatures | None = None
+
+
+def denoise(
+    unet: UNet2DModel,
+    decoder: DiTiDecoderModel | None,
+    sample: torch.Tensor,
+    timestep: torch.Tensor | int,
+    z: torch.Tensor | None = None,
+) -> DenoiseOutput:
+    r"""
+    Runs the frozen UNet's down path once and returns both ε_θ(x_t, t) and the shift G(x_t, t, z) (method.md §3).
+
+    The frozen half (down path, mid and up path of ε_θ) runs under `torch.no_grad()`, so it stores no activations;
+    gradients flow only through `decoder` and `z`.
+
+    Args:
+        unet (`UNet2DModel`): The frozen DDPM.
+        decoder ([`DiTiDecoderModel`], *optional*): The shift branch; `None` (or `z=None`) gives ε_θ alone.
+        sample (`torch.Tensor`): `x_t`, `(B, C, H, W)`.
+        timestep (`torch.Tensor` or `int`): Integer time-steps, scalar or `(B,)`.
+        z (`torch.Tensor`, *optional*): The (masked) condition `(B, latent_dim)`.
+
+    Returns:
+        [`DenoiseOutput`] with `eps` and `shift`.
+    """
+    if decoder is not None and z is not None:
+        decoder.check_unet(unet)
+    with torch.no_grad():
+        features = unet_down(unet, sample, timestep)
+        eps = unet_up(unet, features)
+    if decoder is None or z is None:
+        return DenoiseOutput(eps=eps, features=features)
+    return DenoiseOutput(eps=eps, shift=decoder(features, z).sample, features=features)

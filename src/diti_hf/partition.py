@@ -1,0 +1,231 @@
+"""The time-step partition of DiTi (method.md §5): which chunk of `z` is tied to which diffusion time-steps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+MASK_KINDS = ("cumulative", "own", "receding")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class TimestepPartition:
+    r"""
+    Splits a latent of `latent_dim` dims into `num_chunks` ordered chunks, chunk `i` tied to the time-steps
+    `t` with `floor(t * num_chunks / num_train_timesteps) == i`.
+
+    At time `t` the decoder sees the *cumulative* mask of chunk `idx(t)`: every dim of chunks `0..idx(t)`. Early
+    chunks (small t) therefore carry fine attributes, late chunks coarse ones.
+
+    Args:
+        latent_dim (`int`): Width `d` of the representation `z`.
+        num_chunks (`int`): Number of chunks `k` (k = 1 is PDAE: one chunk covering every dim and time-step).
+        num_train_timesteps (`int`, defaults to 1000): Number of diffusion time-steps `T`.
+        stages (`Sequence[int]`, *optional*): Strictly increasing stage end-times, the last equal to `T`. With
+            `dims_per_stage`, gives the staged partition; without both, dims are split uniformly.
+        dims_per_stage (`Sequence[int]`, *optional*): Dims owned by each stage; they sum to `latent_dim`.
+
+    Examples:
+    ```py
+    >>> from diti_hf import TimestepPartition
+    >>> p = TimestepPartition(latent_dim=512, num_chunks=64)
+    >>> p.chunk_of(417), p.chunk_dims(26), p.chunk_timesteps(26)
+    (26, (208, 216), (407, 422))
+    ```
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        num_chunks: int,
+        num_train_timesteps: int = 1000,
+        stages: Sequence[int] | None = None,
+        dims_per_stage: Sequence[int] | None = None,
+    ):
+        self.latent_dim = int(latent_dim)
+        self.num_chunks = int(num_chunks)
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.stages = None if stages is None else [int(s) for s in stages]
+        self.dims_per_stage = None if dims_per_stage is None else [int(s) for s in dims_per_stage]
+        self._validate()
+        self.chunk_end_dims = self._compute_chunk_end_dims()
+        self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ construction
+    def _validate(self) -> None:
+        d, k, T = self.latent_dim, self.num_chunks, self.num_train_timesteps
+        if T < 1:
+            raise ValueError(f"`num_train_timesteps` must be >= 1, got {T}.")
+        if d < 1:
+            raise ValueError(f"`latent_dim` must be >= 1, got {d}.")
+        if not 1 <= k <= d:
+            raise ValueError(f"`num_chunks` must be in [1, latent_dim={d}], got {k}.")
+        if k > T:
+            raise ValueError(f"`num_chunks` must be <= num_train_timesteps={T}, got {k}.")
+        if (self.stages is None) != (self.dims_per_stage is None):
+            raise ValueError(
+                f"`stages` and `dims_per_stage` must be given together, got stages={self.stages} and "
+                f"dims_per_stage={self.dims_per_stage}."
+            )
+        if self.stages is None:
+            return
+        stages, dims = self.stages, self.dims_per_stage
+        if len(stages) == 0 or len(stages) != len(dims):
+            raise ValueError(
+                f"`stages` ({stages}) and `dims_per_stage` ({dims}) must be non-empty and of the same length."
+            )
+        if any(b <= a for a, b in zip([0, *stages], stages)):
+            raise ValueError(f"`stages` must be strictly increasing positive end-times, got {stages}.")
+        if stages[-1] != T:
+            raise ValueError(f"`stages` must end at num_train_timesteps={T}, got {stages}.")
+        if any(n < 1 for n in dims):
+            raise ValueError(f"`dims_per_stage` entries must be >= 1, got {dims}.")
+        if sum(dims) != d:
+            raise ValueError(f"`dims_per_stage` must sum to latent_dim={d}, got {dims} (sum {sum(dims)}).")
+        counts = self._chunks_per_stage()
+        for s, (n_chunks, n_dims) in enumerate(zip(counts, dims)):
+            if n_chunks == 0:
+                raise ValueError(
+                    f"`stages`: stage {s} (t < {stages[s]}) contains the start of no chunk with "
+                    f"num_chunks={k}; every stage must own at least one chunk."
+                )
+            if n_dims < n_chunks:
+                raise ValueError(
+                    f"`dims_per_stage`: stage {s} has {n_dims} dims for {n_chunks} chunks; each chunk needs >= 1 dim."
+                )
+
+    def _chunk_start(self, i: int) -> int:
+        return _ceil_div(i * self.num_train_timesteps, self.num_chunks)
+
+    def _stage_of_time(self, t: int) -> int:
+        return next(s for s, end in enumerate(self.stages) if t < end)
+
+    def _chunks_per_stage(self) -> list[int]:
+        counts = [0] * len(self.stages)
+        for i in range(self.num_chunks):
+            counts[self._stage_of_time(self._chunk_start(i))] += 1
+        return counts
+
+    def _compute_chunk_end_dims(self) -> list[int]:
+        d, k = self.latent_dim, self.num_chunks
+        if self.stages is None:
+            return [d * (i + 1) // k for i in range(k)]
+        ends, stage_start = [], 0
+        for n_chunks, n_dims in zip(self._chunks_per_stage(), self.dims_per_stage):
+            width = n_dims // n_chunks
+            ends += [stage_start + width * (j + 1) for j in range(n_chunks - 1)]
+            stage_start += n_dims
+            ends.append(stage_start)  # the stage's last chunk absorbs the remainder
+        return ends
+
+    # ------------------------------------------------------------------ config
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "latent_dim": self.latent_dim,
+            "num_chunks": self.num_chunks,
+            "num_train_timesteps": self.num_train_timesteps,
+            "stages": self.stages,
+            "dims_per_stage": self.dims_per_stage,
+        }
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> TimestepPartition:
+        return cls(**{key: config.get(key) for key in ("latent_dim", "num_chunks", "stages", "dims_per_stage")},
+                   num_train_timesteps=config.get("num_train_timesteps", 1000))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TimestepPartition) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(str(self.to_dict()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if v is not None)
+        return f"TimestepPartition({args})"
+
+    # ------------------------------------------------------------------ time-steps <-> chunks <-> dims
+    def chunk_of(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """Chunk index `floor(t * k / T)` of time-step(s) `timestep` (int or integer tensor)."""
+        if isinstance(timestep, torch.Tensor):
+            if timestep.is_floating_point():
+                raise TypeError(f"`timestep` must be an integer tensor, got dtype {timestep.dtype}.")
+            if timestep.numel() and (timestep.min() < 0 or timestep.max() >= self.num_train_timesteps):
+                raise ValueError(f"`timestep` values must lie in [0, {self.num_train_timesteps}).")
+            return torch.div(timestep * self.num_chunks, self.num_train_timesteps, rounding_mode="floor")
+        self._check_timestep(int(timestep), "timestep")
+        return int(timestep) * self.num_chunks // self.num_train_timesteps
+
+    def _check_timestep(self, t: int, name: str, allow_end: bool = False) -> None:
+        hi = self.num_train_timesteps + (1 if allow_end else 0)
+        if not 0 <= t < hi:
+            raise ValueError(f"`{name}` must lie in [0, {hi}), got {t}.")
+
+    def _check_chunk(self, i: int) -> None:
+        if not 0 <= i < self.num_chunks:
+            raise ValueError(f"chunk index must lie in [0, {self.num_chunks}), got {i}.")
+
+    def chunk_dims(self, i: int) -> tuple[int, int]:
+        """Half-open dim range `[start, end)` owned by chunk `i`."""
+        self._check_chunk(i)
+        return (self.chunk_end_dims[i - 1] if i > 0 else 0, self.chunk_end_dims[i])
+
+    def chunk_timesteps(self, i: int) -> tuple[int, int]:
+        """Half-open time-step range `[t_lo, t_hi)` of chunk `i`."""
+        self._check_chunk(i)
+        return self._chunk_start(i), self._chunk_start(i + 1)
+
+    def chunks_for_timesteps(self, t_lo: int, t_hi: int) -> tuple[int, int]:
+        """Half-open chunk range `[i, j)` of the chunks whose time-steps meet `[t_lo, t_hi)`."""
+        self._check_timestep(t_lo, "timesteps[0]")
+        self._check_timestep(t_hi, "timesteps[1]", allow_end=True)
+        if t_hi < t_lo:
+            raise ValueError(f"`timesteps` must satisfy lo <= hi, got ({t_lo}, {t_hi}).")
+        if t_hi == t_lo:
+            return (0, 0)
+        return self.chunk_of(t_lo), self.chunk_of(t_hi - 1) + 1
+
+    def dims_for_chunks(self, i: int, j: int) -> tuple[int, int]:
+        """Half-open dim range `[start, end)` covered by chunks `[i, j)`."""
+        if not 0 <= i <= j <= self.num_chunks:
+            raise ValueError(f"`chunks` must satisfy 0 <= i <= j <= {self.num_chunks}, got ({i}, {j}).")
+        if i == j:
+            return (0, 0)
+        return self.chunk_dims(i)[0], self.chunk_dims(j - 1)[1]
+
+    def dims_for_timesteps(self, t_lo: int, t_hi: int) -> tuple[int, int]:
+        """Half-open dim range `[start, end)` of the chunks whose time-steps meet `[t_lo, t_hi)`."""
+        return self.dims_for_chunks(*self.chunks_for_timesteps(t_lo, t_hi))
+
+    def dim_mask(self, start: int, end: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Boolean mask of shape `(latent_dim,)` selecting dims `[start, end)`."""
+        mask = torch.zeros(self.latent_dim, dtype=torch.bool, device=device)
+        mask[start:end] = True
+        return mask
+
+    # ------------------------------------------------------------------ mask tables
+    def mask_table(self, kind: str = "cumulative", device: torch.device | str | None = None) -> torch.Tensor:
+        """
+        `(num_chunks, latent_dim)` float mask table, cached per device. Row `i` is, for `kind`:
+        `"cumulative"` dims `[0, end(i))`; `"own"` dims `[end(i-1), end(i))`; `"receding"` dims `[0, end(i-1))`.
+        """
+        if kind not in MASK_KINDS:
+            raise ValueError(f"`kind` must be one of {MASK_KINDS}, got {kind!r}.")
+        device = torch.device(device if device is not None else "cpu")
+        key = (kind, device)
+        if key not in self._tables:
+            ends = torch.tensor(self.chunk_end_dims)
+            starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+            dims = torch.arange(self.latent_dim)[None, :]
+            lo = {"cumulative": torch.zeros_like(ends), "own": starts, "receding": torch.zeros_like(ends)}[kind]
+            hi = {"cumulative": ends, "own": ends, "receding": starts}[kind]
+            self._tables[key] = ((dims >= lo[:, None]) & (dims < hi[:, None])).float().to(device)
+        return self._tables[key]
+
+    def masks_for_timesteps(self, timesteps: torch.Tensor, kind: str = "cumulative") -> torch.Tensor:
+        """`(B, latent_dim)` float masks of the chunks owning each of the `(B,)` integer `timesteps`."""
+        return self.mask_table(kind, timesteps.device)[self.chunk_of(timesteps)]

@@ -1,0 +1,54 @@
+"""Coefficient tables of DiTi's loss and sampler, computed from the frozen DDPM's noise schedule (method.md §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler
+
+
+@dataclass(frozen=True)
+class DiffusionCoefficients:
+    r"""
+    Per-time-step tables, each of shape `(T,)`, float32.
+
+    Attributes:
+        alphas_cumprod: `ᾱ_t`.
+        shift_coef: `−√α_t (1 − ᾱ_{t−1}) / √(1 − ᾱ_t)` (0 at t = 0), the factor of the decoder shift `G` in the
+            training loss.
+        loss_weight: `SNR_t^0.1 / (1 + SNR_t)` with `SNR_t = ᾱ_t / (1 − ᾱ_t)`.
+        sampling_coef: `−√(1 − ᾱ_t)`, the factor of `G` when sampling.
+    """
+
+    alphas_cumprod: torch.Tensor
+    shift_coef: torch.Tensor
+    loss_weight: torch.Tensor
+    sampling_coef: torch.Tensor
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.alphas_cumprod.shape[0]
+
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor) -> DiffusionCoefficients:
+        """Builds the tables from a `(T,)` tensor of betas (computed in float64, stored in float32)."""
+        betas = betas.to(torch.float64)
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+        shift_coef = -alphas.sqrt() * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod).sqrt()
+        snr = alphas_cumprod / (1.0 - alphas_cumprod)
+        loss_weight = snr.pow(0.1) / (1.0 + snr)
+        sampling_coef = -(1.0 - alphas_cumprod).sqrt()
+        tables = (alphas_cumprod, shift_coef, loss_weight, sampling_coef)
+        return cls(*(x.to(torch.float32) for x in tables))
+
+    @classmethod
+    def from_scheduler_config(cls, config: dict[str, Any]) -> DiffusionCoefficients:
+        """Builds the tables from any diffusers scheduler config (its betas, through `DDPMScheduler`)."""
+        return cls.from_betas(DDPMScheduler.from_config(dict(config)).betas)
+
+    def to(self, device: torch.device | str) -> DiffusionCoefficients:
+        return DiffusionCoefficients(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))

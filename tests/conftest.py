@@ -1,0 +1,74 @@
+"""Shared tiny, seeded components and the official fixture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+from safetensors.torch import load_file
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+FIXTURE_DIR = Path(__file__).parent / "fixtures" / "official-diti"
+
+
+def tiny_ddpm_unet(seed: int = 0, sample_size: int = 16) -> UNet2DModel:
+    """DDPM-style (google/ddpm-*): DownBlock2D/AttnDownBlock2D, conv resampling, default time-embedding add."""
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=sample_size,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=16,
+        norm_num_groups=16,
+    ).eval()
+
+
+def tiny_adm_unet(seed: int = 0, sample_size: int = 16) -> UNet2DModel:
+    """ADM-style (official PDAE/DiTi): resnet resampling, scale-shift norm, attention GroupNorm in the middle."""
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=sample_size,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"),
+        up_block_types=("ResnetUpsampleBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        downsample_type="resnet",
+        upsample_type="resnet",
+        resnet_time_scale_shift="scale_shift",
+        attn_norm_num_groups=32,
+        attention_head_dim=32,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+    ).eval()
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Overwrites every parameter with random values so that zero-initialised outputs are not trivially zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
+
+
+@pytest.fixture(params=["ddpm", "adm"])
+def tiny_unet(request) -> UNet2DModel:
+    return {"ddpm": tiny_ddpm_unet, "adm": tiny_adm_unet}[request.param]()
+
+
+@pytest.fixture(scope="session")
+def reference_outputs() -> dict[str, torch.Tensor]:
+    return load_file(FIXTURE_DIR / "reference_outputs.safetensors")
+
+
+@pytest.fixture(scope="session")
+def reference_partitions() -> tuple[dict, dict[str, torch.Tensor]]:
+    return json.loads((FIXTURE_DIR / "reference_partitions.json").read_text()), load_file(
+        FIXTURE_DIR / "reference_partitions.safetensors"
+    )

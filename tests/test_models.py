@@ -1,0 +1,144 @@
+import pytest
+import torch
+from conftest import randomize_, tiny_adm_unet, tiny_ddpm_unet
+from diffusers import UNet2DModel
+
+from diti_hf import DiTiDecoderModel, DiTiEncoderModel, denoise, unet_down, unet_up
+
+
+def _inputs(unet, batch=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    size = unet.config.sample_size
+    return torch.randn(batch, 3, size, size, generator=g), torch.tensor([0, 417, 999][:batch])
+
+
+def test_split_equals_unet_forward(tiny_unet):
+    x, t = _inputs(tiny_unet)
+    with torch.no_grad():
+        ref = tiny_unet(x, t).sample
+        split = unet_up(tiny_unet, unet_down(tiny_unet, x, t))
+        eps = denoise(tiny_unet, None, x, t).eps
+    assert (split - ref).abs().max() <= 1e-5
+    assert (eps - ref).abs().max() <= 1e-5
+    assert torch.equal(denoise(tiny_unet, None, x, 417).eps, unet_up(tiny_unet, unet_down(tiny_unet, x, 417)))
+
+
+def test_unsupported_unet_is_refused():
+    unet = UNet2DModel(
+        sample_size=16,
+        block_out_channels=(32, 64),
+        down_block_types=("SkipDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "SkipUpBlock2D"),
+        norm_num_groups=16,
+        layers_per_block=1,
+    )
+    with pytest.raises(ValueError, match="SkipDownBlock2D"):
+        DiTiDecoderModel.from_unet(unet, latent_dim=8)
+
+
+def test_decoder_is_zero_at_init_and_uses_z(tiny_unet):
+    decoder = DiTiDecoderModel.from_unet(tiny_unet, latent_dim=32)
+    x, t = _inputs(tiny_unet)
+    z = torch.randn(3, 32)
+    out = denoise(tiny_unet, decoder, x, t, z)
+    assert out.shift.shape == x.shape
+    assert out.shift.abs().max() == 0
+    randomize_(decoder, seed=3)
+    g1 = denoise(tiny_unet, decoder, x, t, z).shift
+    g2 = denoise(tiny_unet, decoder, x, t, 5 * z + 3).shift
+    assert g1.abs().mean() > 0 and (g1 - g2).abs().mean() > 1e-3
+    # each resnet of the trainable path is z-conditioned, the frozen UNet is untouched
+    n_resnets = sum(1 for m in decoder.modules() if type(m).__name__ == "ZConditionedResnetBlock2D")
+    n_unet_up = sum(1 for n, m in tiny_unet.named_modules() if type(m).__name__ == "ResnetBlock2D" and "down" not in n)
+    assert n_resnets == n_unet_up > 0
+
+
+def test_decoder_topology_check():
+    decoder = DiTiDecoderModel.from_unet(tiny_ddpm_unet(), latent_dim=16)
+    other = tiny_adm_unet()
+    x, t = _inputs(other)
+    with pytest.raises(ValueError, match="block_out_channels"):
+        denoise(other, decoder, x, t, torch.zeros(3, 16))
+    with pytest.raises(ValueError, match="z"):
+        denoise(tiny_ddpm_unet(), decoder, *_inputs(tiny_ddpm_unet()), torch.zeros(3, 15))
+
+
+def test_decoder_gradient_checkpointing_same_grads():
+    unet = tiny_adm_unet()
+    decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=16), seed=5)
+    x, t = _inputs(unet)
+    z = torch.randn(3, 16)
+
+    def grads():
+        decoder.zero_grad()
+        denoise(unet, decoder, x, t, z).shift.square().mean().backward()
+        return [p.grad.clone() for p in decoder.parameters()]
+
+    plain = grads()
+    decoder.enable_gradient_checkpointing()
+    checkpointed = grads()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+
+
+@pytest.mark.parametrize("make_unet", [tiny_ddpm_unet, tiny_adm_unet])
+def test_decoder_save_load_round_trip(tmp_path, make_unet):
+    unet = make_unet()
+    decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=24), seed=7).eval()
+    decoder.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    loaded = DiTiDecoderModel.from_pretrained(tmp_path).eval()
+    x, t = _inputs(unet)
+    z = torch.randn(3, 24)
+    with torch.no_grad():
+        assert torch.equal(denoise(unet, decoder, x, t, z).shift, denoise(unet, loaded, x, t, z).shift)
+
+
+def test_encoder_presets_and_round_trip(tmp_path):
+    enc = DiTiEncoderModel.from_preset("celeba64", latent_dim=512, num_chunks=64)
+    assert sum(p.numel() for p in enc.parameters()) == 1_487_104
+    big = DiTiEncoderModel.from_preset("ffhq128", latent_dim=512)
+    assert big.proj_out.in_features == 4096
+    small = randomize_(
+        DiTiEncoderModel.from_preset(
+            "small32", latent_dim=40, num_chunks=4, stages=[100, 1000], dims_per_stage=[10, 30]
+        ),
+        seed=2,
+    ).eval()
+    x = torch.randn(2, 3, 32, 32)
+    out = small(x)
+    assert out.z.shape == (2, 40)
+    assert out.partition.chunk_end_dims == small.partition.chunk_end_dims
+    assert torch.equal(out.for_timesteps(250, 1000), out.z[:, 10:])  # chunks 1..3
+    assert torch.equal(out.for_timesteps(100, 1000), out.z)  # chunk 0 spans t in [0, 250)
+    assert torch.equal(out.chunk(0), out.z[:, :10])
+    assert torch.equal(out.masked(50), torch.cat([out.z[:, :10], torch.zeros(2, 30)], 1))
+    small.save_pretrained(tmp_path)
+    loaded = DiTiEncoderModel.from_pretrained(tmp_path).eval()
+    assert loaded.partition == small.partition
+    assert torch.equal(loaded(x).z, out.z)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sample_size": 30}, "sample_size"),
+        ({"attention_stages": (5,)}, "attention_stages"),
+        ({"latent_dim": 8, "num_chunks": 16}, "num_chunks"),
+        ({"block_out_channels": (32, 48, 64)}, "block_out_channels"),
+    ],
+)
+def test_encoder_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiTiEncoderModel.from_preset("small32", **kwargs)
+
+
+def test_encoder_bad_input():
+    enc = DiTiEncoderModel.from_preset("small32", latent_dim=16, num_chunks=4)
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        enc(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(TypeError, match="floating"):
+        enc(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        enc(torch.zeros(0, 3, 32, 32))
+    with pytest.raises(ValueError, match="preset"):
+        DiTiEncoderModel.from_preset("nope")
