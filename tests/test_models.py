@@ -1,8 +1,8 @@
 import pytest
 import torch
-from conftest import randomize_, tiny_adm_unet, tiny_ddpm_unet
 from diffusers import UNet2DModel
 
+from conftest import randomize_, tiny_adm_unet, tiny_ddpm_unet
 from diti_hf import DiTiDecoderModel, DiTiEncoderModel, denoise, unet_down, unet_up
 
 

@@ -92,7 +92,9 @@ def partitions(draw):
     if any(b <= a for a, b in zip([0, *stages], stages)):
         return TimestepPartition(d, k, T)
     probe = TimestepPartition(max(d, k), k, T)  # chunk counts per stage
-    counts = [sum(1 for i in range(k) if lo <= probe.chunk_timesteps(i)[0] < hi) for lo, hi in zip([0, *stages], stages)]
+    counts = [
+        sum(1 for i in range(k) if lo <= probe.chunk_timesteps(i)[0] < hi) for lo, hi in zip([0, *stages], stages)
+    ]
     if any(c == 0 for c in counts) or sum(counts) > d:
         return TimestepPartition(d, k, T)
     extra = d - sum(counts)

@@ -12,6 +12,7 @@ from .models import (
     unet_up,
 )
 from .partition import TimestepPartition
+from .pipelines import DiTiInversionOutput, DiTiPipeline, DiTiPipelineOutput
 from .schedule import DiffusionCoefficients
 
 __version__ = "0.1.0"
@@ -23,6 +24,9 @@ __all__ = [
     "DiTiEncoderModel",
     "DiTiEncoderOutput",
     "DiffusionCoefficients",
+    "DiTiInversionOutput",
+    "DiTiPipeline",
+    "DiTiPipelineOutput",
     "TimestepPartition",
     "UNetFeatures",
     "denoise",

@@ -902,14 +902,22 @@ def convert_official(
     if diti_yaml is not None:
         _check_same_diffusion(dpm_diffusion, _section(diti_yaml, "diffusion_config", "DiTi config"))
         encoder_config = encoder_config_from_official(diti_yaml, in_channels=unet_config["in_channels"])
+        if encoder_config["sample_size"] != unet_config["sample_size"]:
+            raise ValueError(
+                f"encoder_config.model={diti_yaml['encoder_config'].get('model')!r} encodes "
+                f"{encoder_config['sample_size']}×{encoder_config['sample_size']} images but the DDPM is converted "
+                f"for {unet_config['sample_size']}×{unet_config['sample_size']}."
+            )
         checkpoint = _as_checkpoint(diti_checkpoint)
         encoder_weights = _select_weights(checkpoint, "encoder", prefer_ema, "The DiTi checkpoint")
         frozen, trainable = split_official_decoder_state_dict(
             _select_weights(checkpoint, "decoder", prefer_ema, "The DiTi checkpoint")
         )
         if ddpm_weights is None:
+            if not frozen:
+                raise ValueError("The DiTi decoder holds no frozen UNet weights; give the DDPM checkpoint as well.")
             ddpm_weights = frozen
-        else:
+        elif frozen:  # a decoder saved with only its trainable keys has nothing to compare
             _check_frozen_unet(frozen, ddpm_weights)
         encoder = DiTiEncoderModel(**encoder_config)
         encoder.load_state_dict(_convert_encoder(encoder_weights, encoder), strict=True)

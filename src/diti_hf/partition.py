@@ -135,8 +135,10 @@ class TimestepPartition:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> TimestepPartition:
-        return cls(**{key: config.get(key) for key in ("latent_dim", "num_chunks", "stages", "dims_per_stage")},
-                   num_train_timesteps=config.get("num_train_timesteps", 1000))
+        return cls(
+            **{key: config.get(key) for key in ("latent_dim", "num_chunks", "stages", "dims_per_stage")},
+            num_train_timesteps=config.get("num_train_timesteps", 1000),
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TimestepPartition) and self.to_dict() == other.to_dict()

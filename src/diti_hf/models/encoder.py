@@ -104,6 +104,8 @@ class DiTiEncoderModel(ModelMixin, ConfigMixin):
         num_chunks (`int`, defaults to 64): Number of partition chunks `k` (1 = PDAE).
         num_train_timesteps (`int`, defaults to 1000): `T` of the frozen DDPM.
         stages, dims_per_stage (`list[int]`, *optional*): A staged partition (method.md §5).
+        latent_std (`list[float]`, *optional*): Per-dim std of `z` over the training data, recorded with
+            `register_to_config(latent_std=...)` after training; used to scale classifier-direction edits.
 
     Examples:
     ```py
@@ -129,15 +131,16 @@ class DiTiEncoderModel(ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         stages: list[int] | None = None,
         dims_per_stage: list[int] | None = None,
+        latent_std: list[float] | None = None,
     ):
         super().__init__()
+        if latent_std is not None and len(latent_std) != latent_dim:
+            raise ValueError(f"`latent_std` must have latent_dim={latent_dim} entries, got {len(latent_std)}.")
         n = len(block_out_channels)
         if n < 1:
             raise ValueError(f"`block_out_channels` must be non-empty, got {block_out_channels}.")
         if sample_size % (2**n):
-            raise ValueError(
-                f"`sample_size`={sample_size} must be divisible by 2**len(block_out_channels)={2**n}."
-            )
+            raise ValueError(f"`sample_size`={sample_size} must be divisible by 2**len(block_out_channels)={2**n}.")
         bad = [s for s in attention_stages if not 0 <= s < n]
         if bad:
             raise ValueError(f"`attention_stages` must index stages in [0, {n}), got {list(attention_stages)}.")

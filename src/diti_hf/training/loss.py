@@ -99,8 +99,7 @@ def diti_loss(
     def per_t(table: torch.Tensor) -> torch.Tensor:
         return table[timesteps].to(images.dtype).view(batch, 1, 1, 1)
 
-    alpha_bar = per_t(tables.alphas_cumprod)
-    noisy = alpha_bar.sqrt() * images + (1 - alpha_bar).sqrt() * noise
+    noisy = per_t(tables.sqrt_alphas_cumprod) * images + per_t(tables.sqrt_one_minus_alphas_cumprod) * noise
     weight, shift_coef = per_t(tables.loss_weight), per_t(tables.shift_coef)
 
     stop_grads = {"base": (False,), "stop_grad": (True,), "dual": (False, True)}[mode]

@@ -1,0 +1,58 @@
+"""Data for DiTi: 🤗 datasets loading (Hub name, imagefolder, streaming), preprocessing, the procedural shapes."""
+
+from .loading import (
+    BadImageError,
+    DataPosition,
+    EpochBatchSampler,
+    ImageDataset,
+    StreamingImageDataset,
+    TrainingImages,
+    add_data_arguments,
+    check_data_arguments,
+    dataset_from_args,
+    decode_image,
+    load_image_dataset,
+    resolve_image_column,
+    training_images_from_args,
+    transform_from_args,
+    validation_batch,
+)
+from .shapes import SHAPES_DATASET_NAME, generate_shapes
+from .transforms import (
+    INTERPOLATIONS,
+    SUPPORTED_IMAGE_MODES,
+    TRANSFORM_PRESETS,
+    CropBox,
+    ImageTransform,
+    check_image_mode,
+    convert_channels,
+    tensor_to_pil,
+)
+
+__all__ = [
+    "INTERPOLATIONS",
+    "SHAPES_DATASET_NAME",
+    "SUPPORTED_IMAGE_MODES",
+    "TRANSFORM_PRESETS",
+    "BadImageError",
+    "CropBox",
+    "DataPosition",
+    "EpochBatchSampler",
+    "ImageDataset",
+    "ImageTransform",
+    "StreamingImageDataset",
+    "TrainingImages",
+    "add_data_arguments",
+    "check_data_arguments",
+    "check_image_mode",
+    "convert_channels",
+    "dataset_from_args",
+    "decode_image",
+    "generate_shapes",
+    "load_image_dataset",
+    "resolve_image_column",
+    "tensor_to_pil",
+    "training_images_from_args",
+    "transform_from_args",
+    "validation_batch",
+]

@@ -1,0 +1,645 @@
+"""`DiTiPipeline`: representations and attribute edits from a frozen DDPM + a DiTi encoder/decoder (method.md §7–8)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.decoder import DiTiDecoderModel
+from ..models.denoiser import denoise
+from ..models.encoder import DiTiEncoderModel, DiTiEncoderOutput
+from ..partition import TimestepPartition
+from ..schedule import DiffusionCoefficients
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+ImageInput = torch.Tensor | np.ndarray | PIL.Image.Image | Sequence[PIL.Image.Image] | Sequence[np.ndarray]
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+    ```py
+    >>> from diti_hf import DiTiPipeline
+    >>> pipe = DiTiPipeline.from_pretrained("path/or/hub-id")
+    >>> z = pipe.encode(images).z                                    # (B, d) time-step-modular features
+    >>> recon = pipe.reconstruct(images).images                     # invert → generate
+    >>> out = pipe.swap(source=img_a, target=img_b, timesteps=(500, 1000))  # take B's coarse attributes
+    >>> row = pipe.interpolate(img_a, img_b, alphas=[0, 0.5, 1], timesteps=(250, 500))
+    ```
+"""
+
+
+@dataclass
+class DiTiPipelineOutput(BaseOutput):
+    """
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): Generated images; numpy `(N, H, W, C)` and
+            torch `(N, C, H, W)` are in [0, 1].
+        latents (`torch.Tensor`, *optional*): The `x_T` each image was generated from.
+        z (`torch.Tensor`, *optional*): The condition each image was generated with, `(N, latent_dim)`.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    latents: torch.Tensor | None = None
+    z: torch.Tensor | None = None
+
+
+@dataclass
+class DiTiInversionOutput(BaseOutput):
+    """
+    Args:
+        latents (`torch.Tensor`): `x_T` from deterministic DDIM inversion, `(B, C, H, W)`.
+        z (`torch.Tensor`, *optional*): The condition used for the inversion.
+    """
+
+    latents: torch.Tensor
+    z: torch.Tensor | None = None
+
+
+def _slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Spherical interpolation per sample (the official figures' x_T interpolation)."""
+    a_flat, b_flat = a.flatten(1), b.flatten(1)
+    cos = (a_flat * b_flat).sum(1) / (a_flat.norm(dim=1) * b_flat.norm(dim=1))
+    theta = torch.acos(cos.clamp(-1.0, 1.0))[:, None]
+    sin = torch.sin(theta)
+    safe = sin.abs() > 1e-6
+    wa = torch.where(safe, torch.sin((1 - alpha) * theta) / sin.clamp_min(1e-12), torch.full_like(theta, 1 - alpha))
+    wb = torch.where(safe, torch.sin(alpha * theta) / sin.clamp_min(1e-12), torch.full_like(theta, alpha))
+    return (wa * a_flat + wb * b_flat).view_as(a)
+
+
+class DiTiPipeline(DiffusionPipeline):
+    r"""
+    Pipeline for DiTi: encode images into time-step-modular representations, invert them to `x_T` with deterministic
+    masked DDIM, regenerate them, and edit them by swapping or interpolating the chunks of one time-step range or by
+    moving along a classifier direction.
+
+    At a sampling step at time `t` the decoder sees `z ⊙ mask[idx(t)]` (only the chunks of time-steps ≤ t's chunk),
+    and the noise estimate is `ε̂ = ε_θ(x_t, t) − √(1 − ᾱ_t) · G(x_t, t, z_t)`; `x̂_0` is clamped to [−1, 1] and `ε̂`
+    recomputed from it. Inversion and generation use the same masks.
+
+    This model inherits from [`DiffusionPipeline`]; see the superclass for the generic methods (downloading, saving,
+    moving devices). Importing `diti_hf` registers this class with diffusers, so `DiffusionPipeline.from_pretrained`
+    also loads a saved DiTi pipeline.
+
+    Args:
+        unet ([`UNet2DModel`]): The frozen DDPM ε-prediction UNet.
+        encoder ([`DiTiEncoderModel`]): Image → z; its config holds the time-step partition.
+        decoder ([`DiTiDecoderModel`]): The z-conditioned shift branch fitted to `unet`.
+        scheduler ([`DDIMScheduler`]): The frozen DDPM's noise schedule; its `set_timesteps` gives the sampling grid
+            (`timestep_spacing="leading"`, `set_alpha_to_one=True` reproduce the official sampler).
+        image_processor ([`DiTiImageProcessor`], *optional*): Preprocessing of PIL/numpy images (crop box, resize).
+    """
+
+    model_cpu_offload_seq = "encoder->unet->decoder"
+    _optional_components = ["image_processor"]
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        encoder: DiTiEncoderModel,
+        decoder: DiTiDecoderModel,
+        scheduler: DDIMScheduler,
+        image_processor: Any = None,
+    ):
+        super().__init__()
+        decoder.check_unet(unet)
+        if encoder.config.latent_dim != decoder.config.latent_dim:
+            raise ValueError(
+                f"encoder latent_dim={encoder.config.latent_dim} differs from decoder "
+                f"latent_dim={decoder.config.latent_dim}."
+            )
+        if encoder.config.num_train_timesteps != scheduler.config.num_train_timesteps:
+            raise ValueError(
+                f"encoder partition has T={encoder.config.num_train_timesteps} but the scheduler has "
+                f"num_train_timesteps={scheduler.config.num_train_timesteps}."
+            )
+        unet.requires_grad_(False)
+        self.register_modules(
+            unet=unet, encoder=encoder, decoder=decoder, scheduler=scheduler, image_processor=image_processor
+        )
+        self._coefficients: dict[torch.device, DiffusionCoefficients] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DiTiPipeline:
+        r"""
+        Loads a pipeline from a local folder or a Hub repo id.
+
+        A repo id is first downloaded with `huggingface_hub.snapshot_download` (honouring `revision`, `cache_dir`,
+        `token`, `local_files_only` and `HF_HUB_OFFLINE`), then loaded from the local snapshot: diffusers' own
+        downloader does not resolve components whose library is not diffusers/transformers.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(
+                path,
+                revision=kwargs.pop("revision", None),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.pop("token", None),
+                local_files_only=kwargs.get("local_files_only", False),
+            )
+        _check_pipeline_folder(path)
+        return super().from_pretrained(path, **kwargs)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def partition(self) -> TimestepPartition:
+        """The time-step partition of `z` (from the encoder's config)."""
+        return self.encoder.partition
+
+    def coefficients(self, device: torch.device | None = None) -> DiffusionCoefficients:
+        """The schedule's coefficient tables on `device`, computed once per device."""
+        device = torch.device(device or self._execution_device)
+        if device not in self._coefficients:
+            self._coefficients[device] = DiffusionCoefficients.from_scheduler_config(self.scheduler.config).to(device)
+        return self._coefficients[device]
+
+    def preprocess(self, images: ImageInput) -> torch.Tensor:
+        r"""
+        Converts `images` to a float batch `(B, C, H, W)` in [−1, 1] on the execution device.
+
+        Accepts a tensor `(B, C, H, W)` or `(C, H, W)` already in [−1, 1]; numpy arrays `(H, W, C)`/`(B, H, W, C)`
+        (uint8 in [0, 255] or float in [0, 1]); PIL images or lists of them. PIL/numpy images go through the
+        `image_processor` when the pipeline has one (crop box, resize), else they are converted to RGB and resized.
+        """
+        if isinstance(images, torch.Tensor):
+            tensor = images[None] if images.ndim == 3 else images
+            if tensor.is_floating_point() and tensor.numel():
+                bad = ~torch.isfinite(tensor)
+                if bad.any():
+                    raise ValueError(f"`images` contains {int(bad.sum())} NaN or infinite values.")
+                lo, hi = float(tensor.min()), float(tensor.max())
+                if lo < -1.001 or hi > 1.001:
+                    raise ValueError(
+                        f"`images` tensors must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
+                        "(for images in [0, 1] pass `images * 2 - 1`)."
+                    )
+        else:
+            if isinstance(images, (PIL.Image.Image, np.ndarray)):
+                images = [images] if not (isinstance(images, np.ndarray) and images.ndim == 4) else list(images)
+            if not isinstance(images, (list, tuple)) or not images:
+                raise TypeError(
+                    "`images` must be a tensor, a numpy array, a PIL image or a non-empty list of them, got "
+                    f"{type(images).__name__}."
+                )
+            if self.image_processor is not None:
+                tensor = self.image_processor(images, return_tensors="pt")["pixel_values"]
+            else:
+                size = self.encoder.config.sample_size
+                tensor = torch.stack([_to_tensor(image, size, i) for i, image in enumerate(images)])
+        self.encoder.check_images(tensor)
+        return tensor.to(device=self._execution_device, dtype=self.encoder.dtype)
+
+    def postprocess(self, images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+        """Maps a batch in [−1, 1] to `output_type` ("pil", "np" or "pt"), in [0, 1]."""
+        images = (images / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        array = images.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.numpy_to_pil(array) if output_type == "pil" else array
+
+    @staticmethod
+    def _check_output_type(output_type: str) -> None:
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+
+    def _check_z(self, z: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        d = self.encoder.config.latent_dim
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            raise TypeError(f"`z` must be a floating-point tensor of shape (B, {d}), got {type(z).__name__}.")
+        if z.ndim != 2 or z.shape[1] != d or (batch is not None and z.shape[0] != batch):
+            expected = f"({batch if batch is not None else 'B'}, {d})"
+            raise ValueError(f"`z` must have shape {expected}, got {tuple(z.shape)}.")
+        return z.to(device=self._execution_device, dtype=self.decoder.dtype)
+
+    def _dims(self, timesteps: tuple[int, int] | None, chunks: tuple[int, int] | None) -> tuple[int, int]:
+        """Dim range `[start, end)` for a time-step range or a chunk range (all dims when both are None)."""
+        if timesteps is not None and chunks is not None:
+            raise ValueError("Pass either `timesteps` or `chunks`, not both.")
+        if chunks is not None:
+            return self.partition.dims_for_chunks(*_pair(chunks, "chunks"))
+        if timesteps is not None:
+            return self.partition.dims_for_timesteps(*_pair(timesteps, "timesteps"))
+        return (0, self.encoder.config.latent_dim)
+
+    # ------------------------------------------------------------------ the sampler
+    def _grid(self, num_inference_steps: int) -> list[int]:
+        if (
+            not isinstance(num_inference_steps, int)
+            or not 1 <= num_inference_steps <= self.partition.num_train_timesteps
+        ):
+            raise ValueError(
+                f"`num_inference_steps` must be an int in [1, {self.partition.num_train_timesteps}], "
+                f"got {num_inference_steps!r}."
+            )
+        self.scheduler.set_timesteps(num_inference_steps)
+        return sorted(int(t) for t in self.scheduler.timesteps)
+
+    def _ddim(
+        self,
+        sample: torch.Tensor,
+        z: torch.Tensor | None,
+        num_inference_steps: int,
+        invert: bool,
+        use_masks: bool,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        r"""
+        The one deterministic DDIM loop (η = 0) behind inversion, generation and every edit.
+
+        Generation walks the grid from the largest time-step down and its last step goes to ᾱ = 1 (returns x̂_0);
+        inversion walks it upward from 0 and its last step goes to ᾱ = 0 (returns ε̂ as x_T).
+        """
+        grid = self._grid(num_inference_steps)
+        order = grid if invert else grid[::-1]
+        c = self.coefficients(sample.device)
+        end_alpha = 0.0 if invert else float(self.scheduler.final_alpha_cumprod)
+        end = (
+            c.sqrt_alphas_cumprod.new_tensor(end_alpha).sqrt(),
+            c.sqrt_alphas_cumprod.new_tensor(1 - end_alpha).sqrt(),
+        )
+        mask_table = self.partition.mask_table("cumulative", sample.device).to(sample.dtype) if z is not None else None
+        for i, t in enumerate(self.progress_bar(order) if progress else order):
+            condition = None
+            if z is not None:
+                condition = z * mask_table[self.partition.chunk_of(t)] if use_masks else z
+            out = denoise(self.unet, self.decoder, sample, t, condition)
+            eps = out.eps if out.shift is None else out.eps + c.sampling_coef[t] * out.shift
+            x0 = (c.sqrt_recip_alphas_cumprod[t] * sample - c.sqrt_recipm1_alphas_cumprod[t] * eps).clamp(-1, 1)
+            eps = (c.sqrt_recip_alphas_cumprod[t] * sample - x0) / c.sqrt_recipm1_alphas_cumprod[t]
+            if i + 1 < len(order):
+                sqrt_alpha_next, sqrt_one_minus_next = (
+                    c.sqrt_alphas_cumprod[order[i + 1]],
+                    c.sqrt_one_minus_alphas_cumprod[order[i + 1]],
+                )
+            else:
+                sqrt_alpha_next, sqrt_one_minus_next = end
+            sample = x0 * sqrt_alpha_next + sqrt_one_minus_next * eps
+        return sample
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def encode(self, images: ImageInput, batch_size: int | None = None) -> DiTiEncoderOutput:
+        r"""
+        Encodes images into `z`.
+
+        Args:
+            images: Tensor `(B, C, H, W)` in [−1, 1], numpy or PIL images (see [`~DiTiPipeline.preprocess`]).
+            batch_size (`int`, *optional*): Encode in batches of this size (all at once by default).
+
+        Returns:
+            [`DiTiEncoderOutput`] with `z` `(B, latent_dim)` and helpers such as `for_timesteps(lo, hi)`.
+        """
+        pixels = self.preprocess(images)
+        step = batch_size or pixels.shape[0]
+        z = torch.cat([self.encoder(pixels[i : i + step]).z for i in range(0, pixels.shape[0], step)])
+        return DiTiEncoderOutput(z=z, partition=self.partition)
+
+    @torch.no_grad()
+    def invert(
+        self,
+        images: ImageInput,
+        z: torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        use_masks: bool = True,
+        guidance: bool = True,
+        return_dict: bool = True,
+    ) -> DiTiInversionOutput | tuple:
+        r"""
+        Deterministic masked DDIM inversion `x_0 → x_T` (method.md §7).
+
+        Args:
+            images: The images to invert.
+            z (`torch.Tensor`, *optional*): Their condition; encoded from `images` when not given.
+            num_inference_steps (`int`, defaults to 50): DDIM steps.
+            use_masks (`bool`, defaults to `True`): DiTi masking; `False` feeds the whole `z` at every step (PDAE).
+            guidance (`bool`, defaults to `True`): `False` uses ε_θ alone (no decoder).
+            return_dict (`bool`, defaults to `True`): Return a [`DiTiInversionOutput`] instead of a tuple.
+        """
+        pixels = self.preprocess(images)
+        if guidance:
+            z = self.encoder(pixels).z if z is None else self._check_z(z, pixels.shape[0])
+        else:
+            z = None
+        latents = self._ddim(pixels, z, num_inference_steps, invert=True, use_masks=use_masks)
+        return DiTiInversionOutput(latents=latents, z=z) if return_dict else (latents, z)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        z: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        use_masks: bool = True,
+        guidance: bool = True,
+        batch_size: int | None = None,
+        return_dict: bool = True,
+    ) -> DiTiPipelineOutput | tuple:
+        r"""
+        Generates images from `z`, starting at `latents` (x_T) or at Gaussian noise.
+
+        Args:
+            z (`torch.Tensor`, *optional*): Conditions `(B, latent_dim)`; required unless `guidance=False`.
+            latents (`torch.Tensor`, *optional*): `x_T` `(B, C, H, W)`, e.g. from [`~DiTiPipeline.invert`].
+            num_inference_steps (`int`, defaults to 50): DDIM steps.
+            generator (`torch.Generator` or list of them, *optional*): Noise source when `latents` is not given; a
+                list gives one generator per sample.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
+            use_masks (`bool`, defaults to `True`): DiTi masking; `False` gives PDAE's sampler.
+            guidance (`bool`, defaults to `True`): `False` samples with ε_θ alone.
+            batch_size (`int`, *optional*): Generate in batches of this size (all at once by default).
+            return_dict (`bool`, defaults to `True`): Return a [`DiTiPipelineOutput`] instead of a tuple.
+        """
+        self._check_output_type(output_type)
+        device, unet_cfg = self._execution_device, self.unet.config
+        if guidance and z is None:
+            raise ValueError("`z` is required unless `guidance=False` (sampling with ε_θ alone).")
+        batch = latents.shape[0] if latents is not None else z.shape[0] if z is not None else None
+        if batch is None:
+            batch = len(generator) if isinstance(generator, list) else 1
+        z = self._check_z(z, batch) if guidance else None
+        shape = (batch, unet_cfg.in_channels, unet_cfg.sample_size, unet_cfg.sample_size)
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"`generator` is a list of {len(generator)} generators but the batch size is {batch}.")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        latents = latents.to(device=device, dtype=self.unet.dtype)
+        step = batch_size or batch
+        images = torch.cat(
+            [
+                self._ddim(
+                    latents[i : i + step],
+                    None if z is None else z[i : i + step],
+                    num_inference_steps,
+                    invert=False,
+                    use_masks=use_masks,
+                )
+                for i in range(0, batch, step)
+            ]
+        )
+        images = self.postprocess(images, output_type)
+        return DiTiPipelineOutput(images=images, latents=latents, z=z) if return_dict else (images,)
+
+    def _generate_variants(
+        self,
+        latents: torch.Tensor,
+        z: torch.Tensor,
+        num_inference_steps: int,
+        output_type: str,
+        use_masks: bool,
+        batch_size: int | None,
+        return_dict: bool,
+    ) -> DiTiPipelineOutput | tuple:
+        return self(
+            z=z,
+            latents=latents,
+            num_inference_steps=num_inference_steps,
+            output_type=output_type,
+            use_masks=use_masks,
+            batch_size=batch_size,
+            return_dict=return_dict,
+        )
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        images: ImageInput,
+        num_inference_steps: int = 50,
+        output_type: str = "pil",
+        use_masks: bool = True,
+        batch_size: int | None = None,
+        return_dict: bool = True,
+    ) -> DiTiPipelineOutput | tuple:
+        r"""Autoencoding: `z = E(x_0)`, `x_T = invert(x_0, z)`, `x̂_0 = generate(x_T, z)`."""
+        self._check_output_type(output_type)
+        inverted = self.invert(images, num_inference_steps=num_inference_steps, use_masks=use_masks)
+        return self._generate_variants(
+            inverted.latents, inverted.z, num_inference_steps, output_type, use_masks, batch_size, return_dict
+        )
+
+    @torch.no_grad()
+    def swap(
+        self,
+        source: ImageInput,
+        target: ImageInput,
+        timesteps: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
+        chunks: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
+        num_inference_steps: int = 50,
+        output_type: str = "pil",
+        batch_size: int | None = None,
+        return_dict: bool = True,
+    ) -> DiTiPipelineOutput | tuple:
+        r"""
+        Counterfactual generation: the source's `z` with the chunks of one time-step range (or chunk range) taken
+        from the target, generated from the source's `x_T`. Early time-steps hold fine attributes, late ones coarse.
+
+        Args:
+            source, target: Images, the same number of each.
+            timesteps (`(lo, hi)` or a list of them): Half-open time-step ranges in [0, T]; every chunk whose
+                time-steps meet the range is swapped. An empty range `(t, t)` gives the reconstruction.
+            chunks (`(i, j)` or a list of them): Half-open chunk ranges instead of time-steps.
+            num_inference_steps (`int`, defaults to 50): DDIM steps of the inversion and of the generation.
+
+        Returns:
+            [`DiTiPipelineOutput`] with `B × R` images, source-major: image `b * R + r` is source `b` with range `r`.
+            Each source is inverted once for all its ranges, and all variants are generated as one batch.
+        """
+        self._check_output_type(output_type)
+        ranges = _ranges(timesteps if chunks is None else chunks, "timesteps" if chunks is None else "chunks")
+        dims = [self._dims(r, None) if chunks is None else self._dims(None, r) for r in ranges]
+        inverted = self.invert(source, num_inference_steps=num_inference_steps)
+        z_target = self.encode(target).z
+        _check_same_batch(inverted.z, z_target, "source", "target")
+        variants = []
+        for start, end in dims:
+            z = inverted.z.clone()
+            z[:, start:end] = z_target[:, start:end]
+            variants.append(z)
+        z = torch.stack(variants, 1).flatten(0, 1)
+        latents = inverted.latents.repeat_interleave(len(dims), 0)
+        return self._generate_variants(latents, z, num_inference_steps, output_type, True, batch_size, return_dict)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        image_a: ImageInput,
+        image_b: ImageInput,
+        alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+        timesteps: tuple[int, int] | None = None,
+        chunks: tuple[int, int] | None = None,
+        slerp_latents: bool = False,
+        num_inference_steps: int = 50,
+        output_type: str = "pil",
+        batch_size: int | None = None,
+        return_dict: bool = True,
+    ) -> DiTiPipelineOutput | tuple:
+        r"""
+        Single-attribute interpolation: the dims of one time-step (or chunk) range go `lerp(z_A, z_B, α)`, the rest
+        stay A's; generated from A's `x_T` (or, with `slerp_latents`, from `slerp(x_T^A, x_T^B, α)`).
+
+        Args:
+            image_a, image_b: Images, the same number of each.
+            alphas (`Sequence[float]`): Interpolation weights; α = 0 is A's reconstruction.
+            timesteps / chunks (`(lo, hi)`, *optional*): The range to interpolate; all dims when both are None.
+            slerp_latents (`bool`, defaults to `False`): Also interpolate `x_T` spherically (official figures).
+
+        Returns:
+            [`DiTiPipelineOutput`] with `B × len(alphas)` images, pair-major.
+        """
+        self._check_output_type(output_type)
+        alphas = [float(a) for a in alphas]
+        if not alphas or not all(math.isfinite(a) for a in alphas):
+            raise ValueError(f"`alphas` must be a non-empty list of finite numbers, got {alphas}.")
+        start, end = self._dims(timesteps, chunks)
+        inverted_a = self.invert(image_a, num_inference_steps=num_inference_steps)
+        if slerp_latents:
+            inverted_b = self.invert(image_b, num_inference_steps=num_inference_steps)
+            z_b = inverted_b.z
+        else:
+            z_b = self.encode(image_b).z
+        _check_same_batch(inverted_a.z, z_b, "image_a", "image_b")
+        zs, latents = [], []
+        for alpha in alphas:
+            z = inverted_a.z.clone()
+            z[:, start:end] = torch.lerp(inverted_a.z[:, start:end], z_b[:, start:end], alpha)
+            zs.append(z)
+            latents.append(
+                _slerp(inverted_a.latents, inverted_b.latents, alpha) if slerp_latents else inverted_a.latents
+            )
+        z = torch.stack(zs, 1).flatten(0, 1)
+        latents = torch.stack(latents, 1).flatten(0, 1)
+        return self._generate_variants(latents, z, num_inference_steps, output_type, True, batch_size, return_dict)
+
+    @torch.no_grad()
+    def edit(
+        self,
+        images: ImageInput,
+        direction: torch.Tensor,
+        scales: float | Sequence[float] = 1.0,
+        z_std: torch.Tensor | None = None,
+        top_k: int | None = None,
+        num_inference_steps: int = 50,
+        output_type: str = "pil",
+        batch_size: int | None = None,
+        return_dict: bool = True,
+    ) -> DiTiPipelineOutput | tuple:
+        r"""
+        Manipulation along a linear classifier direction `w` (method.md §8): in z-normalised space,
+        `z' = σ·((z − μ)/σ + s·√d·w/‖w‖) + μ = z + s·√d·σ ⊙ w/‖w‖`, generated from the image's own `x_T`.
+
+        Args:
+            images: The images to edit.
+            direction (`torch.Tensor`): `w`, `(latent_dim,)`, e.g. a linear probe's weight row for one attribute.
+            scales (`float` or list): Step sizes `s`; one output per image and scale.
+            z_std (`torch.Tensor`, *optional*): Per-dim dataset std `σ` of `z`; defaults to the encoder config's
+                `latent_std` if recorded there, else ones.
+            top_k (`int`, *optional*): Keep only the `top_k` largest-|w| dims of the direction (a simple stand-in for
+                the paper's learned sparse mask).
+
+        Returns:
+            [`DiTiPipelineOutput`] with `B × len(scales)` images, image-major.
+        """
+        self._check_output_type(output_type)
+        d = self.encoder.config.latent_dim
+        if not isinstance(direction, torch.Tensor) or direction.shape != (d,):
+            raise ValueError(
+                f"`direction` must be a tensor of shape ({d},), got {getattr(direction, 'shape', direction)}."
+            )
+        w = direction.to(device=self._execution_device, dtype=torch.float32)
+        if top_k is not None:
+            if not 1 <= top_k <= d:
+                raise ValueError(f"`top_k` must be in [1, {d}], got {top_k}.")
+            keep = torch.zeros_like(w, dtype=torch.bool)
+            keep[w.abs().topk(top_k).indices] = True
+            w = torch.where(keep, w, torch.zeros_like(w))
+        if not torch.isfinite(w).all() or w.norm() == 0:
+            raise ValueError("`direction` must be finite and non-zero.")
+        std = z_std if z_std is not None else self.encoder.config.latent_std
+        std = torch.ones(d) if std is None else torch.as_tensor(std, dtype=torch.float32)
+        if std.shape != (d,):
+            raise ValueError(f"`z_std` must have shape ({d},), got {tuple(std.shape)}.")
+        step = math.sqrt(d) * std.to(w.device) * w / w.norm()
+        scales = [float(scales)] if isinstance(scales, (int, float)) else [float(s) for s in scales]
+        inverted = self.invert(images, num_inference_steps=num_inference_steps)
+        z = torch.stack([inverted.z + s * step.to(inverted.z.dtype) for s in scales], 1).flatten(0, 1)
+        latents = inverted.latents.repeat_interleave(len(scales), 0)
+        return self._generate_variants(latents, z, num_inference_steps, output_type, True, batch_size, return_dict)
+
+
+# ---------------------------------------------------------------------- module helpers
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, (int, np.integer)) for v in value)
+    ):
+        raise ValueError(f"`{name}` must be a pair of ints (lo, hi), got {value!r}.")
+    return int(value[0]), int(value[1])
+
+
+def _ranges(value: Any, name: str) -> list[tuple[int, int]]:
+    if value is None:
+        raise ValueError("Pass `timesteps=(lo, hi)` (or a list of ranges) or `chunks=(i, j)`.")
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], (tuple, list)):
+        return [_pair(v, name) for v in value]
+    return [_pair(value, name)]
+
+
+def _check_same_batch(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"`{name_a}` has {a.shape[0]} images but `{name_b}` has {b.shape[0]}; pass the same number.")
+
+
+def _to_tensor(image: PIL.Image.Image | np.ndarray, size: int, index: int) -> torch.Tensor:
+    """One PIL/numpy image → `(3, size, size)` in [−1, 1] (RGB conversion, bicubic resize)."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"`images[{index}]` must be an (H, W, C) array with C in (1, 3, 4), got {image.shape}.")
+        if image.dtype == np.uint8:
+            image = PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+        else:
+            if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+                raise ValueError(f"`images[{index}]`: float arrays must be finite and in [0, 1].")
+            image = PIL.Image.fromarray((image * 255).round().astype(np.uint8).squeeze())
+    if not isinstance(image, PIL.Image.Image):
+        raise TypeError(f"`images[{index}]` must be a PIL image or numpy array, got {type(image).__name__}.")
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), PIL.Image.BICUBIC)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _check_pipeline_folder(path: str) -> None:
+    """Raises `ValueError` naming every component listed in `model_index.json` whose folder is missing."""
+    index_file = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index_file):
+        raise ValueError(f"{path!r} is not a pipeline folder: it has no model_index.json.")
+    with open(index_file) as f:
+        index = json.load(f)
+    missing = [
+        name
+        for name, value in index.items()
+        if not name.startswith("_")
+        and isinstance(value, list)
+        and value[0] is not None
+        and not os.path.isdir(os.path.join(path, name))
+    ]
+    if missing:
+        raise ValueError(f"Pipeline folder {path!r} is missing the component folder(s) {missing}.")

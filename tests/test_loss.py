@@ -1,0 +1,111 @@
+import copy
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from conftest import randomize_, tiny_adm_unet
+from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiEncoderModel, TimestepPartition, denoise
+from diti_hf.training import diti_loss
+
+COEFS = DiffusionCoefficients.from_scheduler_config(DDPMScheduler().config)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    unet = tiny_adm_unet()
+    for p in unet.parameters():
+        p.requires_grad_(False)
+    decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=16), seed=11)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    noise = torch.randn(4, 3, 16, 16, generator=g)
+    timesteps = torch.tensor([3, 260, 610, 990])
+    return unet, decoder, images, noise, timesteps
+
+
+def _z_grad(setup, partition, mode):
+    unet, decoder, images, noise, timesteps = setup
+    z = torch.randn(4, partition.latent_dim, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out = diti_loss(unet, decoder, z, images, partition, COEFS, mode=mode, timesteps=timesteps, noise=noise)
+    out.loss.backward()
+    return out, z.grad
+
+
+def test_gradient_support_per_mode(setup):
+    partition = TimestepPartition(16, 4)  # chunk of t: 0, 1, 2, 3 -> dims [0,4), [4,8), [8,12), [12,16)
+    timesteps = setup[4]
+    own = partition.masks_for_timesteps(timesteps, "own").bool()
+    active = partition.masks_for_timesteps(timesteps, "cumulative").bool()
+
+    out_sg, grad_sg = _z_grad(setup, partition, "stop_grad")
+    assert (grad_sg[~own] == 0).all()
+    assert (grad_sg[own] != 0).all()
+
+    out_base, grad_base = _z_grad(setup, partition, "base")
+    assert (grad_base[~active] == 0).all()
+    assert (grad_base[active] != 0).all()
+    assert torch.allclose(out_sg.loss, out_base.loss)  # same value, different gradient
+
+    out_dual, grad_dual = _z_grad(setup, partition, "dual")
+    assert torch.allclose(out_dual.loss, out_base.loss + out_sg.loss)
+    assert torch.allclose(grad_dual, grad_base + grad_sg, atol=1e-7)
+
+
+def test_k1_is_pdae(setup):
+    unet, decoder, images, noise, timesteps = setup
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
+    out = diti_loss(unet, decoder, z, images, TimestepPartition(16, 1), COEFS, timesteps=timesteps, noise=noise)
+    # PDAE: the whole z at every t
+    ab = COEFS.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * images + (1 - ab).sqrt() * noise
+    d = denoise(unet, decoder, x_t, timesteps, z)
+    shift_coef = COEFS.shift_coef[timesteps].view(-1, 1, 1, 1)
+    ref = COEFS.loss_weight[timesteps].view(-1, 1, 1, 1) * (noise - (d.eps + shift_coef * d.shift)) ** 2
+    assert torch.allclose(out.elementwise, ref, atol=1e-7)
+    assert torch.allclose(out.loss, ref.mean())
+    assert torch.allclose(out.per_sample, ref.flatten(1).mean(1))
+
+
+def test_one_step_leaves_unet_untouched():
+    unet = tiny_adm_unet()
+    unet.requires_grad_(False)
+    before = copy.deepcopy(unet.state_dict())
+    encoder = DiTiEncoderModel(
+        sample_size=16, block_out_channels=(32, 32), attention_stages=(1,), latent_dim=16, num_chunks=4
+    )
+    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=16)
+    params = [*encoder.parameters(), *decoder.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    dec_before = copy.deepcopy(decoder.state_dict())
+    for _ in range(2):
+        out = diti_loss(unet, decoder, encoder(images).z, images, encoder.partition, COEFS, generator=g)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert out.timesteps.shape == (4,) and out.loss.ndim == 0
+    assert all(p.grad is None for p in unet.parameters())
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())
+    assert any(not torch.equal(dec_before[k], v) for k, v in decoder.state_dict().items())
+
+
+def test_generator_determinism(setup):
+    unet, decoder, images, _, _ = setup
+    z = torch.randn(4, 16)
+    p = TimestepPartition(16, 4)
+    a = diti_loss(unet, decoder, z, images, p, COEFS, generator=torch.Generator().manual_seed(5))
+    b = diti_loss(unet, decoder, z, images, p, COEFS, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.timesteps, b.timesteps) and torch.equal(a.loss, b.loss)
+
+
+def test_bad_arguments(setup):
+    unet, decoder, images, noise, timesteps = setup
+    p = TimestepPartition(16, 4)
+    with pytest.raises(ValueError, match="mode"):
+        diti_loss(unet, decoder, torch.zeros(4, 16), images, p, COEFS, mode="simclr")
+    with pytest.raises(ValueError, match="z"):
+        diti_loss(unet, decoder, torch.zeros(4, 12), images, p, COEFS)
+    with pytest.raises(ValueError, match="T="):
+        diti_loss(unet, decoder, torch.zeros(4, 16), images, TimestepPartition(16, 4, 500), COEFS)
