@@ -72,3 +72,29 @@ def reference_partitions() -> tuple[dict, dict[str, torch.Tensor]]:
     return json.loads((FIXTURE_DIR / "reference_partitions.json").read_text()), load_file(
         FIXTURE_DIR / "reference_partitions.safetensors"
     )
+
+
+def tiny_pipeline(seed: int = 0, latent_dim: int = 16, num_chunks: int = 4):
+    """A 16×16 DiTi pipeline with random (non-zero) weights everywhere."""
+    from diffusers import DDIMScheduler
+
+    from diti_hf import DiTiDecoderModel, DiTiEncoderModel, DiTiPipeline
+
+    unet = tiny_adm_unet(seed)
+    encoder = DiTiEncoderModel(
+        sample_size=16,
+        block_out_channels=(32, 32),
+        attention_stages=(1,),
+        latent_dim=latent_dim,
+        num_chunks=num_chunks,
+    )
+    randomize_(encoder, seed=seed + 1, scale=0.1)
+    decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=latent_dim), seed=seed + 2, scale=0.03)
+    scheduler = DDIMScheduler(clip_sample=True, set_alpha_to_one=True, timestep_spacing="leading")
+    pipe = DiTiPipeline(unet=unet, encoder=encoder.eval(), decoder=decoder.eval(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_images(n: int, seed: int = 0, size: int = 16) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
