@@ -7,10 +7,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import tiny_images, tiny_pipeline
 from diffusers import DDIMScheduler, DiffusionPipeline
 
 import diti_hf.pipelines.pipeline_diti as pipeline_module
+from conftest import tiny_images, tiny_pipeline
 from diti_hf import DiTiPipeline
 
 STEPS = 4
@@ -109,8 +109,8 @@ def test_same_masks_in_inversion_and_generation(pipe, monkeypatch):
     table = pipe.partition.mask_table()
     for t, condition in calls:
         assert torch.allclose(condition, z * table[pipe.partition.chunk_of(t)])
-    inversion = {t: c for t, c in calls[:4]}
-    generation = {t: c for t, c in calls[4:]}
+    inversion = dict(calls[:4])
+    generation = dict(calls[4:])
     assert all(torch.equal(inversion[t], generation[t]) for t in inversion)
 
 
