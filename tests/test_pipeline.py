@@ -299,3 +299,33 @@ def test_offline_hub_cache_load(pipe, tmp_path):
 def test_numpy_float_images_are_checked(pipe):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         pipe.encode(np.full((16, 16, 3), 3.0, dtype=np.float32))
+
+
+def test_image_processor_saved_with_pipeline(tmp_path):
+    from diti_hf import DiTiImageProcessor
+
+    pipe = tiny_pipeline()
+    pipe.register_modules(image_processor=DiTiImageProcessor(resolution=16, crop_box=[2, 4, 20, 20]))
+    rgb = (np.arange(30 * 40 * 3) % 251).astype(np.uint8).reshape(30, 40, 3)
+    expected = torch.from_numpy(
+        np.asarray(PIL.Image.fromarray(rgb[2:22, 4:24]).resize((16, 16), PIL.Image.BILINEAR), dtype=np.float32)
+    ).permute(2, 0, 1)[None] / 127.5 - 1
+    assert torch.allclose(pipe.preprocess(PIL.Image.fromarray(rgb)), expected, atol=1e-6)
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "image_processor" / "preprocessor_config.json").exists()
+    for loader in (DiTiPipeline.from_pretrained, DiffusionPipeline.from_pretrained):
+        loaded = loader(tmp_path)
+        assert isinstance(loaded.image_processor, DiTiImageProcessor)
+        assert loaded.image_processor.crop_box == [2, 4, 20, 20]
+        assert torch.equal(loaded.preprocess(PIL.Image.fromarray(rgb)), pipe.preprocess(PIL.Image.fromarray(rgb)))
+
+
+def test_celeba64_preset_crop():
+    from diti_hf import DiTiImageProcessor
+
+    processor = DiTiImageProcessor.from_preset("celeba64")
+    assert (processor.resolution, processor.crop_box) == (64, [57, 25, 128, 128])
+    image = np.zeros((218, 178, 3), dtype=np.uint8)
+    image[57:185, 25:153] = 255  # exactly the crop box is white
+    pixels = processor(PIL.Image.fromarray(image))["pixel_values"]
+    assert pixels.shape == (1, 3, 64, 64) and torch.equal(pixels, torch.ones_like(pixels))

@@ -12,7 +12,7 @@ from .models import (
     unet_up,
 )
 from .partition import TimestepPartition
-from .pipelines import DiTiInversionOutput, DiTiPipeline, DiTiPipelineOutput
+from .pipelines import DiTiImageProcessor, DiTiInversionOutput, DiTiPipeline, DiTiPipelineOutput
 from .schedule import DiffusionCoefficients
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ __all__ = [
     "DiTiEncoderModel",
     "DiTiEncoderOutput",
     "DiffusionCoefficients",
+    "DiTiImageProcessor",
     "DiTiInversionOutput",
     "DiTiPipeline",
     "DiTiPipelineOutput",

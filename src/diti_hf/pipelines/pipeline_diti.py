@@ -21,6 +21,7 @@ from ..models.denoiser import denoise
 from ..models.encoder import DiTiEncoderModel, DiTiEncoderOutput
 from ..partition import TimestepPartition
 from ..schedule import DiffusionCoefficients
+from .image_processing_diti import DiTiImageProcessor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 ImageInput = torch.Tensor | np.ndarray | PIL.Image.Image | Sequence[PIL.Image.Image] | Sequence[np.ndarray]
@@ -109,7 +110,7 @@ class DiTiPipeline(DiffusionPipeline):
         encoder: DiTiEncoderModel,
         decoder: DiTiDecoderModel,
         scheduler: DDIMScheduler,
-        image_processor: Any = None,
+        image_processor: DiTiImageProcessor | None = None,
     ):
         super().__init__()
         decoder.check_unet(unet)
@@ -153,6 +154,16 @@ class DiTiPipeline(DiffusionPipeline):
         _check_pipeline_folder(path)
         return super().from_pretrained(path, **kwargs)
 
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        r"""
+        Saves the pipeline (safetensors) with a generated model card (`README.md`) and uploads it to the Hub repo
+        `repo_id`. Keyword arguments are those of [`diti_hf.hub.push_pipeline_to_hub`] (`token`, `private`,
+        `revision`, `commit_message`, `create_pr`, `card_data`, ...). Returns the commit URL.
+        """
+        from ..hub import push_pipeline_to_hub
+
+        return push_pipeline_to_hub(self, repo_id, **kwargs)
+
     # ------------------------------------------------------------------ helpers
     @property
     def partition(self) -> TimestepPartition:
@@ -172,7 +183,8 @@ class DiTiPipeline(DiffusionPipeline):
 
         Accepts a tensor `(B, C, H, W)` or `(C, H, W)` already in [−1, 1]; numpy arrays `(H, W, C)`/`(B, H, W, C)`
         (uint8 in [0, 255] or float in [0, 1]); PIL images or lists of them. PIL/numpy images go through the
-        `image_processor` when the pipeline has one (crop box, resize), else they are converted to RGB and resized.
+        `image_processor` when the pipeline has one (crop box, resize), else they are converted to RGB, resized
+        (shorter side) and centre-cropped to the encoder's size.
         """
         if isinstance(images, torch.Tensor):
             tensor = images[None] if images.ndim == 3 else images
@@ -194,13 +206,17 @@ class DiTiPipeline(DiffusionPipeline):
                     "`images` must be a tensor, a numpy array, a PIL image or a non-empty list of them, got "
                     f"{type(images).__name__}."
                 )
-            if self.image_processor is not None:
-                tensor = self.image_processor(images, return_tensors="pt")["pixel_values"]
-            else:
-                size = self.encoder.config.sample_size
-                tensor = torch.stack([_to_tensor(image, size, i) for i, image in enumerate(images)])
+            processor = self.image_processor or self._default_image_processor()
+            tensor = processor(list(images), return_tensors="pt")["pixel_values"]
         self.encoder.check_images(tensor)
         return tensor.to(device=self._execution_device, dtype=self.encoder.dtype)
+
+    def _default_image_processor(self) -> DiTiImageProcessor:
+        """Resize the shorter side to the encoder's size and centre-crop, when the pipeline has no processor."""
+        size = self.encoder.config.sample_size
+        if getattr(self, "_fallback_processor", None) is None or self._fallback_processor.resolution != size:
+            self._fallback_processor = DiTiImageProcessor(resolution=size)
+        return self._fallback_processor
 
     def postprocess(self, images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
         """Maps a batch in [−1, 1] to `output_type` ("pil", "np" or "pt"), in [0, 1]."""
@@ -604,26 +620,6 @@ def _ranges(value: Any, name: str) -> list[tuple[int, int]]:
 def _check_same_batch(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"`{name_a}` has {a.shape[0]} images but `{name_b}` has {b.shape[0]}; pass the same number.")
-
-
-def _to_tensor(image: PIL.Image.Image | np.ndarray, size: int, index: int) -> torch.Tensor:
-    """One PIL/numpy image → `(3, size, size)` in [−1, 1] (RGB conversion, bicubic resize)."""
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"`images[{index}]` must be an (H, W, C) array with C in (1, 3, 4), got {image.shape}.")
-        if image.dtype == np.uint8:
-            image = PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
-        else:
-            if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-                raise ValueError(f"`images[{index}]`: float arrays must be finite and in [0, 1].")
-            image = PIL.Image.fromarray((image * 255).round().astype(np.uint8).squeeze())
-    if not isinstance(image, PIL.Image.Image):
-        raise TypeError(f"`images[{index}]` must be a PIL image or numpy array, got {type(image).__name__}.")
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), PIL.Image.BICUBIC)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def _check_pipeline_folder(path: str) -> None:
