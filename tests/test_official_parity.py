@@ -1,10 +1,11 @@
 """The loss and the masked DDIM sampler against reference outputs of the official implementation.
 
 Float32 noise: the official outputs were computed in float32, and the converted UNet already differs from them by
-~1.6e-5 (conversion-notes.md: pure rounding, 3e-14 in float64). Ten DDIM steps accumulate that noise: even running
-our sampler entirely in float64 leaves a max abs difference of 1.7e-4 to `ddim_xT` on 24 of 24,576 values, so the
-reference itself carries it. The x_T check therefore bounds the bulk at 1e-4 (99.9th percentile), the mean at 1e-5,
-and the worst value at 1.5e-4. The loss is a square of outputs of magnitude ~10 (random weights), so its element-wise
+~1.6e-5 (conversion-notes.md: pure rounding, 3e-14 in float64). Ten DDIM inversion steps accumulate such noise:
+our own float32 x_T moves by up to 7.7e-5 between 1 and 2 intra-op threads, differs from our float64 run by 7.4e-5,
+and our float64 run differs from the reference by 1.3e-4, so the reference carries that much noise itself. The x_T
+check therefore bounds the bulk at 1e-4 (99.9th percentile; measured 6.7e-5 to 7.0e-5), the mean at 1e-5 (6.9e-6),
+and the worst of 24,576 values at 2e-4 (measured 1.3e-4 with 2 threads, 1.6e-4 with 1). The loss is a square of outputs of magnitude ~10 (random weights), so its element-wise
 check is relative (1e-5) on top of the 1e-4 absolute bound.
 """
 
@@ -59,7 +60,7 @@ def test_masked_ddim_inversion_matches_official(pipe, reference_outputs):
     err = (x_t - ref["ddim_xT"]).abs().flatten()
     assert torch.quantile(err, 0.999) <= 1e-4
     assert err.mean() <= 1e-5
-    assert err.max() <= 1.5e-4
+    assert err.max() <= 2e-4
 
 
 def test_masked_ddim_generation_matches_official(pipe, reference_outputs):

@@ -1,0 +1,497 @@
+"""The training scripts (examples/train_diti.py, examples/train_ddpm.py) and their library pieces: checkpoints that
+survive interruption, exact resumption, multi-process consistency, loss decrease, logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.torch import load_file
+
+from diti_hf.training.checkpointing import (
+    COMPLETE_MARKER,
+    TMP_PREFIX,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    remove_incomplete_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from diti_hf.training.ema import make_ema
+from diti_hf.training.logging_utils import TimestepLossHistogram, ThroughputMeter, image_grid, parameter_fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import train_ddpm  # noqa: E402
+import train_diti  # noqa: E402
+
+RESOLUTION = 16
+
+
+def _reset_accelerate() -> None:
+    # Each in-process run builds a new Accelerator; accelerate keeps process-wide singletons.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _run(module, argv: list[str]) -> dict:
+    _reset_accelerate()
+    try:
+        return module.main(module.parse_args(argv))
+    finally:
+        _reset_accelerate()
+
+
+def tiny_base_unet(seed: int = 0) -> UNet2DModel:
+    """A 0.18M-parameter DDPM UNet (16×16, attention at 8×8): fast enough for hundreds of CPU steps."""
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=RESOLUTION,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    """A frozen 'pretrained' DDPM folder in diffusers layout: unet/ and scheduler/."""
+    path = tmp_path_factory.mktemp("base")
+    tiny_base_unet().save_pretrained(path / "unet")
+    DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02).save_pretrained(path / "scheduler")
+    return path
+
+
+def diti_argv(base: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--pretrained_unet", str(base),
+        "--dataset_name", "diti-shapes",
+        "--num_train_images", "64",
+        "--resolution", str(RESOLUTION),
+        "--encoder_block_out_channels", "16", "16",
+        "--encoder_attention_stages",
+        "--encoder_norm_num_groups", "8",
+        "--latent_dim", "16",
+        "--num_chunks", "4",
+        "--train_batch_size", "8",
+        "--num_threads", "1",
+        "--validation_steps", "0",
+        "--num_validation_images", "2",
+        "--validation_inference_steps", "2",
+        "--logging_steps", "1",
+        "--output_dir", str(output_dir),
+        *extra,
+    ]  # fmt: skip
+
+
+def logged_scalars(output_dir: Path, tag: str, project: str = "train_diti") -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(output_dir / "logs" / project), size_guidance={"scalars": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def logged_image_tags(output_dir: Path, project: str = "train_diti") -> list[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(output_dir / "logs" / project), size_guidance={"images": 0})
+    events.Reload()
+    return events.Tags()["images"]
+
+
+def fixed_batch(n: int = 8) -> torch.Tensor:
+    from diti_hf.data import ImageTransform, generate_shapes
+
+    dataset = generate_shapes(n, seed=123, resolution=RESOLUTION)
+    transform = ImageTransform(RESOLUTION)
+    return torch.stack([transform(dataset[i]["image"]) for i in range(n)])
+
+
+# ------------------------------------------------------------------------------------------- end-to-end training
+@pytest.mark.parametrize("mode", ["stop_grad"])
+def test_training_lowers_loss_and_keeps_unet_frozen(base_model, tmp_path, capsys, mode):
+    from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiPipeline
+    from diti_hf.training import diti_loss
+
+    out = tmp_path / "run"
+    steps = 300
+    summary = _run(
+        train_diti,
+        diti_argv(
+            base_model, out,
+            "--max_train_steps", str(steps),
+            "--learning_rate", "1e-3",
+            "--ema_decay", "0.9",
+            "--mode", mode,
+            "--checkpointing_steps", "1000",
+            "--histogram_steps", "150",
+        ),
+    )  # fmt: skip
+
+    # the logged training loss falls
+    losses = logged_scalars(out, "train/loss")
+    assert sorted(losses) == list(range(1, steps + 1))
+    first = sum(losses[s] for s in range(1, 51)) / 50
+    last = sum(losses[s] for s in range(steps - 49, steps + 1)) / 50
+    assert last < 0.8 * first, (first, last)
+
+    # the loss on a fixed batch, fixed t and ε: the trained (EMA) models beat the initial G ≡ 0
+    pipe = DiTiPipeline.from_pretrained(out)
+    images = fixed_batch()
+    g = torch.Generator().manual_seed(7)
+    timesteps = torch.randint(0, 1000, (8,), generator=g)
+    noise = torch.randn(images.shape, generator=g)
+    coefficients = DiffusionCoefficients.from_scheduler_config(pipe.scheduler.config)
+    with torch.no_grad():
+        z = pipe.encoder(images).z
+        trained = diti_loss(pipe.unet, pipe.decoder, z, images, pipe.partition, coefficients, mode, timesteps, noise)
+        initial_decoder = DiTiDecoderModel.from_unet(pipe.unet, latent_dim=16)
+        initial = diti_loss(pipe.unet, initial_decoder, z, images, pipe.partition, coefficients, mode, timesteps, noise)
+    assert trained.loss < 0.8 * initial.loss, (float(initial.loss), float(trained.loss))
+
+    # the frozen UNet is bit-identical
+    reference = UNet2DModel.from_pretrained(base_model / "unet").state_dict()
+    final = pipe.unet.state_dict()
+    assert reference.keys() == final.keys()
+    assert all(torch.equal(reference[k], final[k]) for k in reference)
+
+    # throughput and peak memory: printed, logged, summarised
+    printed = capsys.readouterr().out
+    assert f"finished at step {steps}/{steps}" in printed and "images/s" in printed and "peak memory" in printed
+    assert summary["throughput_images_per_s"] > 0 and summary["peak_memory_mb"] > 0
+    assert summary["images_this_launch"] == steps * 8
+    assert json.loads((out / "training_summary.json").read_text())["global_step"] == steps
+    assert logged_scalars(out, "final/throughput_images_per_s")[steps] == pytest.approx(
+        summary["throughput_images_per_s"], rel=1e-4
+    )
+    # the per-t loss histogram and the validation grid are logged as images
+    tags = logged_image_tags(out)
+    assert "train/loss_per_timestep" in tags and "validation/original_recon_swaps_target" in tags
+    assert "validation/reconstruction_mse" in summary
+
+
+def test_kill_and_resume_equals_straight_run(base_model, tmp_path):
+    """2N steps straight == N steps, stop, --resume_from_checkpoint latest, N steps (with accumulation and flips)."""
+    common = (
+        "--max_train_steps", "6",
+        "--checkpointing_steps", "3",
+        "--gradient_accumulation_steps", "2",
+        "--random_flip",
+        "--learning_rate", "1e-3",
+        "--ema_decay", "0.5",
+        "--histogram_steps", "3",
+    )  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _run(train_diti, diti_argv(base_model, straight, *common))
+    first = _run(train_diti, diti_argv(base_model, resumed, *common, "--stop_after_steps", "3"))
+    assert first["interrupted"] and first["global_step"] == 3
+    assert not (resumed / "model_index.json").exists()  # no final model after an interruption
+    assert [p.name for p in list_checkpoints(resumed)] == ["checkpoint-3"]
+    second = _run(train_diti, diti_argv(base_model, resumed, *common, "--resume_from_checkpoint", "latest"))
+    assert not second["interrupted"] and second["images_this_launch"] == 3 * 2 * 8
+
+    for name in ("model.safetensors",):
+        a, b = load_file(straight / "checkpoint-6" / name), load_file(resumed / "checkpoint-6" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+    ema_a = torch.load(straight / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=False)
+    ema_b = torch.load(resumed / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=False)
+    assert ema_a["optimization_step"] == ema_b["optimization_step"] == 6
+    for x, y in zip(ema_a["shadow_params"], ema_b["shadow_params"]):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    enc_a = load_file(straight / "encoder" / "diffusion_pytorch_model.safetensors")
+    enc_b = load_file(resumed / "encoder" / "diffusion_pytorch_model.safetensors")
+    for key in enc_a:
+        torch.testing.assert_close(enc_a[key], enc_b[key], rtol=1e-6, atol=1e-7)
+
+    losses_a, losses_b = logged_scalars(straight, "train/loss"), logged_scalars(resumed, "train/loss")
+    assert sorted(losses_a) == sorted(losses_b) == [1, 2, 3, 4, 5, 6]
+    for step in losses_a:
+        assert losses_a[step] == pytest.approx(losses_b[step], rel=1e-5, abs=1e-7)
+    assert len(set(losses_a.values())) == 6  # the losses are real, distinct measurements
+
+
+def test_two_processes_gloo_identical_weights(base_model, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): both ranks end with the same weights; the pipeline encodes."""
+    out = tmp_path / "ddp"
+    config = tmp_path / "accelerate.yaml"
+    # accelerate's `--cpu` launcher starts a single process unless MPI is installed; the multi-process launcher
+    # (torchrun) with use_cpu binds each process to the CPU and gloo.
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\nnum_processes: 2\n"
+        "machine_rank: 0\ngpu_ids: all\nmixed_precision: 'no'\nuse_cpu: true\ndynamo_config: {}\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT / "src"),
+    }
+    command = [
+        str(Path(sys.executable).parent / "accelerate"), "launch",
+        "--config_file", str(config),
+        "--num_processes", "2",
+        "--main_process_port", str(29400 + os.getpid() % 500),
+        str(EXAMPLES / "train_diti.py"),
+        *diti_argv(base_model, out, "--max_train_steps", "3", "--train_batch_size", "4", "--checkpointing_steps", "2"),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["global_batch_size"] == 8 and summary["global_step"] == 3
+    rank0, rank1 = summary["rank_weight_fingerprints"]
+    assert rank0 == rank1
+    assert (out / "checkpoint-2" / "process_state_1.pt").is_file()  # every rank saved its own generator/data state
+
+    from diti_hf import DiTiPipeline
+
+    pipe = DiTiPipeline.from_pretrained(out)
+    images = fixed_batch(2)
+    z = pipe.encode(images).z
+    assert z.shape == (2, 16) and torch.isfinite(z).all()
+    torch.testing.assert_close(z, pipe.encoder(images).z)
+
+
+def test_train_ddpm_output_is_a_diti_base(tmp_path):
+    ddpm_out, diti_out = tmp_path / "ddpm", tmp_path / "diti"
+    summary = _run(
+        train_ddpm,
+        [
+            "--dataset_name", "diti-shapes",
+            "--num_train_images", "32",
+            "--resolution", str(RESOLUTION),
+            "--unet_preset", "tiny",
+            "--block_out_channels", "16", "32",
+            "--attention_levels", "1",
+            "--train_batch_size", "8",
+            "--max_train_steps", "4",
+            "--checkpointing_steps", "2",
+            "--checkpoints_total_limit", "1",
+            "--validation_steps", "0",
+            "--num_validation_images", "2",
+            "--validation_inference_steps", "2",
+            "--logging_steps", "1",
+            "--num_threads", "1",
+            "--output_dir", str(ddpm_out),
+        ],
+    )  # fmt: skip
+    assert summary["global_step"] == 4 and summary["throughput_images_per_s"] > 0
+    assert [p.name for p in list_checkpoints(ddpm_out)] == ["checkpoint-4"]  # the limit pruned checkpoint-2
+    from diffusers import DDPMPipeline
+
+    ddpm = DDPMPipeline.from_pretrained(ddpm_out)
+    betas = ddpm.scheduler.betas
+    assert ddpm.scheduler.config.num_train_timesteps == 1000 and ddpm.scheduler.config.prediction_type == "epsilon"
+    assert float(betas[0]) == pytest.approx(1e-4) and float(betas[-1]) == pytest.approx(0.02)
+    assert ddpm.unet.config.block_out_channels == [16, 32]
+    losses = logged_scalars(ddpm_out, "train/loss", project="train_ddpm")
+    assert sorted(losses) == [1, 2, 3, 4] and all(0 < v < 10 for v in losses.values())
+
+    _run(train_diti, diti_argv(ddpm_out, diti_out, "--max_train_steps", "2", "--init_decoder_from_unet"))
+    from diti_hf import DiTiPipeline
+
+    pipe = DiTiPipeline.from_pretrained(diti_out)
+    trained_unet = ddpm.unet.state_dict()
+    assert all(torch.equal(trained_unet[k], v) for k, v in pipe.unet.state_dict().items())
+
+
+# ----------------------------------------------------------------------------------------------- argument errors
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--latent_dim", "8", "--num_chunks", "16"], "--num_chunks (k): must lie in [1, --latent_dim=8], got 16"),
+        (["--stages", "500", "1000"], "--stages/--dims_per_stage: give both or neither"),
+        (["--stages", "600", "1000", "--dims_per_stage", "8", "9"], "must sum to latent_dim=16"),
+        (["--train_batch_size", "0"], "--train_batch_size: must be >= 1, got 0"),
+        (["--ema_decay", "1.5"], "--ema_decay: must lie in [0, 1), got 1.5"),
+        (["--train_data_dir", "x"], "--dataset_name/--train_data_dir: give exactly one of them"),
+        (["--mode", "simclr"], "argument --mode: invalid choice: 'simclr'"),
+    ],
+)
+def test_argument_errors_exit_2_with_one_line(tmp_path, capsys, extra, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        train_diti.parse_args(diti_argv(tmp_path, tmp_path / "out", *extra))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("train_diti.py: error: ")
+    assert expected in err
+
+
+def test_data_errors_exit_2_with_one_line(base_model, tmp_path, capsys):
+    from diti_hf.training.script_utils import run_script
+
+    _reset_accelerate()
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(train_diti.main, train_diti.parse_args, diti_argv(base_model, tmp_path, "--image_column", "photo"))
+    _reset_accelerate()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "`image_column` 'photo' is not a dataset column" in err[0] and "'image': 'Image'" in err[0]
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(train_diti.main, train_diti.parse_args, diti_argv(tmp_path / "missing", tmp_path))
+    _reset_accelerate()
+    assert exit_info.value.code == 2
+    assert "--pretrained_unet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [train_diti, train_ddpm])
+def test_every_flag_has_help(module):
+    parser = module.build_parser()
+    undocumented = [a.option_strings for a in parser._actions if a.option_strings and not (a.help or "").strip()]
+    assert undocumented == []
+    assert len(parser._actions) > 40
+
+
+def test_init_decoder_from_unet_copies_up_path_and_keeps_g_zero():
+    from diti_hf import DiTiDecoderModel, denoise
+
+    unet = tiny_base_unet(seed=3)
+    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=16)
+    train_diti.init_decoder_from_unet(decoder, unet)
+    unet_state, dec_state = unet.state_dict(), decoder.state_dict()
+    copied = [k for k in dec_state if k.startswith(("mid_block.", "up_blocks.", "conv_norm_out."))]
+    copied = [k for k in copied if ".z_emb_proj." not in k]
+    assert copied and all(torch.equal(dec_state[k], unet_state[k]) for k in copied)
+    assert (dec_state["conv_out.weight"] == 0).all() and (dec_state["conv_out.bias"] == 0).all()
+    out = denoise(unet, decoder, torch.randn(2, 3, 16, 16), torch.tensor([5, 700]), torch.randn(2, 16))
+    assert out.shift.abs().max() == 0
+
+
+# ------------------------------------------------------------------------------------------------- checkpointing
+class _TinyAccelerated:
+    def __init__(self, tmp_path: Path):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        _reset_accelerate()
+        self.accelerator = Accelerator(cpu=True, project_config=ProjectConfiguration(project_dir=str(tmp_path)))
+        self.model = torch.nn.Linear(3, 2)
+        self.optimizer = torch.optim.Adam(self.model.parameters())
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+
+def test_interrupted_save_never_replaces_previous_checkpoint(tmp_path, monkeypatch):
+    run = _TinyAccelerated(tmp_path)
+    acc = run.accelerator
+    good = save_checkpoint(acc, tmp_path, 1, process_state={"step": 1})
+    weights_before = (good / "model.safetensors").read_bytes()
+
+    def crash(output_dir, **kwargs):  # the process dies half-way through writing checkpoint 2
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        Path(output_dir, "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt("killed while saving")
+
+    with torch.no_grad():
+        run.model.weight.add_(1.0)
+    monkeypatch.setattr(acc, "save_state", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(acc, tmp_path, 2, process_state={"step": 2})
+    monkeypatch.undo()
+    assert (tmp_path / f"{TMP_PREFIX}2").is_dir() and not (tmp_path / "checkpoint-2").exists()
+    assert (good / "model.safetensors").read_bytes() == weights_before
+    # a folder with the right name but no completion marker (e.g. an interrupted copy) is not a checkpoint either
+    (tmp_path / "checkpoint-3").mkdir()
+    assert latest_checkpoint(tmp_path) == good
+    assert resolve_checkpoint("latest", tmp_path) == good
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-3"), tmp_path)
+
+    # resuming restores checkpoint 1 and the process state
+    marker, state = load_checkpoint(acc, good)
+    assert marker["step"] == 1 and state == {"step": 1}
+    assert (run.model.weight.detach().abs() < 1.0).all()  # the +1 of the lost step is gone
+    assert [p.name for p in remove_incomplete_checkpoints(tmp_path)] == [f"{TMP_PREFIX}2"]
+
+    # the next save replaces the stale temporary folder and completes
+    path = save_checkpoint(acc, tmp_path, 2, process_state={"step": 2})
+    assert (path / COMPLETE_MARKER).is_file() and latest_checkpoint(tmp_path) == path
+    _reset_accelerate()
+
+
+def test_checkpoint_total_limit_prunes_only_after_success(tmp_path):
+    acc = _TinyAccelerated(tmp_path).accelerator
+    for step in (10, 20, 30, 40):
+        save_checkpoint(acc, tmp_path, step, total_limit=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-30", "checkpoint-40"]
+    # re-saving an existing step keeps exactly one complete copy
+    save_checkpoint(acc, tmp_path, 40, total_limit=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-30", "checkpoint-40"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert resolve_checkpoint(None, tmp_path) is None
+    assert resolve_checkpoint("latest", tmp_path / "empty") is None
+    _reset_accelerate()
+
+
+# ------------------------------------------------------------------------------------------------ logging pieces
+def test_timestep_loss_histogram():
+    histogram = TimestepLossHistogram(1000, num_buckets=4)
+    histogram.update(torch.tensor([0, 249, 250, 999, 998]), torch.tensor([1.0, 3.0, 4.0, 6.0, 8.0]))
+    means = histogram.means()
+    assert means[0] == 2.0 and means[1] == 4.0 and torch.isnan(means[2]) and means[3] == 7.0
+    assert histogram.bucket_edges() == [0, 250, 500, 750, 1000]
+    merged = TimestepLossHistogram(1000, num_buckets=4)
+    merged.load_state(histogram.state() * 2)  # e.g. two processes with identical data
+    assert merged.means()[[0, 1, 3]].tolist() == [2.0, 4.0, 7.0] and torch.isnan(merged.means()[2])
+    assert merged.counts.tolist() == [4.0, 2.0, 0.0, 4.0]
+    figure = histogram.figure()
+    bars = figure.axes[0].patches
+    assert [b.get_height() for b in bars] == [2.0, 4.0, 0.0, 7.0]
+    assert [b.get_x() for b in bars] == [0, 250, 500, 750]
+    with pytest.raises(ValueError, match="num_buckets"):
+        TimestepLossHistogram(10, num_buckets=11)
+
+
+def test_image_grid_layout():
+    rows = [torch.zeros(2, 3, 4, 4), torch.ones(3, 3, 4, 4)]
+    grid = image_grid(rows, padding=1, pad_value=0.5)
+    assert grid.shape == (3, 2 * 5 + 1, 3 * 5 + 1)
+    assert (grid[:, 1:5, 1:5] == 0).all() and (grid[:, 6:10, 11:15] == 1).all()
+    assert (grid[:, 1:5, 11:15] == 0.5).all()  # first row has only two images
+    assert grid[:, 0].eq(0.5).all()
+
+
+def test_constant_decay_ema_matches_official_update():
+    p = torch.nn.Parameter(torch.zeros(2))
+    ema = make_ema([p], decay=0.9)
+    for value in (1.0, 2.0):
+        with torch.no_grad():
+            p.fill_(value)
+        ema.step([p])
+    # official: e1 = 0.9·0 + 0.1·1 = 0.1; e2 = 0.9·0.1 + 0.1·2 = 0.29 (no warm-up ramp)
+    torch.testing.assert_close(ema.shadow_params[0], torch.full((2,), 0.29))
+    warm = make_ema([p], decay=0.9, warmup=True)
+    assert warm.get_decay(2) < 0.9
+    with pytest.raises(ValueError, match="ema_decay"):
+        make_ema([p], decay=1.0)
+
+
+def test_fingerprint_and_throughput():
+    a = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
+    assert parameter_fingerprint(a).tolist() == [3.0, 5.0, 3.0, 9.0]
+    meter = ThroughputMeter()
+    meter.add(10)
+    with meter.paused():
+        pass
+    meter.add(6)
+    assert meter.images == 16 and meter.images_per_second() > 0 and meter.window_images_per_second() > 0
+    assert meter.window_images_per_second() == 0.0
