@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 
 from conftest import FIXTURE_DIR
-from diti_hf import DiTiDecoderModel, DiTiEncoderModel, denoise
+from diti_hf import DiTiDecoderModel, DiTiEncoderModel, DiTiPipeline, denoise
 from diti_hf.cli import main
 from diti_hf.conversion import (
     ConvertedModels,
@@ -461,8 +461,12 @@ def test_cli_convert_writes_loadable_folders(tmp_path, converted, reference_outp
     argv = ["convert", "--dpm-config", str(DPM_CONFIG), "--dpm-checkpoint", str(DPM_CHECKPOINT), "--output-dir"]
     argv += [str(out_dir), "--diti-config", str(DITI_CONFIG), "--diti-checkpoint", str(DITI_CHECKPOINT)]
     assert main(argv) == 0
-    assert sorted(p.name for p in out_dir.iterdir()) == ["decoder", "encoder", "scheduler", "unet"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["decoder", "encoder", "model_index.json", "scheduler", "unet"]
     assert (out_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    pipe = DiTiPipeline.from_pretrained(out_dir)  # a complete pipeline folder
+    assert torch.equal(
+        pipe.encode(reference_outputs["encoder_input"]).z, converted.encoder(reference_outputs["encoder_input"]).z
+    )
     unet = UNet2DModel.from_pretrained(out_dir / "unet")
     encoder = DiTiEncoderModel.from_pretrained(out_dir / "encoder")
     decoder = DiTiDecoderModel.from_pretrained(out_dir / "decoder")

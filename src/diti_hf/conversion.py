@@ -947,7 +947,8 @@ _COMPONENTS = ("unet", "encoder", "decoder", "scheduler")
 
 def save_converted(models: ConvertedModels, output_dir: PathLike, overwrite: bool = False) -> dict[str, Path]:
     """
-    Writes each component with `save_pretrained` (safetensors) to `output_dir/{unet,encoder,decoder,scheduler}`.
+    Writes each component with `save_pretrained` (safetensors) to `output_dir/{unet,encoder,decoder,scheduler}`; a
+    DiTi/PDAE conversion (with encoder and decoder) is written as a complete `DiTiPipeline` folder.
 
     Args:
         models ([`ConvertedModels`]): The result of [`convert_official`].
@@ -967,14 +968,19 @@ def save_converted(models: ConvertedModels, output_dir: PathLike, overwrite: boo
     for name in existing:
         path = output_dir / name
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if models.encoder is not None and models.decoder is not None:
+        # A complete DiTi conversion is written as a pipeline folder (model_index.json + components).
+        from .pipelines import DiTiPipeline
+
+        DiTiPipeline(models.unet, models.encoder, models.decoder, models.scheduler).save_pretrained(
+            output_dir, safe_serialization=True
+        )
+        return {name: output_dir / name for name in _COMPONENTS}
     written = {}
     for name in _COMPONENTS:
         component = getattr(models, name)
         if component is not None:
             path = output_dir / name
-            if name == "scheduler":
-                component.save_pretrained(path)
-            else:
-                component.save_pretrained(path, safe_serialization=True)
+            component.save_pretrained(path)
             written[name] = path
     return written
