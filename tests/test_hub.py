@@ -77,7 +77,7 @@ def test_card_metadata_without_metrics(pipe):
         "pipeline_tag": "image-feature-extraction",
         "tags": ["diti", "diffusers", "representation-learning", "image-feature-extraction", "unsupervised"],
     }
-    assert MODEL_CARD_TAGS == data["tags"]
+    assert data["tags"] == MODEL_CARD_TAGS
     # The card parses back (huggingface_hub's own metadata parser, strict on model-index) to the same metadata.
     assert ModelCard(str(card)).data.to_dict() == data
     assert card.content.startswith("---\n")
@@ -178,6 +178,22 @@ def test_partition_table_staged(pipe):
     ]
     last = partition_rows(example)[-1]
     assert last["timesteps"] == (985, 1000) and last["dims"] == (493, 512)
+
+
+def test_card_pdae_and_preprocessing(pipe):
+    from diti_hf import DiTiImageProcessor
+
+    assert "PDAE baseline" not in create_model_card(pipe).content
+    pdae = tiny_pipeline(num_chunks=1)
+    pdae.register_modules(image_processor=DiTiImageProcessor(resolution=16, crop_box=[2, 4, 20, 20]))
+    content = create_model_card(pdae).content
+    assert "16 dims in 1 chunk (uniform partition" in content
+    assert "it is the PDAE baseline" in content
+    assert "| 0 | [0, 1000) | [0, 16) | 16 |" in content
+    assert "`DiTiImageProcessor`: crop 20×20 at top=2, left=4, then resize to 16×16 (bilinear)" in content
+    assert "| Preprocessing of PIL / numpy images | shorter side resized to 16, centre crop 16×16 |" in (
+        create_model_card(pipe).content
+    )
 
 
 def test_card_metrics_go_to_model_index(pipe):
@@ -390,7 +406,10 @@ class HubStandIn:
     def _create_repo(self, handler, payload: dict) -> None:
         repo_id = f"{payload.get('organization') or 'test-user'}/{payload['name']}"
         if repo_id in self.repos:
-            return self._reply(handler, 409, {"error": "You already created this model repo", "url": ""})
+            # Like the Hub: 409 with the existing repo's URL, which `create_repo(exist_ok=True)` returns.
+            return self._reply(
+                handler, 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}
+            )
         self.repos[repo_id] = {"visibility": payload.get("visibility"), "branches": {"main": {}}}
         return self._reply(handler, 200, {"url": f"{self.url}/{repo_id}", "name": repo_id})
 
@@ -535,6 +554,8 @@ def test_push_to_hub_errors(pipe, hub):
         pipe.push_to_hub("test-org/x", token=TOKEN, endpoint=hub.url, revision="dev", create_pr=True)
     with pytest.raises(ValueError, match="commit_message"):
         pipe.push_to_hub("test-org/x", token=TOKEN, endpoint=hub.url, commit_message=" ")
+    with pytest.raises(ValueError, match="probe_ap"):
+        pipe.push_to_hub("test-org/x", token=TOKEN, endpoint=hub.url, card_kwargs={"metrics": {"probe_ap": "high"}})
     assert hub.requests == []  # rejected before any request
     # A wrong token is refused by the server and nothing is created.
     with pytest.raises(Exception, match="401"):

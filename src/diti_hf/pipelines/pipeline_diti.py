@@ -158,7 +158,7 @@ class DiTiPipeline(DiffusionPipeline):
         r"""
         Saves the pipeline (safetensors) with a generated model card (`README.md`) and uploads it to the Hub repo
         `repo_id`. Keyword arguments are those of [`diti_hf.hub.push_pipeline_to_hub`] (`token`, `private`,
-        `revision`, `commit_message`, `create_pr`, `card_data`, ...). Returns the commit URL.
+        `revision`, `commit_message`, `create_pr`, `card_kwargs` for [`diti_hf.hub.create_model_card`], `endpoint`). Returns the commit URL.
         """
         from ..hub import push_pipeline_to_hub
 
