@@ -13,6 +13,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .strict_loading import StrictLoadingMixin
 from .unet_split import UNetFeatures, check_supported_unet
 
 # UNet2DModel config entries that fix the shapes of the up path; a decoder only fits a UNet that agrees on all.
@@ -94,7 +95,7 @@ class ZConditionedResnetBlock2D(ResnetBlock2D):
         return resnet
 
 
-class DiTiDecoderModel(ModelMixin, ConfigMixin):
+class DiTiDecoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     r"""
     The trainable shift branch `G(x_t, t, z)` of DiTi/PDAE. It reuses the frozen UNet's time embedding, input conv
     and down path (their features come in as [`UNetFeatures`]) and owns a trainable copy of the UNet's mid block

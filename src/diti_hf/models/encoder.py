@@ -12,6 +12,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..partition import TimestepPartition
+from .strict_loading import StrictLoadingMixin
 
 ENCODER_PRESETS: dict[str, dict] = {
     # The official 64×64 encoder (1,487,104 parameters at latent_dim=512).
@@ -82,7 +83,7 @@ class _EncoderStage(nn.Module):
         return self.attention(x) if self.attention is not None else x
 
 
-class DiTiEncoderModel(ModelMixin, ConfigMixin):
+class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     r"""
     Convolutional encoder `E: image → z ∈ R^latent_dim` (raw linear features, no output normalisation).
 

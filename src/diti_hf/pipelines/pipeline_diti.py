@@ -19,6 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..models.decoder import DiTiDecoderModel
 from ..models.denoiser import denoise
 from ..models.encoder import DiTiEncoderModel, DiTiEncoderOutput
+from ..models.strict_loading import check_saved_weights
 from ..partition import TimestepPartition
 from ..schedule import DiffusionCoefficients
 from .image_processing_diti import DiTiImageProcessor
@@ -152,7 +153,10 @@ class DiTiPipeline(DiffusionPipeline):
                 local_files_only=kwargs.get("local_files_only", False),
             )
         _check_pipeline_folder(path)
-        return super().from_pretrained(path, **kwargs)
+        pipe = super().from_pretrained(path, **kwargs)
+        # Our own models load strictly by themselves; the frozen UNet is a diffusers class, checked here.
+        check_saved_weights(pipe.unet, os.path.join(path, "unet"))
+        return pipe
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         r"""
