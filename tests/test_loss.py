@@ -57,11 +57,12 @@ def test_k1_is_pdae(setup):
     z = torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
     out = diti_loss(unet, decoder, z, images, TimestepPartition(16, 1), COEFS, timesteps=timesteps, noise=noise)
     # PDAE: the whole z at every t
-    ab = COEFS.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-    x_t = ab.sqrt() * images + (1 - ab).sqrt() * noise
+    def per_t(table):
+        return table[timesteps].view(-1, 1, 1, 1)
+
+    x_t = per_t(COEFS.sqrt_alphas_cumprod) * images + per_t(COEFS.sqrt_one_minus_alphas_cumprod) * noise
     d = denoise(unet, decoder, x_t, timesteps, z)
-    shift_coef = COEFS.shift_coef[timesteps].view(-1, 1, 1, 1)
-    ref = COEFS.loss_weight[timesteps].view(-1, 1, 1, 1) * (noise - (d.eps + shift_coef * d.shift)) ** 2
+    ref = per_t(COEFS.loss_weight) * (noise - (d.eps + per_t(COEFS.shift_coef) * d.shift)) ** 2
     assert torch.allclose(out.elementwise, ref, atol=1e-7)
     assert torch.allclose(out.loss, ref.mean())
     assert torch.allclose(out.per_sample, ref.flatten(1).mean(1))

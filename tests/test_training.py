@@ -25,7 +25,7 @@ from diti_hf.training.checkpointing import (
     save_checkpoint,
 )
 from diti_hf.training.ema import make_ema
-from diti_hf.training.logging_utils import TimestepLossHistogram, ThroughputMeter, image_grid, parameter_fingerprint
+from diti_hf.training.logging_utils import ThroughputMeter, TimestepLossHistogram, image_grid, parameter_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -161,7 +161,9 @@ def test_training_lowers_loss_and_keeps_unet_frozen(base_model, tmp_path, capsys
         z = pipe.encoder(images).z
         trained = diti_loss(pipe.unet, pipe.decoder, z, images, pipe.partition, coefficients, mode, timesteps, noise)
         initial_decoder = DiTiDecoderModel.from_unet(pipe.unet, latent_dim=16)
-        initial = diti_loss(pipe.unet, initial_decoder, z, images, pipe.partition, coefficients, mode, timesteps, noise)
+        initial = diti_loss(
+            pipe.unet, initial_decoder, z, images, pipe.partition, coefficients, mode, timesteps, noise
+        )
     assert trained.loss < 0.8 * initial.loss, (float(initial.loss), float(trained.loss))
 
     # the frozen UNet is bit-identical
@@ -183,11 +185,16 @@ def test_training_lowers_loss_and_keeps_unet_frozen(base_model, tmp_path, capsys
     tags = logged_image_tags(out)
     assert "train/loss_per_timestep" in tags and "validation/original_recon_swaps_target" in tags
     assert "validation/reconstruction_mse" in summary
+    # a model card describing the run sits next to the pipeline
+    card = (out / "README.md").read_text()
+    assert "examples/train_diti.py --pretrained_unet" in card and "--max_train_steps 300" in card
 
 
-def test_kill_and_resume_equals_straight_run(base_model, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True], ids=["map", "streaming"])
+def test_kill_and_resume_equals_straight_run(base_model, tmp_path, streaming):
     """2N steps straight == N steps, stop, --resume_from_checkpoint latest, N steps (with accumulation and flips)."""
     common = (
+        *(("--streaming", "--shuffle_buffer_size", "16") if streaming else ()),
         "--max_train_steps", "6",
         "--checkpointing_steps", "3",
         "--gradient_accumulation_steps", "2",
@@ -268,6 +275,12 @@ def test_two_processes_gloo_identical_weights(base_model, tmp_path):
     z = pipe.encode(images).z
     assert z.shape == (2, 16) and torch.isfinite(z).all()
     torch.testing.assert_close(z, pipe.encoder(images).z)
+    # the training preprocessing travels with the pipeline: raw PIL images are encoded the same way
+    from diti_hf.data import generate_shapes
+
+    pil = [generate_shapes(8, seed=123, resolution=RESOLUTION)[i]["image"] for i in range(2)]
+    assert pipe.image_processor.resolution == RESOLUTION and pipe.image_processor.crop_box is None
+    torch.testing.assert_close(pipe.encode(pil).z, z)
 
 
 def test_train_ddpm_output_is_a_diti_base(tmp_path):
@@ -360,6 +373,7 @@ def test_every_flag_has_help(module):
     undocumented = [a.option_strings for a in parser._actions if a.option_strings and not (a.help or "").strip()]
     assert undocumented == []
     assert len(parser._actions) > 40
+    assert "--resume_from_checkpoint" in parser.format_help()  # help texts format (no stray % etc.)
 
 
 def test_init_decoder_from_unet_copies_up_path_and_keeps_g_zero():

@@ -274,8 +274,8 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
     A streamed 🤗 `IterableDataset` as a torch iterable of `{"pixel_values", "index"}` for one process.
 
     Each epoch: shuffle with a buffer (seeded by `seed` and the epoch), keep this process's share
-    (`datasets.distributed.split_dataset_by_node`), skip the first `start` examples of that share when resuming,
-    then decode and transform. `"index"` is the position in this process's share of the epoch.
+    (`datasets.distributed.split_dataset_by_node`), read past the first `start` examples of that share when
+    resuming, then decode and transform. `"index"` is the position in this process's share of the epoch.
 
     Exact resumption needs `num_workers=0` in the data loader (with workers, the stream is split among them).
 
@@ -323,11 +323,11 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         stream.set_epoch(self.epoch)
         if self.num_processes > 1:
             stream = split_dataset_by_node(stream, rank=self.process_index, world_size=self.num_processes)
-        if self.start:
-            stream = stream.skip(self.start)
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
-        for position, example in enumerate(stream, start=self.start):
+        for position, example in enumerate(stream):
+            if position < self.start:  # resuming: read past what was consumed (undecoded, so cheap)
+                continue
             if self.image_column not in example:
                 raise ValueError(
                     f"`image_column` {self.image_column!r} is not a column of the stream; columns: {sorted(example)}."
@@ -408,10 +408,14 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 @dataclass
 class DataPosition:
-    """Where a process is in its data stream: the epoch and the number of its batches already consumed in it."""
+    """
+    Where a process is in its data: the epoch, the number of its batches consumed in it, and for a stream the
+    number of raw examples of its share read (more than batches × batch size when bad images were skipped).
+    """
 
     epoch: int = 0
     batch: int = 0
+    example: int = 0
 
 
 class TrainingImages:
@@ -448,31 +452,34 @@ class TrainingImages:
         """Batches per epoch and process (`None` for a stream, whose length is unknown)."""
         return None if self.sampler is None else self.sampler.batches_per_epoch
 
-    def epoch_loader(self, epoch: int, start_batch: int = 0) -> DataLoader:
-        """The data loader of `epoch`, starting after its first `start_batch` batches."""
+    def epoch_loader(self, epoch: int, start: DataPosition | None = None) -> DataLoader:
+        """The data loader of `epoch`, starting after the batches (examples of a stream) consumed at `start`."""
+        start = start or DataPosition(epoch)
         kwargs = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
         if self.sampler is not None:
             self.dataset.set_epoch(epoch)
-            self.sampler.set_epoch(epoch, start_batch)
+            self.sampler.set_epoch(epoch, start.batch)
             return DataLoader(self.dataset, batch_sampler=self.sampler, **kwargs)
-        self.dataset.set_epoch(epoch, start_batch * self.batch_size)
+        self.dataset.set_epoch(epoch, start.example)
         return DataLoader(self.dataset, batch_size=self.batch_size, drop_last=True, **kwargs)
 
     def __call__(self, position: DataPosition | None = None) -> Iterator[tuple[DataPosition, dict[str, Any]]]:
         """
         Yields `(position after this batch, batch)` forever, starting at `position`.
         """
-        position = position or DataPosition()
-        epoch, start = position.epoch, position.batch
-        if self.batches_per_epoch is not None and start >= self.batches_per_epoch:
-            epoch, start = epoch + 1, 0
+        start = position or DataPosition()
+        if self.batches_per_epoch is not None and start.batch >= self.batches_per_epoch:
+            start = DataPosition(start.epoch + 1)
         while True:
-            count = 0
-            for count, batch in enumerate(self.epoch_loader(epoch, start), start=start + 1):
-                yield DataPosition(epoch, count), batch
-            if count == 0 and start == 0:
+            epoch, count = start.epoch, start.batch
+            for batch in self.epoch_loader(epoch, start):
+                count += 1
+                # a stream's "index" is the raw position in this process's share: resume right after it
+                example = int(batch["index"].max()) + 1 if self.sampler is None else 0
+                yield DataPosition(epoch, count, example), batch
+            if count == 0:
                 raise ValueError(f"epoch {epoch} yielded no batch of {self.batch_size} images; is the dataset empty?")
-            epoch, start = epoch + 1, 0
+            start = DataPosition(epoch + 1)
 
 
 def validation_batch(dataset, transform: ImageTransform, num_images: int, image_column: str | None = None):
@@ -562,7 +569,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_resolution: int 
     )
     group.add_argument("--random_flip", action="store_true", help="Flip images horizontally with probability 1/2.")
     group.add_argument(
-        "--interpolation", type=str, default="bilinear", choices=("nearest", "bilinear", "bicubic", "lanczos", "box"),
+        "--interpolation",
+        type=str,
+        default="bilinear",
+        choices=("nearest", "bilinear", "bicubic", "lanczos", "box"),
         help="Resampling filter of the resize.",
     )
     group.add_argument(

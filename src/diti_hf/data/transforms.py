@@ -165,9 +165,7 @@ class ImageTransform:
 
     def deterministic(self) -> ImageTransform:
         """The same transform without random augmentation (centre crop, no flip), e.g. for validation images."""
-        return ImageTransform(
-            self.resolution, "center", self.crop_box, False, self.num_channels, self.interpolation
-        )
+        return ImageTransform(self.resolution, "center", self.crop_box, False, self.num_channels, self.interpolation)
 
     def resize_and_crop(self, image: Image.Image, rng: np.random.Generator | None = None) -> Image.Image:
         """The geometric part of the transform on a PIL image (mode already converted)."""

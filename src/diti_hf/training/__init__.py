@@ -1,3 +1,35 @@
+"""Training DiTi: the loss, EMA, crash-safe checkpoints, logging helpers and the pieces the example scripts share."""
+
+from .checkpointing import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_incomplete_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .ema import ConstantDecayEMAModel, make_ema
+from .logging_utils import ThroughputMeter, TimestepLossHistogram, image_grid, parameter_fingerprint, peak_memory_mb
 from .loss import LOSS_MODES, DiTiLossOutput, condition_for_timesteps, diti_loss
 
-__all__ = ["LOSS_MODES", "DiTiLossOutput", "condition_for_timesteps", "diti_loss"]
+__all__ = [
+    "LOSS_MODES",
+    "ConstantDecayEMAModel",
+    "DiTiLossOutput",
+    "ThroughputMeter",
+    "TimestepLossHistogram",
+    "condition_for_timesteps",
+    "diti_loss",
+    "image_grid",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "make_ema",
+    "parameter_fingerprint",
+    "peak_memory_mb",
+    "prune_checkpoints",
+    "remove_incomplete_checkpoints",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]

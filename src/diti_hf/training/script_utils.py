@@ -4,6 +4,7 @@ end-of-run summary and the Hub upload. The training loops themselves live in the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -77,7 +78,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
     group.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam ε.")
     group.add_argument("--adam_weight_decay", type=float, default=0.0, help="Decoupled weight decay (0 = Adam).")
     group.add_argument(
-        "--max_grad_norm", type=float, default=None, help="Clip the gradient norm to this value (default: no clipping)."
+        "--max_grad_norm",
+        type=float,
+        default=None,
+        help="Clip the gradient norm to this value (default: no clipping).",
     )
     group.add_argument(
         "--mixed_precision",
@@ -130,10 +134,16 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
     group.add_argument("--tracker_project_name", type=str, default=None, help="Tracker run name.")
     group.add_argument("--logging_steps", type=int, default=10, help="Log loss, lr and throughput every N steps.")
     group.add_argument(
-        "--histogram_steps", type=int, default=None, help="Log the per-t loss histogram every N steps (default: 10×logging)."
+        "--histogram_steps",
+        type=int,
+        default=None,
+        help="Log the per-t loss histogram every N steps (default: 10×logging).",
     )
     group.add_argument(
-        "--validation_steps", type=int, default=500, help="Log validation image grids every N steps (0: only at the end)."
+        "--validation_steps",
+        type=int,
+        default=500,
+        help="Log validation image grids every N steps (0: only at the end).",
     )
     group.add_argument("--num_validation_images", type=int, default=8, help="Images in the validation grids.")
 
@@ -152,8 +162,15 @@ def check_training_arguments(args: argparse.Namespace) -> list[str]:
     for name in positive:
         if getattr(args, name) < 1:
             problems.append(f"--{name}: must be >= 1, got {getattr(args, name)}")
-    for name in ("max_train_steps", "max_train_images", "num_train_epochs", "checkpoints_total_limit",
-                 "stop_after_steps", "histogram_steps", "num_threads"):
+    for name in (
+        "max_train_steps",
+        "max_train_images",
+        "num_train_epochs",
+        "checkpoints_total_limit",
+        "stop_after_steps",
+        "histogram_steps",
+        "num_threads",
+    ):
         value = getattr(args, name)
         if value is not None and value < 1:
             problems.append(f"--{name}: must be >= 1, got {value}")
@@ -232,7 +249,7 @@ def tracker_config(args: argparse.Namespace) -> dict[str, Any]:
     """The flags as tracker hyper-parameters (scalars and strings only, as tensorboard requires)."""
     config = {}
     for key, value in vars(args).items():
-        if key in ("hub_token",):
+        if key in ("hub_token", "command_line"):
             continue
         config[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return config
@@ -285,3 +302,184 @@ def push_folder_to_hub(
         token=token,
     )
     return repo_id
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """A seed for process `process_index`'s own random stream (t, noise), distinct per process, stable per seed."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, process_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class RunState:
+    r"""
+    The per-process state a checkpoint must hold beyond what `accelerator.save_state` saves: the optimizer step,
+    the data position, the generator of t and noise, and the partial logging windows — so that a resumed run
+    continues bit-for-bit where the interrupted one stopped.
+
+    Args:
+        seed (`int`): The run's seed.
+        process_index (`int`): This process.
+        num_train_timesteps (`int`): `T`, for the per-t loss histogram.
+    """
+
+    def __init__(self, seed: int, process_index: int, num_train_timesteps: int):
+        from ..data.loading import DataPosition
+        from .logging_utils import TimestepLossHistogram
+
+        self.global_step = 0
+        self.position = DataPosition()
+        self.generator = torch.Generator().manual_seed(process_seed(seed, process_index))
+        self.histogram = TimestepLossHistogram(num_train_timesteps)
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        self.loss_sum += float(loss.detach())
+        self.loss_count += 1
+
+    def pop_mean_loss(self) -> float:
+        """The mean loss since the last call (this process's)."""
+        mean = self.loss_sum / max(1, self.loss_count)
+        self.loss_sum, self.loss_count = 0.0, 0
+        return mean
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "data_position": dataclasses.asdict(self.position),
+            "generator": self.generator.get_state(),
+            "histogram": self.histogram.state(),
+            "loss_window": (self.loss_sum, self.loss_count),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from ..data.loading import DataPosition
+
+        self.global_step = int(state["global_step"])
+        self.position = DataPosition(**state["data_position"])
+        self.generator.set_state(state["generator"])
+        self.histogram.load_state(state["histogram"])
+        self.loss_sum, self.loss_count = state["loss_window"]
+
+
+def resume_run(accelerator, args: argparse.Namespace, run: RunState, batches_per_epoch: int | None) -> Path | None:
+    r"""
+    Restores the checkpoint named by `--resume_from_checkpoint` (if any) into the prepared objects and `run`; removes
+    leftovers of interrupted saves. Returns the checkpoint used.
+    """
+    from ..data.loading import DataPosition
+    from .checkpointing import load_checkpoint, remove_incomplete_checkpoints, resolve_checkpoint
+
+    try:
+        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    except ValueError as error:
+        raise ScriptArgumentError(f"--resume_from_checkpoint: {error}") from error
+    if accelerator.is_main_process:
+        remove_incomplete_checkpoints(args.output_dir)
+    accelerator.wait_for_everyone()
+    if checkpoint is None:
+        if args.resume_from_checkpoint == "latest":
+            accelerator.print(f"no complete checkpoint in {args.output_dir}: starting from scratch")
+        return None
+    marker, state = load_checkpoint(accelerator, checkpoint)
+    if state is not None:
+        run.load_state_dict(state)
+    else:  # a different process count: resume the weights, restart the data at the equivalent epoch position
+        run.global_step = int(marker["step"])
+        consumed = run.global_step * args.gradient_accumulation_steps
+        if batches_per_epoch:
+            run.position = DataPosition(consumed // batches_per_epoch, consumed % batches_per_epoch)
+    accelerator.print(f"resumed from {checkpoint} at step {run.global_step}")
+    return checkpoint
+
+
+def log_periodic(
+    accelerator, args: argparse.Namespace, run: RunState, meter, lr_scheduler, extra: dict[str, float] | None = None
+) -> dict[str, float]:
+    r"""
+    The periodic logs after optimizer step `run.global_step`: every `--logging_steps` the loss (mean over processes
+    and the steps since the last log), lr, throughput and `extra`; every `--histogram_steps` the per-t loss
+    histogram (summed over processes) as a figure. Returns the scalars logged (empty if none).
+    """
+    from .logging_utils import TimestepLossHistogram
+
+    step, logged = run.global_step, {}
+    if step % args.logging_steps == 0:
+        mean_loss = accelerator.reduce(torch.tensor(run.pop_mean_loss(), device=accelerator.device), "mean")
+        logged = {
+            "train/loss": float(mean_loss),
+            "train/lr": lr_scheduler.get_last_lr()[0],
+            "train/images_per_s": meter.window_images_per_second(),
+            "train/epoch": run.position.epoch,
+            **(extra or {}),
+        }
+        accelerator.log(logged, step=step)
+    if step % args.histogram_steps == 0:
+        total = accelerator.reduce(run.histogram.state().to(accelerator.device), "sum").cpu()
+        run.histogram.reset()
+        if accelerator.is_main_process:
+            merged = TimestepLossHistogram(run.histogram.num_train_timesteps, run.histogram.num_buckets)
+            merged.load_state(total)
+            log_figure(accelerator, "train/loss_per_timestep", merged.figure(), step)
+    return logged
+
+
+def finish_run(
+    accelerator,
+    args: argparse.Namespace,
+    run: RunState,
+    meter,
+    parameters,
+    max_train_steps: int,
+    global_batch: int,
+    last_logged: dict[str, float],
+    saved_at: int | None,
+    save_final: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    r"""
+    Ends a launch on every process: a checkpoint if the launch stopped early (`--stop_after_steps`), peak memory,
+    throughput, a fingerprint of each process's weights (they must agree), then on the main process `save_final()`
+    (final validation and model folder; skipped when stopped early), the summary file and line, and the Hub upload.
+    """
+    from .checkpointing import save_checkpoint
+    from .logging_utils import parameter_fingerprint, peak_memory_mb
+
+    interrupted = run.global_step < max_train_steps
+    if interrupted and saved_at != run.global_step:
+        save_checkpoint(accelerator, args.output_dir, run.global_step, run.state_dict(), args.checkpoints_total_limit)
+    memory, memory_kind = peak_memory_mb(accelerator.device)
+    fingerprints = accelerator.gather(parameter_fingerprint(parameters).to(accelerator.device)[None])
+    summary = {
+        "global_step": run.global_step,
+        "max_train_steps": max_train_steps,
+        "interrupted": interrupted,
+        "num_processes": accelerator.num_processes,
+        "global_batch_size": global_batch,
+        "images_this_launch": meter.images,
+        "train_seconds_this_launch": round(meter.seconds, 3),
+        "throughput_images_per_s": round(meter.images_per_second(), 3),
+        "peak_memory_mb": round(memory, 1),
+        "peak_memory_kind": memory_kind,
+        "last_logged": last_logged,
+        "rank_weight_fingerprints": fingerprints.cpu().tolist(),
+    }
+    if accelerator.is_main_process:
+        if not interrupted:
+            summary.update(save_final())
+        accelerator.log(
+            {"final/throughput_images_per_s": summary["throughput_images_per_s"], "final/peak_memory_mb": memory},
+            step=run.global_step,
+        )
+        write_summary(args.output_dir, summary)
+        print(
+            f"{'stopped' if interrupted else 'finished'} at step {run.global_step}/{max_train_steps}: "
+            f"{meter.images} images in {meter.seconds:.1f} s = {summary['throughput_images_per_s']:.1f} images/s "
+            f"(global); peak memory {memory:.0f} MiB ({memory_kind}, main process)",
+            flush=True,
+        )
+        if args.push_to_hub and not interrupted:
+            repo = push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
+            print(f"pushed to https://huggingface.co/{repo}", flush=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary

@@ -1,0 +1,368 @@
+#!/usr/bin/env python
+"""Train the frozen base model of DiTi: a diffusers `UNet2DModel` DDPM (ε-prediction, linear betas 1e-4..0.02,
+T = 1000), with 🤗 accelerate on 🤗 datasets — for users without a pretrained DDPM.
+
+The result is a diffusers `DDPMPipeline` folder (`unet/`, `scheduler/`, EMA weights) that `train_diti.py` takes as
+`--pretrained_unet`:
+
+    accelerate launch examples/train_ddpm.py --dataset_name diti-shapes --resolution 32 --output_dir ./ddpm-shapes
+
+Same machinery as train_diti.py: mixed precision, gradient accumulation, EMA, crash-safe resumable checkpoints,
+tensorboard (loss, lr, throughput, per-t loss histogram, sample grids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diti_hf.data import add_data_arguments, check_data_arguments
+from diti_hf.training.script_utils import (
+    OneLineArgumentParser,
+    ScriptArgumentError,
+    add_training_arguments,
+    check_training_arguments,
+    run_script,
+)
+
+logger = logging.getLogger("train_ddpm")
+
+# UNet2DModel architectures. "tiny": the test UNet; "small32": measured on 2 CPU cores (shared/docs/
+# cpu-training-notes.md: recognisable shapes after ~40 min); "ddpm-cifar10": google/ddpm-cifar10-32's.
+UNET_PRESETS: dict[str, dict] = {
+    "tiny": {
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+        "attention_head_dim": 16,
+        "norm_num_groups": 16,
+    },
+    "small32": {
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": 32,
+        "norm_num_groups": 32,
+    },
+    "ddpm-cifar10": {
+        "block_out_channels": (128, 256, 256, 256),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        "attention_head_dim": None,
+        "norm_num_groups": 32,
+        "dropout": 0.1,
+    },
+}
+
+
+def build_parser() -> OneLineArgumentParser:
+    """The argument parser (every flag has a help text)."""
+    parser = OneLineArgumentParser(
+        prog="train_ddpm.py", description="Train a diffusers UNet2DModel DDPM (the frozen base model of DiTi)."
+    )
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--unet_preset", type=str, default="small32", choices=sorted(UNET_PRESETS), help="UNet architecture."
+    )
+    group.add_argument(
+        "--unet_config", type=str, default=None, help="A UNet2DModel config.json to use instead of the preset."
+    )
+    group.add_argument("--block_out_channels", type=int, nargs="+", default=None, help="Override: channels per level.")
+    group.add_argument("--layers_per_block", type=int, default=None, help="Override: resnets per level.")
+    group.add_argument(
+        "--attention_levels",
+        type=int,
+        nargs="*",
+        default=None,
+        help="Override: levels (0 = full resolution) whose blocks have self-attention.",
+    )
+    group.add_argument("--dropout", type=float, default=None, help="Override: resnet dropout.")
+    group.add_argument("--num_train_timesteps", type=int, default=1000, help="T of the DDPM.")
+    group.add_argument("--beta_start", type=float, default=1e-4, help="First beta of the linear schedule.")
+    group.add_argument("--beta_end", type=float, default=0.02, help="Last beta of the linear schedule.")
+    group.add_argument(
+        "--validation_inference_steps", type=int, default=50, help="Steps of the validation samples (DDIM, η = 1)."
+    )
+    add_data_arguments(parser, default_resolution=None)
+    # A short run needs usable EMA weights early: warm the decay up by default (train_diti uses the official constant).
+    add_training_arguments(parser, ema_warmup=True, max_grad_norm=1.0)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses and checks the flags; an impossible flag exits with code 2 and a one-line message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.histogram_steps = args.histogram_steps or 10 * args.logging_steps
+    problems = check_data_arguments(args) + check_training_arguments(args)
+    if args.unet_config is not None and not Path(args.unet_config).is_file():
+        problems.append(f"--unet_config: {args.unet_config!r} is not a file")
+    if args.num_train_timesteps < 2:
+        problems.append(f"--num_train_timesteps: must be >= 2, got {args.num_train_timesteps}")
+    if not 0 < args.beta_start < args.beta_end < 1:
+        problems.append(f"--beta_start/--beta_end: need 0 < start < end < 1, got {args.beta_start}, {args.beta_end}")
+    if args.validation_inference_steps < 1:
+        problems.append(f"--validation_inference_steps: must be >= 1, got {args.validation_inference_steps}")
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+def build_unet(args: argparse.Namespace, resolution: int, in_channels: int):
+    """The UNet2DModel from `--unet_config` or the preset, with the overrides applied."""
+    from diffusers import UNet2DModel
+
+    if args.unet_config is not None:
+        config = json.loads(Path(args.unet_config).read_text())
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+    else:
+        config = dict(UNET_PRESETS[args.unet_preset])
+    if args.block_out_channels is not None:
+        config["block_out_channels"] = tuple(args.block_out_channels)
+    levels = len(config["block_out_channels"])
+    if args.attention_levels is not None:
+        bad = [i for i in args.attention_levels if not 0 <= i < levels]
+        if bad:
+            raise ScriptArgumentError(f"--attention_levels: {bad} outside [0, {levels})")
+        config["down_block_types"] = tuple(
+            "AttnDownBlock2D" if i in args.attention_levels else "DownBlock2D" for i in range(levels)
+        )
+        config["up_block_types"] = tuple(
+            "AttnUpBlock2D" if i in args.attention_levels else "UpBlock2D" for i in reversed(range(levels))
+        )
+    elif args.block_out_channels is not None and len(config["down_block_types"]) != levels:
+        raise ScriptArgumentError(
+            f"--block_out_channels: {levels} levels but the preset has {len(config['down_block_types'])}; "
+            "pass --attention_levels too"
+        )
+    if args.layers_per_block is not None:
+        config["layers_per_block"] = args.layers_per_block
+    if args.dropout is not None:
+        config["dropout"] = args.dropout
+    config.update(sample_size=resolution, in_channels=in_channels, out_channels=in_channels)
+    try:
+        return UNet2DModel(**config)
+    except (ValueError, TypeError) as error:
+        raise ScriptArgumentError(f"UNet config (--unet_preset/--unet_config and overrides): {error}") from error
+
+
+class DDPMTrainingModel(torch.nn.Module):
+    """The ε-prediction loss of a UNet, per sample (for the per-t histogram) and averaged."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, images, noise_scheduler, generator: torch.Generator):
+        batch = images.shape[0]
+        T = noise_scheduler.config.num_train_timesteps
+        # t and ε come from this process's own generator (on CPU, so a resumed run redraws them exactly).
+        timesteps = torch.randint(0, T, (batch,), generator=generator).to(images.device)
+        noise = torch.randn(images.shape, generator=generator, dtype=torch.float32).to(images.device, images.dtype)
+        noisy = noise_scheduler.add_noise(images, noise, timesteps)
+        prediction = self.unet(noisy, timesteps).sample
+        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").flatten(1).mean(1)
+        return per_sample.mean(), per_sample.detach(), timesteps
+
+
+@torch.no_grad()
+def log_validation(accelerator, model, ema, noise_scheduler, args, step: int, num_images: int) -> None:
+    """A grid of samples of the EMA weights (DDIM with η = 1, which keeps colour saturation; see the CPU notes)."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from diti_hf.training.logging_utils import image_grid
+    from diti_hf.training.script_utils import log_image
+
+    unet = accelerator.unwrap_model(model).unet
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    unet.eval()
+    try:
+        pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(args.seed)  # the same noise every time: comparable grids
+        images = pipe(
+            batch_size=num_images,
+            generator=generator,
+            eta=1.0,
+            num_inference_steps=args.validation_inference_steps,
+            output_type="np",
+        ).images
+        grid = image_grid([torch.from_numpy(images).permute(0, 3, 1, 2)])
+        log_image(accelerator, "validation/samples", grid, step)
+    finally:
+        ema.restore(unet.parameters())
+        unet.train()
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Trains and returns the run summary (also written to `output_dir/training_summary.json`)."""
+    import datasets
+    import diffusers
+    import transformers
+    from accelerate.utils import set_seed
+    from diffusers import DDPMPipeline, DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from diti_hf.data import TRANSFORM_PRESETS, dataset_from_args, training_images_from_args, transform_from_args
+    from diti_hf.training.checkpointing import save_checkpoint
+    from diti_hf.training.ema import make_ema
+    from diti_hf.training.logging_utils import ThroughputMeter
+    from diti_hf.training.script_utils import (
+        RunState,
+        finish_run,
+        log_periodic,
+        make_accelerator,
+        resume_run,
+        total_train_steps,
+        tracker_config,
+    )
+
+    accelerator = make_accelerator(args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_local_main_process:
+        for library in (datasets, transformers, diffusers):
+            library.utils.logging.set_verbosity_error()
+        logger.setLevel(logging.WARNING)
+    set_seed(args.seed)
+
+    resolution = args.resolution
+    if resolution is None:
+        resolution = TRANSFORM_PRESETS.get(args.preprocessing or "", {}).get("resolution", 32)
+    num_channels = 3
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_start=args.beta_start,
+        beta_end=args.beta_end,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+    unet = build_unet(args, resolution, num_channels)
+    model = DDPMTrainingModel(unet).train()
+
+    try:
+        with accelerator.main_process_first():
+            raw = dataset_from_args(args, resolution)
+        transform = transform_from_args(args, resolution, num_channels)
+        data = training_images_from_args(
+            args,
+            raw,
+            transform,
+            args.train_batch_size,
+            accelerator.num_processes,
+            accelerator.process_index,
+            pin_memory=accelerator.device.type == "cuda",
+        )
+    except (ValueError, FileNotFoundError) as error:
+        from diti_hf.data import BadImageError
+
+        if isinstance(error, BadImageError):
+            raise
+        raise ScriptArgumentError(f"data: {error}") from error
+
+    global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    max_train_steps = total_train_steps(args, global_batch, data.batches_per_epoch)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    trainer = accelerator.unwrap_model(model)
+    ema = make_ema(trainer.parameters(), args.ema_decay, warmup=args.ema_warmup)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+
+    run = RunState(args.seed, accelerator.process_index, args.num_train_timesteps)
+    resume_run(accelerator, args, run, data.batches_per_epoch)
+    ema.to(accelerator.device)  # accelerate restores custom states on the CPU
+    start_step = run.global_step
+    if accelerator.is_main_process:
+        accelerator.init_trackers(args.tracker_project_name or "train_ddpm", config=tracker_config(args))
+    logger.info(
+        "training %d steps of %d images, UNet %.2fM parameters, from step %d",
+        max_train_steps, global_batch, sum(p.numel() for p in trainer.parameters()) / 1e6, start_step,
+    )  # fmt: skip
+
+    meter = ThroughputMeter()
+    progress = tqdm(
+        total=max_train_steps, initial=start_step, desc="train_ddpm", disable=not accelerator.is_local_main_process
+    )
+    stop_at = start_step + args.stop_after_steps if args.stop_after_steps else None
+    last_logged: dict[str, float] = {}
+    saved_at = start_step if start_step else None
+    batches = data(run.position)
+    while run.global_step < max_train_steps and (stop_at is None or run.global_step < stop_at):
+        run.position, batch = next(batches)
+        images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+        with accelerator.accumulate(model):
+            loss, per_sample, timesteps = model(images, noise_scheduler, run.generator)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        run.histogram.update(timesteps, per_sample)
+        run.add_loss(loss)
+        meter.add(images.shape[0] * accelerator.num_processes)
+        if not accelerator.sync_gradients:
+            continue
+        ema.step(trainer.parameters())
+        run.global_step += 1
+        progress.update(1)
+        step = run.global_step
+
+        with meter.paused():
+            ema_decay = {"train/ema_decay": float(ema.cur_decay_value or 0.0)}
+            last_logged = log_periodic(accelerator, args, run, meter, lr_scheduler, ema_decay) or last_logged
+            if last_logged:
+                progress.set_postfix(loss=f"{last_logged['train/loss']:.4g}")
+            if step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, step, run.state_dict(), args.checkpoints_total_limit)
+                saved_at = step
+            if args.validation_steps and step % args.validation_steps == 0 and accelerator.is_main_process:
+                log_validation(accelerator, model, ema, noise_scheduler, args, step, args.num_validation_images)
+    progress.close()
+
+    def save_final() -> dict:
+        """Final samples, then the DDPMPipeline folder (unet/ + scheduler/) with the EMA weights."""
+        log_validation(accelerator, model, ema, noise_scheduler, args, run.global_step, args.num_validation_images)
+        ema.copy_to(trainer.parameters())
+        DDPMPipeline(unet=trainer.unet, scheduler=noise_scheduler).to("cpu").save_pretrained(args.output_dir)
+        return {}
+
+    return finish_run(
+        accelerator,
+        args,
+        run,
+        meter,
+        trainer.parameters(),
+        max_train_steps,
+        global_batch,
+        last_logged,
+        saved_at,
+        save_final,
+    )
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)

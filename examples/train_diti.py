@@ -1,0 +1,571 @@
+#!/usr/bin/env python
+"""Train a DiTi encoder and decoder against a frozen DDPM, with 🤗 accelerate on 🤗 datasets.
+
+One CPU to many GPUs / nodes (accelerate's DDP, optionally FSDP or DeepSpeed), mixed precision, gradient
+accumulation, EMA, crash-safe resumable checkpoints, tensorboard logging (loss, lr, throughput, the per-t loss
+histogram, reconstruction and swap grids), and a final `DiTiPipeline` folder (EMA weights).
+
+    accelerate launch examples/train_diti.py --pretrained_unet ./ddpm-shapes --dataset_name diti-shapes \
+        --resolution 32 --latent_dim 64 --num_chunks 16 --output_dir ./diti-shapes
+
+`--num_chunks 1` trains the PDAE baseline with the same code. See examples/README.md for the paper's setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diti_hf.data import add_data_arguments, check_data_arguments
+from diti_hf.models.encoder import ENCODER_PRESETS
+from diti_hf.partition import TimestepPartition
+from diti_hf.training.loss import LOSS_MODES
+from diti_hf.training.script_utils import (
+    OneLineArgumentParser,
+    ScriptArgumentError,
+    add_training_arguments,
+    check_training_arguments,
+    run_script,
+)
+
+logger = logging.getLogger("train_diti")
+
+# Encoder preset per training resolution when no architecture is given (method.md §2).
+PRESET_FOR_RESOLUTION = {32: "small32", 64: "celeba64", 128: "ffhq128"}
+
+
+def build_parser() -> OneLineArgumentParser:
+    """The argument parser (every flag has a help text)."""
+    parser = OneLineArgumentParser(
+        prog="train_diti.py",
+        description="Train DiTi (ICLR 2024) encoder + decoder against a frozen diffusers UNet2DModel.",
+    )
+    group = parser.add_argument_group("frozen DDPM")
+    group.add_argument(
+        "--pretrained_unet",
+        type=str,
+        required=True,
+        help=(
+            "Hub id or local folder of the frozen DDPM: a diffusers pipeline/UNet folder (e.g. google/ddpm-cifar10-32, "
+            "the output of train_ddpm.py) or a folder written by `diti-hf convert`."
+        ),
+    )
+    group.add_argument(
+        "--unet_subfolder",
+        type=str,
+        default=None,
+        help="Subfolder of the UNet (default: `unet` if present, else root).",
+    )
+    group.add_argument(
+        "--scheduler_subfolder",
+        type=str,
+        default=None,
+        help="Subfolder of the noise-schedule config (default: `scheduler`, the UNet's folder, the root; else linear).",
+    )
+    group.add_argument("--revision", type=str, default=None, help="Hub revision of --pretrained_unet.")
+
+    group = parser.add_argument_group("DiTi (method.md §5-6)")
+    group.add_argument("--latent_dim", type=int, default=512, help="Width d of the representation z.")
+    group.add_argument("--num_chunks", "--k", type=int, default=64, help="Chunks k of z (1 = the PDAE baseline).")
+    group.add_argument(
+        "--stages", type=int, nargs="+", default=None, help="Staged partition: increasing stage end-times, last = T."
+    )
+    group.add_argument(
+        "--dims_per_stage", type=int, nargs="+", default=None, help="Staged partition: dims per stage, sum = d."
+    )
+    group.add_argument(
+        "--mode", type=str, default="stop_grad", choices=LOSS_MODES, help="Loss mode (base, stop_grad or dual)."
+    )
+    group.add_argument(
+        "--encoder_preset",
+        type=str,
+        default=None,
+        choices=sorted(ENCODER_PRESETS),
+        help="Encoder architecture (default: small32 / celeba64 / ffhq128 by --resolution).",
+    )
+    group.add_argument(
+        "--encoder_block_out_channels", type=int, nargs="+", default=None, help="Encoder channels per stride-2 stage."
+    )
+    group.add_argument(
+        "--encoder_attention_stages", type=int, nargs="*", default=None, help="Encoder stages followed by attention."
+    )
+    group.add_argument("--encoder_num_attention_heads", type=int, default=None, help="Heads of the encoder attention.")
+    group.add_argument("--encoder_norm_num_groups", type=int, default=None, help="GroupNorm groups of the encoder.")
+    group.add_argument(
+        "--decoder_dropout", type=float, default=None, help="Dropout of the decoder's resnets (default: the UNet's)."
+    )
+    group.add_argument(
+        "--init_decoder_from_unet",
+        action="store_true",
+        help=(
+            "Experiment: start the decoder's trainable mid/up path from the frozen UNet's weights (the output conv "
+            "stays zero, so G ≡ 0 at step 0) instead of the official random initialisation."
+        ),
+    )
+    group.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="Recompute decoder activations in backward (less memory).",
+    )
+    group.add_argument(
+        "--validation_inference_steps", type=int, default=20, help="DDIM steps of validation reconstructions/swaps."
+    )
+    group.add_argument(
+        "--validation_swap_timesteps",
+        type=str,
+        nargs="+",
+        default=None,
+        metavar="LO:HI",
+        help="Time-step ranges swapped in the validation grid (default: the lower and upper half of [0, T)).",
+    )
+    add_data_arguments(parser)
+    add_training_arguments(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses and checks the flags; an impossible flag exits with code 2 and a one-line message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
+    args.histogram_steps = args.histogram_steps or 10 * args.logging_steps
+
+    problems = check_data_arguments(args) + check_training_arguments(args)
+    problems += _check_diti_arguments(args)
+    if problems:
+        parser.error("; ".join(problems))
+    return args
+
+
+def _check_diti_arguments(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if args.latent_dim < 1:
+        problems.append(f"--latent_dim: must be >= 1, got {args.latent_dim}")
+    elif not 1 <= args.num_chunks <= args.latent_dim:
+        problems.append(f"--num_chunks (k): must lie in [1, --latent_dim={args.latent_dim}], got {args.num_chunks}")
+    elif (args.stages is None) != (args.dims_per_stage is None):
+        problems.append("--stages/--dims_per_stage: give both or neither")
+    elif args.stages is not None:
+        try:  # T is checked against the DDPM later; here T = the last stage end
+            TimestepPartition(args.latent_dim, args.num_chunks, args.stages[-1], args.stages, args.dims_per_stage)
+        except ValueError as error:
+            problems.append(f"--stages/--dims_per_stage: {error}")
+    if args.validation_inference_steps < 1:
+        problems.append(f"--validation_inference_steps: must be >= 1, got {args.validation_inference_steps}")
+    for spec in args.validation_swap_timesteps or ():
+        try:
+            lo, hi = (int(v) for v in spec.split(":"))
+            if not 0 <= lo < hi:
+                raise ValueError
+        except ValueError:
+            problems.append(f"--validation_swap_timesteps: expected LO:HI with 0 <= LO < HI, got {spec!r}")
+    if args.decoder_dropout is not None and not 0 <= args.decoder_dropout < 1:
+        problems.append(f"--decoder_dropout: must lie in [0, 1), got {args.decoder_dropout}")
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------- model pieces
+def load_frozen_ddpm(args: argparse.Namespace):
+    """The frozen UNet and its noise-schedule config (linear 1e-4..0.02, T=1000 when the folder has none)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    common = {"revision": args.revision, "cache_dir": args.cache_dir}
+    local = Path(args.pretrained_unet)
+    subfolders = [args.unet_subfolder] if args.unet_subfolder is not None else ["unet", None]
+    if args.unet_subfolder is None and local.is_dir():
+        subfolders = ["unet"] if (local / "unet" / "config.json").is_file() else [None]
+    errors = []
+    for subfolder in subfolders:
+        try:
+            unet = UNet2DModel.from_pretrained(args.pretrained_unet, subfolder=subfolder, **common)
+            break
+        except (OSError, ValueError) as error:
+            errors.append(f"subfolder={subfolder!r}: {error}")
+    else:
+        raise ScriptArgumentError(
+            f"--pretrained_unet {args.pretrained_unet!r}: no UNet2DModel found ({'; '.join(errors)})"
+        )
+    if args.scheduler_subfolder is not None:
+        candidates = [args.scheduler_subfolder]
+    else:
+        candidates = ["scheduler", subfolder, None]
+    for candidate in dict.fromkeys(candidates):
+        try:
+            config = DDPMScheduler.load_config(args.pretrained_unet, subfolder=candidate, **common)
+            break
+        except (OSError, ValueError):
+            continue
+    else:
+        if args.scheduler_subfolder is not None:
+            raise ScriptArgumentError(
+                f"--scheduler_subfolder {args.scheduler_subfolder!r}: no scheduler config in {args.pretrained_unet!r}"
+            )
+        logger.warning("no scheduler config next to the UNet: using linear betas 1e-4..0.02, T=1000 (method.md §1)")
+        config = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear").config
+    if config.get("prediction_type", "epsilon") != "epsilon":
+        raise ScriptArgumentError(
+            f"--pretrained_unet: DiTi needs an ε-prediction DDPM, got prediction_type={config['prediction_type']!r}"
+        )
+    unet.requires_grad_(False)
+    unet.eval()
+    return unet, dict(config)
+
+
+def build_encoder(args: argparse.Namespace, resolution: int, num_train_timesteps: int, in_channels: int):
+    """The encoder from a preset and/or explicit fields; the partition is recorded in its config."""
+    from diti_hf import DiTiEncoderModel
+
+    preset = args.encoder_preset
+    if preset is None and args.encoder_block_out_channels is None:
+        preset = PRESET_FOR_RESOLUTION.get(resolution)
+        if preset is None:
+            raise ScriptArgumentError(
+                f"--encoder_preset: no default encoder for resolution {resolution}; pass --encoder_preset or "
+                "--encoder_block_out_channels"
+            )
+    fields = dict(ENCODER_PRESETS[preset]) if preset else {}
+    overrides = {
+        "block_out_channels": args.encoder_block_out_channels,
+        "attention_stages": args.encoder_attention_stages,
+        "num_attention_heads": args.encoder_num_attention_heads,
+        "norm_num_groups": args.encoder_norm_num_groups,
+    }
+    fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None})
+    fields.update(
+        sample_size=resolution,
+        in_channels=in_channels,
+        latent_dim=args.latent_dim,
+        num_chunks=args.num_chunks,
+        num_train_timesteps=num_train_timesteps,
+        stages=args.stages,
+        dims_per_stage=args.dims_per_stage,
+    )
+    try:
+        return DiTiEncoderModel(**fields)
+    except ValueError as error:
+        raise ScriptArgumentError(f"encoder (--encoder_*, --latent_dim, --num_chunks, --stages): {error}") from error
+
+
+def init_decoder_from_unet(decoder: nn.Module, unet: nn.Module) -> None:
+    """Copies the frozen up path (mid block, up blocks, output norm) into the decoder; `conv_out` stays zero."""
+    trainable = ("mid_block.", "up_blocks.", "conv_norm_out.")
+    source = {k: v for k, v in unet.state_dict().items() if k.startswith(trainable)}
+    missing, unexpected = decoder.load_state_dict(source, strict=False)
+    leftover = [k for k in missing if not (k.startswith(("label_emb.", "conv_out.")) or ".z_emb_proj." in k)]
+    if unexpected or leftover:
+        raise RuntimeError(f"decoder/UNet mismatch: unexpected {unexpected}, not initialised {leftover}")
+
+
+class DiTiTrainingModel(nn.Module):
+    r"""
+    Encoder and decoder as one module, so that DDP wraps (and all-reduces) them once per step. The frozen UNet is
+    an argument of `forward`, not a sub-module: it needs no gradient synchronisation and no optimizer state.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, images, unet, coefficients, mode: str, generator: torch.Generator):
+        from diti_hf.training import diti_loss
+
+        # nanoGPT order: z = E(x_0) → t, ε ~ generator → x_t → frozen ε_θ and features → mask z by t → G → loss.
+        z = self.encoder(images).z
+        out = diti_loss(
+            unet, self.decoder, z, images, self.encoder.partition, coefficients, mode=mode, generator=generator
+        )
+        return out.loss, out.per_sample.detach(), out.timesteps
+
+
+def ddim_scheduler(config: dict):
+    """The sampling scheduler of the final pipeline: the DDPM's betas on the official DDIM grid (method.md §7)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(config, timestep_spacing="leading", set_alpha_to_one=True, clip_sample=True)
+
+
+def image_processor_for(transform):
+    """The pipeline's image processor: the training preprocessing without its random parts (RGB models only)."""
+    from diti_hf.pipelines.image_processing_diti import DiTiImageProcessor
+
+    if transform.num_channels != 3:
+        return None
+    box = transform.crop_box
+    return DiTiImageProcessor(
+        resolution=transform.resolution,
+        crop_box=None if box is None else [box.top, box.left, box.height, box.width],
+        interpolation=transform.interpolation,
+    )
+
+
+def card_kwargs(args: argparse.Namespace) -> dict:
+    """Model-card facts of the run: the Hub data set (if one), the training command (token redacted), the repo."""
+    hub_dataset = (
+        args.dataset_name
+        if args.dataset_name and args.dataset_name.count("/") == 1 and not os.path.exists(args.dataset_name)
+        else None
+    )
+    argv = list(args.command_line)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--hub_token":
+            argv[i + 1] = "***"
+    argv = ["***" if a.startswith("--hub_token=") else a for a in argv]
+    return {
+        "datasets": [hub_dataset] if hub_dataset else None,
+        "training_command": "accelerate launch examples/train_diti.py " + shlex.join(argv),
+        "repo_id": args.hub_model_id,
+    }
+
+
+def swap_ranges(args: argparse.Namespace, num_train_timesteps: int) -> list[tuple[int, int]]:
+    if args.validation_swap_timesteps:
+        ranges = [tuple(int(v) for v in spec.split(":")) for spec in args.validation_swap_timesteps]
+        bad = [r for r in ranges if r[1] > num_train_timesteps]
+        if bad:
+            raise ScriptArgumentError(f"--validation_swap_timesteps: {bad} exceed T={num_train_timesteps}")
+        return ranges
+    half = num_train_timesteps // 2
+    return [(0, half), (half, num_train_timesteps)]
+
+
+@torch.no_grad()
+def log_validation(accelerator, model, ema, unet, scheduler, images, args, step: int) -> dict[str, float]:
+    r"""
+    Reconstructions and swaps of the fixed validation batch with the EMA weights, as one grid: originals,
+    reconstructions, then for each swap range the original with that range's chunks taken from its neighbour
+    (the last row).
+    """
+    from diti_hf import DiTiPipeline
+    from diti_hf.training.logging_utils import image_grid
+    from diti_hf.training.script_utils import log_image
+
+    trainer = accelerator.unwrap_model(model)
+    ema.store(trainer.parameters())
+    ema.copy_to(trainer.parameters())
+    trainer.eval()
+    try:
+        pipe = DiTiPipeline(unet=unet, encoder=trainer.encoder, decoder=trainer.decoder, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        images = images.to(accelerator.device)
+        steps = args.validation_inference_steps
+        recon = pipe.reconstruct(images, num_inference_steps=steps, output_type="pt").images
+        target = images.roll(1, 0)
+        ranges = swap_ranges(args, scheduler.config.num_train_timesteps)
+        swaps = pipe.swap(images, target, timesteps=ranges, num_inference_steps=steps, output_type="pt").images
+        rows = [images / 2 + 0.5, recon] + [swaps[r :: len(ranges)] for r in range(len(ranges))] + [target / 2 + 0.5]
+        log_image(accelerator, "validation/original_recon_swaps_target", image_grid(rows), step)
+        mse = float((recon - (images / 2 + 0.5)).square().mean())
+    finally:
+        ema.restore(trainer.parameters())
+        trainer.train()
+    return {"validation/reconstruction_mse": mse}
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def main(args: argparse.Namespace) -> dict:
+    """Trains and returns the run summary (also written to `output_dir/training_summary.json`)."""
+    import datasets
+    import diffusers
+    import transformers
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiPipeline
+    from diti_hf.data import dataset_from_args, training_images_from_args, transform_from_args, validation_batch
+    from diti_hf.hub import save_model_card
+    from diti_hf.training.checkpointing import save_checkpoint
+    from diti_hf.training.ema import make_ema
+    from diti_hf.training.logging_utils import ThroughputMeter
+    from diti_hf.training.script_utils import (
+        RunState,
+        finish_run,
+        log_periodic,
+        make_accelerator,
+        resume_run,
+        total_train_steps,
+        tracker_config,
+    )
+
+    accelerator = make_accelerator(args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_local_main_process:
+        for library in (datasets, transformers, diffusers):
+            library.utils.logging.set_verbosity_error()
+        logger.setLevel(logging.WARNING)
+    set_seed(args.seed)  # same initial weights on every process (DDP would broadcast rank 0's anyway)
+
+    # ---- the frozen DDPM and its schedule
+    unet, scheduler_config = load_frozen_ddpm(args)
+    coefficients = DiffusionCoefficients.from_scheduler_config(scheduler_config)
+    T = coefficients.num_train_timesteps
+    if args.stages is not None and args.stages[-1] != T:
+        raise ScriptArgumentError(f"--stages: must end at the DDPM's T={T}, got {args.stages}")
+    if args.num_chunks > T:
+        raise ScriptArgumentError(f"--num_chunks (k): must be <= T={T}, got {args.num_chunks}")
+    resolution = args.resolution
+    if resolution is None:
+        from diti_hf.data import TRANSFORM_PRESETS
+
+        preset = TRANSFORM_PRESETS.get(args.preprocessing or "", {})
+        resolution = preset.get("resolution") or unet.config.sample_size
+    if not isinstance(resolution, int):
+        raise ScriptArgumentError("--resolution: the UNet config has no integer sample_size; pass --resolution")
+
+    # ---- trainable encoder + decoder
+    encoder = build_encoder(args, resolution, T, unet.config.in_channels)
+    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=args.latent_dim, dropout=args.decoder_dropout)
+    if args.init_decoder_from_unet:
+        init_decoder_from_unet(decoder, unet)
+    if args.gradient_checkpointing:
+        decoder.enable_gradient_checkpointing()
+    model = DiTiTrainingModel(encoder, decoder).train()
+
+    # ---- data: each process reads its own share, in a seeded order that a resumed run replays
+    try:
+        with accelerator.main_process_first():
+            raw = dataset_from_args(args, resolution)
+        transform = transform_from_args(args, resolution, unet.config.in_channels)
+        data = training_images_from_args(
+            args,
+            raw,
+            transform,
+            args.train_batch_size,
+            accelerator.num_processes,
+            accelerator.process_index,
+            pin_memory=accelerator.device.type == "cuda",
+        )
+        validation_images = None
+        if accelerator.is_main_process:
+            validation_images = validation_batch(raw, transform, args.num_validation_images, args.image_column)
+    except (ValueError, FileNotFoundError) as error:
+        from diti_hf.data import BadImageError
+
+        if isinstance(error, BadImageError):
+            raise
+        raise ScriptArgumentError(f"data: {error}") from error
+
+    global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    max_train_steps = total_train_steps(args, global_batch, data.batches_per_epoch)
+
+    # ---- optimisation (official: Adam 1e-4, β 0.9/0.999, ε 1e-8, no weight decay, no warm-up, EMA 0.9999)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay,
+    )
+    # The prepared scheduler steps once per process per optimizer step, hence the × num_processes.
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    unet.to(accelerator.device)  # frozen: device placement only, no DDP wrapper
+    coefficients = coefficients.to(accelerator.device)
+    trainer = accelerator.unwrap_model(model)
+    ema = make_ema(trainer.parameters(), args.ema_decay, warmup=args.ema_warmup)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    sampling_scheduler = ddim_scheduler(scheduler_config)
+
+    run = RunState(args.seed, accelerator.process_index, T)
+    resume_run(accelerator, args, run, data.batches_per_epoch)
+    ema.to(accelerator.device)  # accelerate restores custom states on the CPU
+    start_step = run.global_step
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers(args.tracker_project_name or "train_diti", config=tracker_config(args))
+    logger.info(
+        "training %d steps of %d images (%d per process × %d processes × %d accumulation), from step %d",
+        max_train_steps, global_batch, args.train_batch_size, accelerator.num_processes,
+        args.gradient_accumulation_steps, start_step,
+    )  # fmt: skip
+
+    meter = ThroughputMeter()
+    progress = tqdm(
+        total=max_train_steps, initial=start_step, desc="train_diti", disable=not accelerator.is_local_main_process
+    )
+    stop_at = start_step + args.stop_after_steps if args.stop_after_steps else None
+    last_logged: dict[str, float] = {}
+    saved_at = start_step if start_step else None
+    batches = data(run.position)
+    while run.global_step < max_train_steps and (stop_at is None or run.global_step < stop_at):
+        run.position, batch = next(batches)
+        images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+        with accelerator.accumulate(model):
+            loss, per_sample, timesteps = model(images, unet, coefficients, args.mode, run.generator)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        run.histogram.update(timesteps, per_sample)
+        run.add_loss(loss)
+        meter.add(images.shape[0] * accelerator.num_processes)
+        if not accelerator.sync_gradients:
+            continue
+        ema.step(trainer.parameters())
+        run.global_step += 1
+        progress.update(1)
+        step = run.global_step
+
+        with meter.paused():
+            last_logged = log_periodic(accelerator, args, run, meter, lr_scheduler) or last_logged
+            if last_logged:
+                progress.set_postfix(loss=f"{last_logged['train/loss']:.4g}")
+            if step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, step, run.state_dict(), args.checkpoints_total_limit)
+                saved_at = step
+            if args.validation_steps and step % args.validation_steps == 0 and accelerator.is_main_process:
+                metrics = log_validation(
+                    accelerator, model, ema, unet, sampling_scheduler, validation_images, args, step
+                )
+                accelerator.log(metrics, step=step)
+    progress.close()
+
+    def save_final() -> dict:
+        """Final validation, then the complete pipeline folder with the EMA weights."""
+        metrics = log_validation(
+            accelerator, model, ema, unet, sampling_scheduler, validation_images, args, run.global_step
+        )
+        accelerator.log(metrics, step=run.global_step)
+        ema.copy_to(trainer.parameters())
+        pipe = DiTiPipeline(
+            unet=unet,
+            encoder=trainer.encoder,
+            decoder=trainer.decoder,
+            scheduler=sampling_scheduler,
+            image_processor=image_processor_for(transform),
+        )
+        pipe.to("cpu").save_pretrained(args.output_dir)
+        save_model_card(pipe, args.output_dir, **card_kwargs(args))
+        return metrics
+
+    return finish_run(
+        accelerator,
+        args,
+        run,
+        meter,
+        trainer.parameters(),
+        max_train_steps,
+        global_batch,
+        last_logged,
+        saved_at,
+        save_final,
+    )
+
+
+if __name__ == "__main__":
+    run_script(main, parse_args)
