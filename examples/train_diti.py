@@ -505,6 +505,9 @@ def main(args: argparse.Namespace) -> dict:
         images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
         with accelerator.accumulate(model):
             loss, per_sample, timesteps = model(images, unet, coefficients, args.mode, run.generator)
+            if not run.loss_is_finite(accelerator, loss, args.max_nonfinite_steps):
+                optimizer.zero_grad(set_to_none=True)
+                continue
             accelerator.backward(loss)
             if accelerator.sync_gradients and args.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

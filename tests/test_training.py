@@ -509,3 +509,41 @@ def test_fingerprint_and_throughput():
     meter.add(6)
     assert meter.images == 16 and meter.images_per_second() > 0 and meter.window_images_per_second() > 0
     assert meter.window_images_per_second() == 0.0
+
+
+# --------------------------------------------------------------------------------------------- NaN/inf guard
+def _nan_on_calls(monkeypatch, bad_calls: set[int]) -> None:
+    """Makes the training model's loss NaN on the given forward calls (counted from 0)."""
+    original = train_diti.DiTiTrainingModel.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        loss, per_sample, timesteps = original(self, *args, **kwargs)
+        bad = calls["n"] in bad_calls
+        calls["n"] += 1
+        return (loss * float("nan"), per_sample, timesteps) if bad else (loss, per_sample, timesteps)
+
+    monkeypatch.setattr(train_diti.DiTiTrainingModel, "forward", forward)
+
+
+def test_nonfinite_loss_batches_are_skipped_and_counted(base_model, tmp_path, monkeypatch):
+    _nan_on_calls(monkeypatch, {1, 2})
+    summary = _run(train_diti, diti_argv(base_model, tmp_path / "run", "--max_train_steps", "4"))
+    assert summary["skipped_nonfinite_batches"] == 2
+    assert summary["global_step"] == 4  # the skipped batches are not optimizer steps
+    weights = load_file(tmp_path / "run" / "encoder" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())  # no NaN reached the weights
+
+
+def test_too_many_nonfinite_losses_abort_with_a_message(base_model, tmp_path, monkeypatch, capsys):
+    from diti_hf.training.script_utils import run_script
+
+    _nan_on_calls(monkeypatch, set(range(2, 100)))
+    argv = diti_argv(base_model, tmp_path / "run", "--max_train_steps", "50", "--max_nonfinite_steps", "3")
+    _reset_accelerate()
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(train_diti.main, train_diti.parse_args, argv)
+    _reset_accelerate()
+    assert exit_info.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "3 batches in a row had a NaN/inf loss (step 2)" in err[-1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -24,6 +25,10 @@ class ScriptArgumentError(ValueError):
     """A flag or a combination of flags is impossible; reported as one line with exit code 2."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer steps in a row had a NaN/inf loss; reported as one line with exit code 3."""
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """An `ArgumentParser` whose errors are one line (`prog: error: ...`) on stderr, with exit code 2."""
 
@@ -40,12 +45,15 @@ def run_script(main: Callable[[argparse.Namespace], Any], parse_args: Callable, 
     from ..data.loading import BadImageError
 
     args = parse_args(argv)
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train"
     try:
         return main(args)
     except (ScriptArgumentError, BadImageError) as error:
-        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train"
         print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteLossError as error:
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(3)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
@@ -152,6 +160,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
     group.add_argument("--hub_model_id", type=str, default=None, help="Hub repo id (default: the output folder name).")
     group.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
     group.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repo as private.")
+    group.add_argument(
+        "--max_nonfinite_steps",
+        type=int,
+        default=10,
+        help="Skip a batch whose loss is NaN/inf; abort after this many such batches in a row.",
+    )
     parser.set_defaults(**defaults)
 
 
@@ -332,6 +346,31 @@ class RunState:
         self.generator = torch.Generator().manual_seed(process_seed(seed, process_index))
         self.histogram = TimestepLossHistogram(num_train_timesteps)
         self.loss_sum, self.loss_count = 0.0, 0
+        self.nonfinite_total, self.nonfinite_in_a_row = 0, 0
+
+    def loss_is_finite(self, accelerator, loss: torch.Tensor, max_in_a_row: int) -> bool:
+        """
+        Whether every process's `loss` is finite (all processes agree, so they skip the same batches). A skipped
+        batch is counted; `max_in_a_row` skips in a row raise [`NonFiniteLossError`].
+        """
+        bad = torch.tensor(0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, device=loss.device)
+        if accelerator.num_processes > 1:
+            bad = accelerator.reduce(bad, reduction="sum")
+        if float(bad) == 0:
+            self.nonfinite_in_a_row = 0
+            return True
+        self.nonfinite_total += 1
+        self.nonfinite_in_a_row += 1
+        logging.getLogger(__name__).warning(
+            "non-finite loss at step %d: batch skipped (%d in a row, %d in total)",
+            self.global_step, self.nonfinite_in_a_row, self.nonfinite_total,
+        )  # fmt: skip
+        if self.nonfinite_in_a_row >= max_in_a_row:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_a_row} batches in a row had a NaN/inf loss (step {self.global_step}); "
+                "lower --learning_rate, check the data, or resume from an earlier checkpoint."
+            )
+        return False
 
     def add_loss(self, loss: torch.Tensor) -> None:
         self.loss_sum += float(loss.detach())
@@ -350,6 +389,7 @@ class RunState:
             "generator": self.generator.get_state(),
             "histogram": self.histogram.state(),
             "loss_window": (self.loss_sum, self.loss_count),
+            "nonfinite": (self.nonfinite_total, self.nonfinite_in_a_row),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -360,6 +400,7 @@ class RunState:
         self.generator.set_state(state["generator"])
         self.histogram.load_state(state["histogram"])
         self.loss_sum, self.loss_count = state["loss_window"]
+        self.nonfinite_total, self.nonfinite_in_a_row = state.get("nonfinite", (0, 0))
 
 
 def resume_run(accelerator, args: argparse.Namespace, run: RunState, batches_per_epoch: int | None) -> Path | None:
@@ -460,6 +501,7 @@ def finish_run(
         "throughput_images_per_s": round(meter.images_per_second(), 3),
         "peak_memory_mb": round(memory, 1),
         "peak_memory_kind": memory_kind,
+        "skipped_nonfinite_batches": run.nonfinite_total,
         "last_logged": last_logged,
         "rank_weight_fingerprints": fingerprints.cpu().tolist(),
     }
