@@ -315,6 +315,38 @@ def test_oracle_learns_easy_factors(easy_shapes):
     assert oracle.predict(images[220:]).shape == (80, 4)
 
 
+def test_attribute_loss_curve_with_a_ddpm_that_forgets_each_factor_at_a_known_time():
+    from diti_hf.evaluation import attribute_loss_curve
+
+    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    forget_at = [200, 450, 10_000]  # channel c is destroyed from t >= forget_at[c]; channel 2 never
+
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # returns the ε̂ whose x̂_0 is ±0.5 per channel (sign of the channel mean, reliable for t <= 500 at 32×32),
+        # or 0 for a forgotten channel
+        a = alphas[t[0]].float()
+        x0 = 0.5 * torch.sign(x_t.mean((2, 3), keepdim=True)).expand_as(x_t).clone()
+        for c, t_c in enumerate(forget_at):
+            if int(t[0]) >= t_c:
+                x0[:, c] = 0.0
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    class ChannelOracle:
+        def predict(self, images: torch.Tensor) -> torch.Tensor:
+            return (images.mean((2, 3)) > 0.1).long()  # a margin: a forgotten channel (≈ 0) reads class 0
+
+    labels = torch.randint(0, 2, (64, 3), generator=torch.Generator().manual_seed(0))
+    images = (labels.float() - 0.5)[:, :, None, None].expand(-1, -1, 32, 32)
+    curve = attribute_loss_curve(eps_fn, ChannelOracle(), images, labels, alphas, range(0, 600, 100), batch_size=16)
+    assert curve["loss_time"] == [200, 500, None]
+    assert curve["clean_accuracy"].tolist() == [1.0, 1.0, 1.0]
+    assert curve["accuracy"][0, :2].tolist() == [1.0, 1.0] and curve["accuracy"][2].min() == 1.0
+    # a forgotten channel reads as class 0: accuracy = share of class-0 labels
+    assert float(curve["accuracy"][0, 2]) == pytest.approx(float((labels[:, 0] == 0).double().mean()))
+    with pytest.raises(ValueError, match="increasing"):
+        attribute_loss_curve(eps_fn, ChannelOracle(), images, labels, alphas, [100, 0])
+
+
 # ------------------------------------------------------------------------------------------------ reconstruction
 def test_reconstruction_metrics_known_values():
     g = torch.Generator().manual_seed(0)
@@ -387,7 +419,10 @@ def test_lfw_protocol_on_tiny_dataset_with_column_mapping():
     ds = datasets.Dataset.from_dict(rows)  # one split only: val/test are carved out of it
     schema = LFW_SCHEMA.with_columns(columns, image_column="img")
     report = lfw_protocol(
-        lambda x: _block_encoder(x * 0.5 + 0.5), ds, schema=schema, config=ProbeConfig(epochs=60, lr=0.02, batch_size=16)
+        lambda x: _block_encoder(x * 0.5 + 0.5),
+        ds,
+        schema=schema,
+        config=ProbeConfig(epochs=60, lr=0.02, batch_size=16),
     )
     assert len(LFW_ATTRIBUTES) == 73 and report["num_attributes"] == 73
     assert report["splits"] == {"train": 120, "val": 15, "test": 15}
@@ -443,7 +478,7 @@ def test_evaluate_pipeline_on_a_perfectly_modular_model(easy_shapes, tmp_path):
     cf = entry["counterfactual"]
     assert cf["targeted_flip_rate"] == 1.0 and cf["leakage"] == 0.0
     assert entry["reconstruction"]["mse"] == 0.0 and entry["reconstruction"]["psnr"] is None  # inf → null
-    assert entry["reconstruction"]["oracle_accuracy"] == {n: 1.0 for n in ("bg", "size", "x", "pattern")}
+    assert entry["reconstruction"]["oracle_accuracy"] == dict.fromkeys(("bg", "size", "x", "pattern"), 1.0)
     assert report["oracle"]["test_accuracy"]["bg"] == 1.0
 
 
@@ -460,6 +495,8 @@ def test_evaluate_pipeline_with_tiny_diti_and_pdae_pipelines(tmp_path):
         num_reconstruction_images=4,
         num_inference_steps=2,
         granularity_pairs=16,
+        num_attribute_loss_images=8,
+        attribute_loss_timesteps=[0, 500],
         plots=False,
     )
     models = {"diti": tiny_pipeline(num_chunks=4), "pdae": tiny_pipeline(seed=1, num_chunks=1)}
@@ -475,7 +512,31 @@ def test_evaluate_pipeline_with_tiny_diti_and_pdae_pipelines(tmp_path):
         assert entry["counterfactual"]["ranges"] == [[0, 500], [500, 1000]]
         assert 0.0 <= entry["reconstruction"]["ssim"] <= 1.0 and entry["reconstruction"]["mse"] > 0
         assert all(0.0 <= v <= 1.0 for v in entry["probe"]["accuracy"].values())
+    # PDAE's ranges cover the same (single) chunk: identical swaps, identical flip rates
+    loss = report["attribute_loss"]
+    assert loss["ddpm_of"] == "diti" and set(loss["loss_time"]) == {"bg", "size"}
+    assert len(loss["accuracy"]["bg"]) == len(config.attribute_loss_timesteps)
+    pdae_flip = np.asarray(pdae["counterfactual"]["flip_rate"], dtype=float)
+    np.testing.assert_array_equal(pdae_flip[:, 0], pdae_flip[:, 1])
     assert json.loads((tmp_path / "report.json").read_text())["dataset"]["num_images"] == 90
+
+
+def test_pipeline_adapter_matches_the_pipeline():
+    from conftest import tiny_images, tiny_pipeline
+    from diti_hf.evaluation import pipeline_functions
+
+    pipe = tiny_pipeline(num_chunks=4)
+    fns = pipeline_functions(pipe, num_inference_steps=2)
+    a, b = tiny_images(2, seed=0), tiny_images(2, seed=1)
+    torch.testing.assert_close(fns.encode_fn(a), pipe.encode(a).z)
+    assert fns.partition.num_chunks == 4 and fns.sample_size == 16
+    ranges = [(0, 500), (500, 1000), (0, 250)]
+    swapped = fns.swap_fn(a, b, ranges)
+    assert swapped.shape == (2, 3, 3, 16, 16) and 0.0 <= float(swapped.min()) <= float(swapped.max()) <= 1.0
+    direct = pipe.swap(a, b, timesteps=ranges, num_inference_steps=2, output_type="pt").images.view(2, 3, 3, 16, 16)
+    torch.testing.assert_close(swapped, direct)
+    with pytest.raises(TypeError, match="DiTiPipeline-like"):
+        pipeline_functions(object())
 
 
 def test_evaluate_pipeline_bad_inputs(easy_shapes):
@@ -491,3 +552,72 @@ def test_evaluate_pipeline_bad_inputs(easy_shapes):
         evaluate_pipeline({"m": object()}, ds)
     with pytest.raises(ValueError, match="swap_ranges"):
         EvaluationConfig(swap_ranges=[(500, 100)])
+
+
+# ------------------------------------------------------------------------------------------------ the script
+def _load_example():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("evaluate_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_script_end_to_end(tmp_path):
+    from conftest import tiny_pipeline
+
+    tiny_pipeline(num_chunks=4).save_pretrained(tmp_path / "diti")
+    example = _load_example()
+    args = example.parse_args(
+        [
+            "--model", f"diti={tmp_path / 'diti'}", "--output_dir", str(tmp_path / "eval"), "--device", "cpu",
+            "--num_images", "60", "--probe_epochs", "2", "--num_inference_steps", "2", "--swap_ranges", "0:500,500:1000",
+            "--num_swap_pairs", "2", "--oracle_epochs", "1", "--num_reconstruction_images", "2", "--no_plots",
+            "--num_attribute_loss_images", "4",
+        ]
+    )  # fmt: skip
+    assert args.models == {"diti": str(tmp_path / "diti")}
+    report = example.main(args)
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert saved["dataset"]["name"] == "diti-shapes" and saved["dataset"]["resolution"] == 16
+    assert saved["models"].keys() == report["models"].keys() == {"diti", "random_init", "pixels"}
+    assert saved["models"]["diti"]["counterfactual"]["ranges"] == [[0, 500], [500, 1000]]
+    assert len(saved["models"]["diti"]["probe"]["accuracy"]) == 7  # the default factors
+    assert len(saved["dataset"]["factor_specs"]) == 7 and saved["dataset"]["seed"] == 0
+    assert set(saved["attribute_loss"]["loss_time"]) == {f["name"] for f in saved["dataset"]["factors"]}
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--model", "diti", "--output_dir", "x"], "NAME=PATH"),
+        (["--model", "pixels=a", "--output_dir", "x"], "reserved"),
+        (["--model", "a=b", "--output_dir", "x", "--protocol", "celeba"], "needs --dataset"),
+        (["--model", "a=b", "--output_dir", "x", "--num_swap_pairs", "0"], "num_swap_pairs"),
+        (["--model", "a=b", "--output_dir", "x", "--columns", "[1]"], "JSON object"),
+    ],
+)
+def test_evaluate_script_bad_flags(argv, match, capsys):
+    example = _load_example()
+    with pytest.raises(SystemExit) as exit_info:
+        example.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_evaluate_pipeline_is_deterministic_under_the_seed(easy_shapes):
+    factors, ds = easy_shapes
+    part = TimestepPartition(latent_dim=16, num_chunks=4)
+    model = LookupModel(ds, factors, part, {"bg": 3, "x": 2, "size": 1, "pattern": 0})
+    config = EvaluationConfig(
+        probe=ProbeConfig(epochs=3), num_swap_pairs=8, oracle_epochs=1, num_reconstruction_images=4, plots=False
+    )
+    first, second = (evaluate_pipeline({"m": model.functions()}, ds, config) for _ in range(2))
+    for key in ("probe", "alignment", "counterfactual", "reconstruction"):
+        a, b = first["models"]["m"][key], second["models"]["m"][key]
+        a.pop("seconds", None), b.pop("seconds", None)
+        assert a == b
+    assert first["oracle"]["val_accuracy"] == second["oracle"]["val_accuracy"]

@@ -139,9 +139,7 @@ def test_granularity_spans_scales_and_is_linear_in_contrast():
     assert g["texture"] > 1.0  # visible
     # changing only the background from grey 0.2 to 0.4 vs to 0.6: twice the pixel change
     base = [ShapeFactor("shape", "shape", ["circle", "square"])]
-    near = factor_granularity(
-        [ShapeFactor("bg", "background", [(0.2,) * 3, (0.4,) * 3]), *base], num_pairs=32
-    )["bg"]
+    near = factor_granularity([ShapeFactor("bg", "background", [(0.2,) * 3, (0.4,) * 3]), *base], num_pairs=32)["bg"]
     far = factor_granularity([ShapeFactor("bg", "background", [(0.2,) * 3, (0.6,) * 3]), *base], num_pairs=32)["bg"]
     assert far == pytest.approx(2 * near, rel=0.02)
     # known answer: every background pixel changes by 0.2 in 3 channels; the object covers ≈ π (0.17·32)² px
@@ -155,7 +153,7 @@ def test_attribute_loss_time():
     for distance in (1.0, 5.0, 10.0):
         t = attribute_loss_time(distance)
         # Bayes error Φ(-√(ᾱ/(1-ᾱ)) · d) reaches 0.4 exactly at t: Φ(-m) >= 0.4 ⇔ m <= 0.253347
-        margin = lambda s: math.sqrt(alpha_bar[s] / (1 - alpha_bar[s])) * distance  # noqa: E731
+        margin = lambda s, d=distance: math.sqrt(alpha_bar[s] / (1 - alpha_bar[s])) * d  # noqa: E731
         assert margin(t) <= 0.253348 < margin(t - 1)
     assert attribute_loss_time(2.0) < attribute_loss_time(8.0)
     assert attribute_loss_time(0.0) == 0

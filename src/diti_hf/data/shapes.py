@@ -162,7 +162,9 @@ def sample_factor_codes(num_images: int, seed: int = 0, factors: Sequence[ShapeF
     if not isinstance(num_images, (int, np.integer)) or num_images < 0:
         raise ValueError(f"`num_images` must be a non-negative int, got {num_images!r}.")
     rng = np.random.default_rng(seed)
-    return np.stack([rng.integers(0, f.num_classes, size=int(num_images)) for f in factors], axis=1).astype(np.int64)
+    # drawn row by row, so that the first n images of a larger dataset are the dataset of n images
+    high = np.array([f.num_classes for f in factors])
+    return rng.integers(0, high, size=(int(num_images), len(factors))).astype(np.int64)
 
 
 def _texture_patterns(resolution: int) -> dict[str, np.ndarray]:

@@ -1,0 +1,76 @@
+"""Evaluation of time-step-modular representations: linear probes, time-step alignment, counterfactual score,
+reconstruction, the CelebA/LFW protocols and the report (issue 5)."""
+
+from .adapters import (
+    ModelFunctions,
+    encoder_functions,
+    pipeline_functions,
+    pixel_functions,
+    random_encoder_functions,
+)
+from .alignment import AlignmentResult, chunk_masks, decodable_chunks, timestep_alignment
+from .attribute_loss import attribute_loss_curve
+from .counterfactual import (
+    CounterfactualResult,
+    OracleClassifier,
+    counterfactual_score,
+    flip_rates,
+    summarise_flips,
+    train_oracle,
+)
+from .probes import (
+    ProbeConfig,
+    ProbeResult,
+    accuracy,
+    average_precision,
+    fit_linear_probes,
+    pearson_r,
+    spearman_r,
+    split_indices,
+)
+from .protocols import attribute_protocol, celeba_protocol, lfw_protocol, load_attribute_splits, preprocess_images
+from .reconstruction import compare_images, mse, psnr, reconstruct, reconstruction_metrics, ssim
+from .report import EvaluationConfig, dataset_arrays, evaluate_pipeline, json_safe, write_plots
+
+__all__ = [
+    "AlignmentResult",
+    "CounterfactualResult",
+    "EvaluationConfig",
+    "ModelFunctions",
+    "OracleClassifier",
+    "ProbeConfig",
+    "ProbeResult",
+    "accuracy",
+    "attribute_loss_curve",
+    "attribute_protocol",
+    "average_precision",
+    "celeba_protocol",
+    "chunk_masks",
+    "compare_images",
+    "counterfactual_score",
+    "dataset_arrays",
+    "decodable_chunks",
+    "encoder_functions",
+    "evaluate_pipeline",
+    "fit_linear_probes",
+    "json_safe",
+    "flip_rates",
+    "lfw_protocol",
+    "load_attribute_splits",
+    "mse",
+    "pearson_r",
+    "pipeline_functions",
+    "pixel_functions",
+    "preprocess_images",
+    "psnr",
+    "random_encoder_functions",
+    "reconstruct",
+    "reconstruction_metrics",
+    "spearman_r",
+    "split_indices",
+    "ssim",
+    "summarise_flips",
+    "timestep_alignment",
+    "train_oracle",
+    "write_plots",
+]
