@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/diti-hf demo
+	HF_HUB_OFFLINE=1 $(BIN)/diti-hf demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests

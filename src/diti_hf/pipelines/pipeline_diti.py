@@ -205,6 +205,8 @@ class DiTiPipeline(DiffusionPipeline):
         else:
             if isinstance(images, (PIL.Image.Image, np.ndarray)):
                 images = [images] if not (isinstance(images, np.ndarray) and images.ndim == 4) else list(images)
+            elif isinstance(images, Sequence) and not isinstance(images, (str, bytes, list, tuple)):
+                images = list(images)  # e.g. a 🤗 datasets column of PIL images
             if not isinstance(images, (list, tuple)) or not images:
                 raise TypeError(
                     "`images` must be a tensor, a numpy array, a PIL image or a non-empty list of them, got "

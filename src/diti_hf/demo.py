@@ -1,0 +1,649 @@
+"""The `diti-hf demo` job (`make demo`): what a DiTi model does, end to end, on CPU, without network.
+
+With a trained pipeline (the shipped `pretrained/diti-shapes32/`, optionally against the PDAE baseline
+`pretrained/pdae-shapes32/`) it writes reconstructions, coarse and fine attribute swaps, an interpolation strip, a
+classifier-direction edit, the time-step alignment heatmap and a report of the evaluation metrics. Until a trained
+model is shipped, the interim mode runs the official fixture checkpoint (random weights) instead: it proves parity
+with the official implementation and exercises the same pipeline calls, but its images mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+
+INTERIM_NOTICE = (
+    "INTERIM DEMO: no trained model is shipped yet; this runs the official fixture checkpoint (random weights), so "
+    "the images are not meaningful — it shows the pipeline end to end and the parity numbers."
+)
+DEFAULT_MODEL = "pretrained/diti-shapes32"
+DEFAULT_BASELINE = "pretrained/pdae-shapes32"
+DEFAULT_FIXTURE = "tests/fixtures/official-diti"
+OUTPUT_FILES = (
+    "reconstruction.png",
+    "swap_coarse.png",
+    "swap_fine.png",
+    "interpolation.png",
+    "edit.png",
+    "alignment_heatmap.png",
+    "report.md",
+    "report.json",
+)
+FIXTURE_FILES = (
+    "dpm_config.yml",
+    "pretrained_dpm_checkpoint.pt",
+    "diti_config.yml",
+    "diti_checkpoint.pt",
+    "reference_outputs.safetensors",
+)
+# max abs error bounds of the parity check (README "Correctness"; inversion: float32 noise of the reference itself)
+PARITY_TOLERANCES = {"eps": 1e-4, "shift_G": 1e-4, "encoder": 1e-4, "ddim_inversion": 2e-4, "ddim_generation": 1e-4}
+
+
+# ---------------------------------------------------------------------------------------------------- grids
+def image_grid(
+    rows: Sequence[Sequence[PIL.Image.Image | None]],
+    pad: int = 2,
+    zoom: int = 1,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> PIL.Image.Image:
+    r"""
+    Pastes equally sized images into a grid (`None` leaves a cell empty), `pad` pixels apart and around.
+
+    Args:
+        rows (`list[list[PIL.Image.Image | None]]`): The cells, row by row (rows may be shorter than the widest).
+        pad (`int`, defaults to 2): Gap between cells and border, in output pixels.
+        zoom (`int`, defaults to 1): Nearest-neighbour upscaling of every cell.
+        background (`tuple[int, int, int]`, defaults to white): Colour of gaps and empty cells.
+
+    Returns:
+        `PIL.Image.Image`: RGB, `cols·w·zoom + (cols+1)·pad` wide and `rows·h·zoom + (rows+1)·pad` high.
+    """
+    cells = [im for row in rows for im in row if im is not None]
+    if not cells:
+        raise ValueError("`rows` holds no image.")
+    w, h = cells[0].size
+    if any(im.size != (w, h) for im in cells):
+        raise ValueError(f"every grid cell must be {w}×{h}, got sizes {sorted({im.size for im in cells})}.")
+    n_cols = max(len(row) for row in rows)
+    cw, ch = w * zoom, h * zoom
+    grid = PIL.Image.new("RGB", (n_cols * cw + (n_cols + 1) * pad, len(rows) * ch + (len(rows) + 1) * pad), background)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            if image is not None:
+                cell = image.convert("RGB").resize((cw, ch), PIL.Image.NEAREST) if zoom != 1 else image.convert("RGB")
+                grid.paste(cell, grid_cell_box(r, c, (w, h), pad, zoom)[:2])
+    return grid
+
+
+def grid_cell_box(
+    row: int, col: int, cell_size: tuple[int, int], pad: int = 2, zoom: int = 1
+) -> tuple[int, int, int, int]:
+    """The `(left, top, right, bottom)` box of cell `(row, col)` in an [`image_grid`]."""
+    cw, ch = cell_size[0] * zoom, cell_size[1] * zoom
+    left, top = pad + col * (cw + pad), pad + row * (ch + pad)
+    return left, top, left + cw, top + ch
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def swap_grid_images(
+    pipe: Any,
+    sources: Any,
+    targets: Any,
+    ranges: Sequence[tuple[str, tuple[int, int]]],
+    num_inference_steps: int,
+    batch_size: int,
+    output_type: str = "pil",
+) -> list:
+    r"""
+    Every source with the chunks of each range taken from every target, inverting each source only once.
+
+    Args:
+        pipe ([`~diti_hf.DiTiPipeline`]): The pipeline.
+        sources, targets: Images (anything [`~diti_hf.DiTiPipeline.preprocess`] accepts).
+        ranges (`list[tuple[str, tuple[int, int]]]`): `("timesteps", (lo, hi))` or `("chunks", (i, j))` entries.
+        num_inference_steps (`int`): DDIM steps of inversion and generation.
+        batch_size (`int`): Images per inversion / generation batch.
+        output_type (`str`, defaults to `"pil"`): As in the pipeline.
+
+    Returns:
+        `list`: Per range, `len(sources) × len(targets)` images, source-major (image `s·T + t`).
+    """
+    pixels_s, pixels_t = pipe.preprocess(sources), pipe.preprocess(targets)
+    latents, z_source = [], []
+    for i in range(0, pixels_s.shape[0], batch_size):
+        inverted = pipe.invert(pixels_s[i : i + batch_size], num_inference_steps=num_inference_steps)
+        latents.append(inverted.latents)
+        z_source.append(inverted.z)
+    latents, z_source = torch.cat(latents), torch.cat(z_source)
+    z_target = pipe.encode(pixels_t, batch_size=batch_size).z
+    n_t = pixels_t.shape[0]
+    results = []
+    for kind, (lo, hi) in ranges:
+        partition = pipe.partition
+        start, end = partition.dims_for_timesteps(lo, hi) if kind == "timesteps" else partition.dims_for_chunks(lo, hi)
+        z = z_source[:, None].repeat(1, n_t, 1)
+        z[:, :, start:end] = z_target[None, :, start:end]
+        out = pipe(
+            z=z.flatten(0, 1),
+            latents=latents.repeat_interleave(n_t, 0),
+            num_inference_steps=num_inference_steps,
+            batch_size=batch_size,
+            output_type=output_type,
+        )
+        results.append(out.images)
+    return results
+
+
+def partition_ranges(partition: Any) -> dict[str, tuple[int, int]]:
+    """The coarse (last third of the chunks, late t) and fine (first third, early t) time-step ranges."""
+    k, T = partition.num_chunks, partition.num_train_timesteps
+    third = max(1, k // 3)
+    return {
+        "coarse": (partition.chunk_timesteps(k - third)[0], T),
+        "fine": (0, partition.chunk_timesteps(third - 1)[1]),
+    }
+
+
+def train_logistic_probe(
+    z: torch.Tensor, labels: torch.Tensor, seed: int = 0, steps: int = 300, weight_decay: float = 1e-3
+) -> dict[str, Any]:
+    r"""
+    A binary logistic-regression probe on standardised `z` (full batch, Adam), trained on 80 % and tested on 20 %.
+
+    Returns:
+        `dict` with `weight` `(d,)` (in standardised space, the direction [`~diti_hf.DiTiPipeline.edit`] expects
+        with `z_std=std`), `mean`, `std`, `train_accuracy`, `test_accuracy` and `test_average_precision`.
+    """
+    from .evaluation import average_precision
+
+    z, y = z.float(), labels.float()
+    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
+    n_train = max(1, int(0.8 * len(z)))
+    train, test = order[:n_train], order[n_train:]
+    mean, std = z[train].mean(0), z[train].std(0, unbiased=False).clamp_min(1e-6)
+    x = (z - mean) / std
+    w = torch.zeros(z.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.Adam([w, b], lr=0.05)
+    pos_weight = (1 - y[train].mean()) / y[train].mean().clamp_min(1e-6)  # balance a one-vs-rest class
+    for _ in range(steps):
+        logits = x[train] @ w + b
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[train], pos_weight=pos_weight)
+        loss = loss + weight_decay * w.square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        scores = x @ w + b
+
+    def acc(idx: torch.Tensor) -> float | None:
+        return float(((scores[idx] > 0).float() == y[idx]).float().mean()) if len(idx) else None
+
+    ap = float(average_precision(scores[test], y[test])) if len(test) and y[test].any() else None
+    return {
+        "weight": w.detach(),
+        "mean": mean,
+        "std": std,
+        "train_accuracy": acc(train),
+        "test_accuracy": acc(test),
+        "test_average_precision": ap,
+    }
+
+
+def _to01(pipe: Any, images: Any) -> torch.Tensor:
+    return (pipe.preprocess(images).float().cpu() / 2 + 0.5).clamp(0, 1)
+
+
+def _pil(pipe: Any, images01: torch.Tensor) -> list[PIL.Image.Image]:
+    return pipe.postprocess(images01 * 2 - 1, "pil")
+
+
+# ---------------------------------------------------------------------------------------------------- interim
+def official_fixture_pipeline(fixture_dir: str | Path, log: Callable[[str], None] = print) -> tuple[Any, dict]:
+    r"""
+    Converts the official fixture checkpoint (random weights, 64×64) with [`~diti_hf.conversion.convert_official`]
+    and measures parity against its `reference_outputs.safetensors`: max abs errors of ε_θ, the decoder shift G, the
+    encoder, and 10-step masked DDIM inversion and generation.
+
+    Returns:
+        `(pipeline, parity)`: the [`~diti_hf.DiTiPipeline`] and `{quantity: {"max_abs_error", "tolerance", "ok"}}`.
+    """
+    from safetensors.torch import load_file
+
+    from .conversion import convert_official
+    from .models.denoiser import denoise
+    from .pipelines import DiTiPipeline
+
+    fixture = Path(fixture_dir)
+    missing = [name for name in FIXTURE_FILES if not (fixture / name).is_file()]
+    if missing:
+        raise ValueError(f"{str(fixture)!r} is not the official fixture folder: it lacks {missing}.")
+    converted = convert_official(
+        fixture / "dpm_config.yml",
+        fixture / "pretrained_dpm_checkpoint.pt",
+        fixture / "diti_config.yml",
+        fixture / "diti_checkpoint.pt",
+    )
+    pipe = DiTiPipeline(converted.unet, converted.encoder, converted.decoder, converted.scheduler)
+    ref = load_file(fixture / "reference_outputs.safetensors")
+    with torch.no_grad():
+        out = denoise(pipe.unet, pipe.decoder, ref["x_t"], ref["t"], ref["z"])
+        z = pipe.encoder(ref["encoder_input"]).z
+    pipe.set_progress_bar_config(disable=True)
+    inverted = pipe.invert(ref["ddim_x0"], z=ref["ddim_z"], num_inference_steps=10).latents
+    generated = pipe(z=ref["ddim_z"], latents=ref["ddim_xT"], num_inference_steps=10, output_type="pt").images * 2 - 1
+    errors = {
+        "eps": out.eps - ref["eps"],
+        "shift_G": out.shift - ref["gradient"],
+        "encoder": z - ref["encoder_output"],
+        "ddim_inversion": inverted - ref["ddim_xT"],
+        "ddim_generation": generated - ref["ddim_recon"],
+    }
+    parity = {}
+    for name, diff in errors.items():
+        err = float(diff.abs().max())
+        parity[name] = {
+            "max_abs_error": err,
+            "tolerance": PARITY_TOLERANCES[name],
+            "ok": err <= PARITY_TOLERANCES[name],
+        }
+        log(f"  parity {name:16s} max abs error {err:.2e}  (tolerance {PARITY_TOLERANCES[name]:.0e})")
+    return pipe, parity
+
+
+# ---------------------------------------------------------------------------------------------------- the demo
+@dataclass
+class DemoConfig:
+    r"""
+    Sizes of the demo (defaults: about 3 minutes on 2 CPU cores with the shipped 32×32 models).
+
+    Args:
+        output_dir (`str`, defaults to `"outputs/demo"`): Where the files go.
+        steps (`int`, defaults to 20): DDIM steps of every inversion / generation (the parity check always uses 10).
+        batch_size (`int`, defaults to 16): Generation batch size.
+        seed (`int`, defaults to 0): Seed of the procedural images, probes and evaluation.
+        num_images (`int`, defaults to 1000): Labelled procedural images for the edit probe and the evaluation.
+        num_examples (`int`, defaults to 4): Images shown in the grids (sources × targets of the swaps).
+        edit_factor (`str`, defaults to `"background"`): The factor whose first class the edit probe detects.
+        edit_class (`str`, *optional*): Its class (default: the first class name).
+        edit_scales (`list[float]`): Edit step sizes.
+        num_swap_pairs (`int`, defaults to 24): Counterfactual pairs of the evaluation.
+        eval_steps (`int`, defaults to 10): DDIM steps of the evaluation's swaps and reconstructions (its many
+            generations dominate the run time).
+        evaluate_counterfactual (`bool`, defaults to `True`): Run the counterfactual score (oracle + swaps).
+        zoom (`int`, *optional*): Grid cell upscaling (default: cells of at least 96 px).
+        interim (`bool`, defaults to `False`): The fixture run (notice everywhere, no counterfactual score).
+        model, baseline (`str`, *optional*): Where the pipelines came from (recorded in the report).
+    """
+
+    output_dir: str = "outputs/demo"
+    steps: int = 20
+    batch_size: int = 16
+    seed: int = 0
+    num_images: int = 1000
+    num_examples: int = 4
+    edit_factor: str = "background"
+    edit_class: str | None = None
+    edit_scales: list[float] = field(default_factory=lambda: [-1.0, -0.5, 0.0, 0.5, 1.0])
+    num_swap_pairs: int = 24
+    eval_steps: int = 10
+    evaluate_counterfactual: bool = True
+    zoom: int | None = None
+    interim: bool = False
+    model: str | None = None
+    baseline: str | None = None
+
+
+def run_demo(
+    pipe: Any,
+    config: DemoConfig,
+    baseline: Any = None,
+    images: Sequence[PIL.Image.Image] | None = None,
+    parity: dict | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    setup_seconds: float = 0.0,
+) -> dict[str, Any]:
+    r"""
+    Runs the demo on a loaded pipeline and writes [`OUTPUT_FILES`] into `config.output_dir`.
+
+    Args:
+        pipe ([`~diti_hf.DiTiPipeline`]): The DiTi pipeline.
+        config ([`DemoConfig`]): Sizes and paths.
+        baseline ([`~diti_hf.DiTiPipeline`], *optional*): A PDAE pipeline reported side by side.
+        images (`list[PIL.Image.Image]`, *optional*): Images for the grids (default: procedural shapes).
+        parity (`dict`, *optional*): The parity check of the interim mode (see [`official_fixture_pipeline`]).
+        log (`Callable[[str], None]`, defaults to `print`): Progress messages.
+        progress (`bool`, defaults to `True`): Progress bars.
+        setup_seconds (`float`, defaults to 0): Time spent before the call (loading, conversion, parity), reported
+            in `seconds["setup"]` and the total.
+
+    Returns:
+        `dict`: The report (also `report.json`).
+    """
+    from tqdm.auto import tqdm
+
+    from .data.shapes import SHAPES_DATASET_NAME, generate_shapes
+    from .evaluation import EvaluationConfig, ProbeConfig, compare_images, evaluate_pipeline
+
+    start = time.perf_counter() - setup_seconds
+    seconds: dict[str, float] = {"setup": setup_seconds}
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolution = int(pipe.encoder.config.sample_size)
+    zoom = config.zoom or max(1, math.ceil(96 / resolution))
+    steps, bs = config.steps, config.batch_size
+    models = {"diti": pipe} if baseline is None else {"diti": pipe, "pdae": baseline}
+    for p in models.values():
+        p.set_progress_bar_config(disable=True)
+
+    stages = ["data", "reconstruction", "swaps", "interpolation", "edit", "evaluation", "report"]
+    bar = tqdm(total=len(stages), desc="demo", unit="step", disable=not progress)
+    current: list[tuple[str, float]] = []
+
+    def stage(name: str) -> None:
+        now = time.perf_counter()
+        if current:
+            seconds[current[-1][0]] = now - current[-1][1]
+            bar.update(1)
+        current.append((name, now))
+        bar.set_description(f"demo: {name}")
+
+    # --------------------------------------------------------------- data
+    stage("data")
+    labelled = generate_shapes(config.num_images, seed=config.seed, resolution=resolution)
+    if images is None:
+        images = list(generate_shapes(config.num_examples, seed=config.seed + 1, resolution=resolution)["image"])
+    images = list(images)
+    if len(images) < 2:
+        raise ValueError(f"the demo needs at least 2 example images, got {len(images)}.")
+    shown01 = _to01(pipe, images)
+    shown = _pil(pipe, shown01)
+
+    # --------------------------------------------------------------- reconstruction
+    stage("reconstruction")
+    reconstruction: dict[str, Any] = {}
+    recon01 = None
+    for name, p in models.items():
+        rec = p.reconstruct(images, num_inference_steps=steps, batch_size=bs, output_type="pt").images.float().cpu()
+        reconstruction[name] = {
+            "num_images": len(images),
+            "num_inference_steps": steps,
+            **compare_images(shown01, rec),
+        }
+        recon01 = rec if recon01 is None else recon01
+    image_grid([shown, _pil(pipe, recon01)], zoom=zoom).save(out / "reconstruction.png")
+
+    # --------------------------------------------------------------- swaps
+    stage("swaps")
+    ranges = partition_ranges(pipe.partition)
+    swapped = swap_grid_images(
+        pipe, images, images, [("timesteps", ranges["coarse"]), ("timesteps", ranges["fine"])], steps, bs
+    )
+    n = len(images)
+    for label, grid_images in zip(("coarse", "fine"), swapped):
+        rows = [[None, *shown]] + [[shown[i], *grid_images[i * n : (i + 1) * n]] for i in range(n)]
+        image_grid(rows, zoom=zoom).save(out / f"swap_{label}.png")
+
+    # --------------------------------------------------------------- interpolation
+    stage("interpolation")
+    alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
+    rows = []
+    for label in ("coarse", "fine"):
+        strip = pipe.interpolate(
+            images[:1], images[1:2], alphas=alphas, timesteps=ranges[label], num_inference_steps=steps, batch_size=bs
+        ).images
+        rows.append([shown[0], *strip, shown[1]])
+    image_grid(rows, zoom=zoom).save(out / "interpolation.png")
+
+    # --------------------------------------------------------------- edit
+    stage("edit")
+    import datasets
+
+    factor = config.edit_factor
+    if not isinstance(labelled.features.get(factor), datasets.ClassLabel):
+        raise ValueError(
+            f"`edit_factor` {factor!r} is not a factor of {SHAPES_DATASET_NAME} ({labelled.column_names[1:]})."
+        )
+    class_names = labelled.features[factor].names
+    class_name = config.edit_class or class_names[0]
+    if class_name not in class_names:
+        raise ValueError(f"`edit_class` {class_name!r} is not a class of {factor!r} ({class_names}).")
+    labelled_pixels = torch.cat(
+        [pipe.preprocess(labelled[i : i + 256]["image"]) for i in range(0, len(labelled), 256)]
+    )
+    z = pipe.encode(labelled_pixels, batch_size=max(bs, 64)).z.float().cpu()
+    target = torch.tensor(list(labelled[factor])) == class_names.index(class_name)
+    probe = train_logistic_probe(z, target, seed=config.seed)
+    edited = pipe.edit(
+        images,
+        direction=probe["weight"],
+        scales=config.edit_scales,
+        z_std=probe["std"],
+        num_inference_steps=steps,
+        batch_size=bs,
+    ).images
+    k = len(config.edit_scales)
+    image_grid([[shown[i], *edited[i * k : (i + 1) * k]] for i in range(n)], zoom=zoom).save(out / "edit.png")
+    edit_report = {
+        "factor": factor,
+        "class": class_name,
+        "scales": list(config.edit_scales),
+        "probe": {key: v for key, v in probe.items() if key not in ("weight", "mean", "std")},
+        "num_positive": int(target.sum()),
+    }
+
+    # --------------------------------------------------------------- evaluation
+    stage("evaluation")
+    eval_config = EvaluationConfig(
+        seed=config.seed,
+        probe=ProbeConfig(epochs=10 if config.interim else 15, seed=config.seed),
+        counterfactual=config.evaluate_counterfactual and not config.interim,
+        num_swap_ranges=3,
+        num_swap_pairs=config.num_swap_pairs,
+        swap_batch_size=bs,
+        oracle_epochs=8,
+        # the frozen DDPM's attribute-loss time per factor: meaningless with random weights and 64×64 forwards
+        attribute_loss=not config.interim,
+        num_attribute_loss_images=64,
+        reconstruction=not config.interim,
+        num_reconstruction_images=min(16, max(1, config.num_images // 5)),
+        num_inference_steps=config.eval_steps,
+        granularity_pairs=64 if config.interim else 128,
+        encode_batch_size=max(bs, 64),
+        pixel_baseline=not config.interim,  # 12,288-dim pixels of the 64×64 fixture: slow and beside the point
+    )
+    info = {"name": SHAPES_DATASET_NAME, "seed": config.seed, "resolution": resolution}
+    evaluation = evaluate_pipeline(models, labelled, eval_config, output_dir=out / "evaluation", dataset_info=info)
+    heatmap = out / "evaluation" / "alignment_diti.png"
+    if heatmap.is_file():
+        shutil.copyfile(heatmap, out / "alignment_heatmap.png")
+    else:  # a model with a single chunk (PDAE) has no time-step alignment to show
+        _text_image(f"no time-step alignment: the model has num_chunks={pipe.partition.num_chunks}").save(
+            out / "alignment_heatmap.png"
+        )
+
+    # --------------------------------------------------------------- report
+    stage("report")
+    report: dict[str, Any] = {
+        "mode": "interim" if config.interim else "trained",
+        "notice": INTERIM_NOTICE if config.interim else None,
+        "model": config.model,
+        "baseline": config.baseline,
+        "config": asdict(config),
+        "partition": pipe.partition.to_dict(),
+        "swap_ranges": {label: list(r) for label, r in ranges.items()},
+        "parity": parity,
+        "reconstruction": reconstruction,
+        "edit": edit_report,
+        "summary": _summary(evaluation, reconstruction, list(models)),
+        "evaluation": evaluation,
+        "files": list(OUTPUT_FILES),
+        "seconds": seconds,
+    }
+    seconds["report"] = time.perf_counter() - current[-1][1]
+    seconds["total"] = time.perf_counter() - start
+    bar.update(1)
+    bar.close()
+    from .evaluation import json_safe
+
+    report = json_safe(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(_markdown(report))
+    log(f"wrote {', '.join(OUTPUT_FILES)} to {out} in {seconds['total']:.0f} s")
+    return report
+
+
+def _text_image(text: str) -> PIL.Image.Image:
+    from PIL import ImageDraw
+
+    image = PIL.Image.new("RGB", (8 * len(text) + 20, 40), (255, 255, 255))
+    ImageDraw.Draw(image).text((10, 14), text, fill=(0, 0, 0))
+    return image
+
+
+def _summary(evaluation: dict, reconstruction: dict, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Headline numbers per model (DiTi and PDAE side by side), from the evaluation report."""
+    summary = {}
+    for name, entry in evaluation["models"].items():
+        alignment = entry.get("alignment") or {}
+        counterfactual = entry.get("counterfactual") or {}
+        rec = entry.get("reconstruction") or reconstruction.get(name) or {}
+        summary[name] = {
+            "num_chunks": entry.get("num_chunks"),
+            "feature_dim": entry.get("feature_dim"),
+            "probe_mean_accuracy": entry["probe"]["mean_accuracy"],
+            "probe_mean_average_precision": entry["probe"]["mean_average_precision"],
+            "alignment_spearman": alignment.get("spearman_timestep_vs_granularity"),
+            "counterfactual_targeted_flip_rate": counterfactual.get("targeted_flip_rate"),
+            "counterfactual_leakage": counterfactual.get("leakage"),
+            "reconstruction_mse": rec.get("mse") if name in names else None,
+            "reconstruction_psnr": rec.get("psnr") if name in names else None,
+            "reconstruction_ssim": rec.get("ssim") if name in names else None,
+        }
+    return summary
+
+
+def _factor_table(evaluation: dict) -> list[str]:
+    """Per factor: granularity, the DDPM's attribute-loss time and each partitioned model's decodable time-step."""
+    aligned = {n: e["alignment"] for n, e in evaluation["models"].items() if e.get("alignment")}
+    header = ["factor", "granularity", "DDPM attribute-loss t", *[f"{n} decodable t" for n in aligned]]
+    lines = ["", "## Factors", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for factor in evaluation["dataset"]["factors"]:
+        name = factor["name"]
+        cells = [name, _fmt(factor.get("granularity")), _fmt_t(factor.get("ddpm_attribute_loss_time"))]
+        cells += [_fmt_t(a["decodable_timestep"].get(name)) for a in aligned.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _partition_text(partition: dict) -> str:
+    text = (
+        f"z of {partition['latent_dim']} dims in {partition['num_chunks']} chunks over "
+        f"T = {partition['num_train_timesteps']} time-steps"
+    )
+    if partition.get("stages"):
+        text += f", stages {partition['stages']} with {partition['dims_per_stage']} dims"
+    return text
+
+
+def _fmt_t(value: Any) -> str:
+    return "—" if value is None else f"{float(value):.0f}"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _markdown(report: dict) -> str:
+    lines = ["# diti-hf demo", ""]
+    if report["notice"]:
+        lines += [f"**{report['notice']}**", ""]
+    lines += [
+        f"- model: `{report['model']}`" + (f", baseline: `{report['baseline']}`" if report["baseline"] else ""),
+        f"- partition: {_partition_text(report['partition'])}",
+        f"- swaps: coarse t ∈ {report['swap_ranges']['coarse']}, fine t ∈ {report['swap_ranges']['fine']}",
+        f"- DDIM steps: {report['config']['steps']}; run time {report['seconds']['total']:.0f} s",
+        "",
+    ]
+    if report["parity"]:
+        lines += ["## Parity with the official implementation (fixture, float32)", ""]
+        lines += ["| quantity | max abs error | tolerance | ok |", "|---|---|---|---|"]
+        for name, entry in report["parity"].items():
+            lines.append(f"| {name} | {entry['max_abs_error']:.2e} | {entry['tolerance']:.0e} | {entry['ok']} |")
+        lines.append("")
+    names = list(report["summary"])
+    metrics = [
+        ("probe mean accuracy", "probe_mean_accuracy"),
+        ("probe mean AP", "probe_mean_average_precision"),
+        ("alignment Spearman (t vs granularity)", "alignment_spearman"),
+        ("counterfactual targeted flip rate", "counterfactual_targeted_flip_rate"),
+        ("counterfactual leakage", "counterfactual_leakage"),
+        ("reconstruction MSE", "reconstruction_mse"),
+        ("reconstruction PSNR (dB)", "reconstruction_psnr"),
+        ("reconstruction SSIM", "reconstruction_ssim"),
+    ]
+    lines += ["## Metrics", "", "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, key in metrics:
+        lines.append(f"| {label} | " + " | ".join(_fmt(report["summary"][n][key]) for n in names) + " |")
+    lines += _factor_table(report["evaluation"])
+    edit = report["edit"]
+    lines += [
+        "",
+        f"Edit: logistic probe `{edit['factor']} == {edit['class']}` on z (test accuracy "
+        f"{_fmt(edit['probe']['test_accuracy'])}, AP {_fmt(edit['probe']['test_average_precision'])}), "
+        f"scales {edit['scales']}.",
+        "",
+        "## Files",
+        "",
+        "- `reconstruction.png`: inputs (top) over reconstructions (bottom)",
+        "- `swap_coarse.png` / `swap_fine.png`: sources (rows) × targets (columns) with the late / early time-step "
+        "chunks taken from the target",
+        "- `interpolation.png`: A | interpolations α = 0 … 1 | B, coarse range (top row) and fine range (bottom row)",
+        "- `edit.png`: input, then one column per edit scale",
+        "- `alignment_heatmap.png`: factors × chunks probe accuracy (evaluation module); `evaluation/` holds every plot",
+        "- `report.json`: everything above, with the full evaluation report",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def resolve_default(path: str) -> Path | None:
+    """`path` relative to the working directory, else to the source checkout this package runs from."""
+    here = Path(path)
+    if here.exists():
+        return here
+    checkout = Path(__file__).resolve().parents[2] / path
+    return checkout if checkout.exists() else None
+
+
+__all__ = [
+    "DEFAULT_BASELINE",
+    "DEFAULT_FIXTURE",
+    "DEFAULT_MODEL",
+    "INTERIM_NOTICE",
+    "OUTPUT_FILES",
+    "DemoConfig",
+    "grid_cell_box",
+    "image_grid",
+    "official_fixture_pipeline",
+    "partition_ranges",
+    "resolve_default",
+    "run_demo",
+    "swap_grid_images",
+    "train_logistic_probe",
+]

@@ -1,0 +1,696 @@
+"""Feature extraction to disk: `z` for many images, written in shards that survive a crash and resume exactly.
+
+Layout of an output folder (see [`extract_features`]):
+
+```
+manifest.json            settings + the list of completed shards (rewritten atomically after each shard)
+shard-00000.npy          (rows, latent_dim) float32 features of input items [0, shard_size)
+shard-00000.ids.json     their ids (and the items skipped as unreadable)
+...
+features.npy + features.json   (or features.parquet) the merged result, written when every shard is done
+```
+
+Every file is written under a temporary name (`.tmp-<pid>-<name>`) and renamed with `os.replace` only once complete,
+so a file named like a shard is always a whole shard. A shard counts as done only once the manifest lists it; the
+manifest is the commit point of resumption.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.loading import BadImageError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "diti_hf-features"
+MANIFEST_VERSION = 1
+OUTPUT_FORMATS = ("npy", "parquet")
+PARQUET_METADATA_KEY = b"diti_hf"
+_TMP_PREFIX = ".tmp-"
+
+
+def shard_name(index: int) -> str:
+    """File name of shard `index` (`shard-00000.npy`)."""
+    return f"shard-{index:05d}.npy"
+
+
+def _ids_name(index: int) -> str:
+    return f"shard-{index:05d}.ids.json"
+
+
+# ---------------------------------------------------------------------------------------------------- metadata
+def feature_metadata(pipe: Any, model: str | None = None) -> dict[str, Any]:
+    r"""
+    What a reader of saved features needs to interpret `z`: its width, the time-step partition (chunk end dims and
+    the half-open time-step range of every chunk) and the model it came from.
+
+    Args:
+        pipe ([`~diti_hf.DiTiPipeline`]): The pipeline (its encoder's partition is recorded).
+        model (`str`, *optional*): The model's Hub id or folder.
+
+    Returns:
+        `dict`: JSON-serialisable metadata.
+    """
+    from . import __version__
+
+    partition = pipe.partition
+    return {
+        "latent_dim": int(partition.latent_dim),
+        "num_chunks": int(partition.num_chunks),
+        "num_train_timesteps": int(partition.num_train_timesteps),
+        "chunk_end_dims": [int(e) for e in partition.chunk_end_dims],
+        "chunk_timesteps": [list(partition.chunk_timesteps(i)) for i in range(partition.num_chunks)],
+        "partition": partition.to_dict(),
+        "model": model,
+        "diti_hf_version": __version__,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def _fsync_dir(path: Path) -> None:
+    # makes the rename itself durable; not possible (nor needed) on every platform
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = True) -> Path:
+    r"""
+    Writes `path` through a temporary file in the same folder, flushed and fsynced, then `os.replace`d: readers
+    see either the old file or the complete new one, never a partial file under `path`'s name.
+
+    Args:
+        path (`str` or `os.PathLike`): Destination.
+        write (`Callable`): Called with the open temporary file.
+        binary (`bool`, defaults to `True`): Open the temporary file in binary mode.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        with open(tmp, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    atomic_write(path, lambda f: json.dump(payload, f, indent=1), binary=False)
+
+
+def write_features(
+    path: str | os.PathLike,
+    features: np.ndarray,
+    ids: Sequence[str],
+    metadata: Mapping[str, Any],
+    paths: Sequence[str] | None = None,
+) -> list[Path]:
+    r"""
+    Writes features with their ids and metadata, atomically: `FILE.npy` with a JSON sidecar `FILE.json`, or
+    `FILE.parquet` with columns `id`, `z` (fixed-size float32 lists) and optionally `path`, the metadata stored as
+    JSON under the schema metadata key `diti_hf`.
+
+    Args:
+        path (`str` or `os.PathLike`): Output file, ending in `.npy` or `.parquet`.
+        features (`np.ndarray`): `(N, latent_dim)` features.
+        ids (`list[str]`): `N` ids.
+        metadata (`dict`): See [`feature_metadata`].
+        paths (`list[str]`, *optional*): `N` source file paths.
+
+    Returns:
+        `list[Path]`: The files written.
+    """
+    path = Path(path)
+    fmt = _output_format(path)
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if features.ndim != 2 or features.shape[0] != len(ids):
+        raise ValueError(f"`features` must be (N, d) with N = len(ids) = {len(ids)}, got shape {features.shape}.")
+    if paths is not None and len(paths) != len(ids):
+        raise ValueError(f"`paths` has {len(paths)} entries for {len(ids)} ids.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**metadata, "num_features": int(features.shape[0])}
+    if fmt == "npy":
+        atomic_write(path, lambda f: np.save(f, features))
+        sidecar = path.with_suffix(".json")
+        _write_json(sidecar, {**meta, "features_file": path.name, "ids": list(ids), "paths": _list(paths)})
+        return [path, sidecar]
+    table = _parquet_table(features, ids, paths, meta)
+    import pyarrow.parquet as pq
+
+    atomic_write(path, lambda f: pq.write_table(table, f))
+    return [path]
+
+
+def _list(values: Sequence[str] | None) -> list[str] | None:
+    return None if values is None else list(values)
+
+
+def _parquet_schema(dim: int, with_paths: bool, metadata: Mapping[str, Any]):
+    import pyarrow as pa
+
+    fields = [pa.field("id", pa.string()), pa.field("z", pa.list_(pa.float32(), dim))]
+    if with_paths:
+        fields.append(pa.field("path", pa.string()))
+    return pa.schema(fields, metadata={PARQUET_METADATA_KEY: json.dumps(dict(metadata))})
+
+
+def _parquet_table(features: np.ndarray, ids: Sequence[str], paths: Sequence[str] | None, metadata: Mapping):
+    import pyarrow as pa
+
+    dim = features.shape[1]
+    z = pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1), pa.float32()), dim)
+    columns = [pa.array(list(ids), pa.string()), z]
+    if paths is not None:
+        columns.append(pa.array(list(paths), pa.string()))
+    return pa.Table.from_arrays(columns, schema=_parquet_schema(dim, paths is not None, metadata))
+
+
+def _output_format(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"feature files must end in .npy or .parquet, got {str(path)!r}.")
+    return suffix
+
+
+def load_features(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    r"""
+    Reads features written by [`write_features`] or [`extract_features`].
+
+    Args:
+        path (`str` or `os.PathLike`): A `.npy` file (with its `.json` sidecar), a `.parquet` file, or an
+            [`extract_features`] output folder (its merged file).
+
+    Returns:
+        `(features, metadata)`: `(N, latent_dim)` float32 array and the metadata, with `ids` (and `paths`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        manifest = _read_manifest(path)
+        if manifest is None or not manifest.get("complete"):
+            raise ValueError(f"{str(path)!r} holds no completed feature extraction (see its {MANIFEST_NAME}).")
+        path = path / manifest["output"]
+    fmt = _output_format(path)
+    if fmt == "npy":
+        features = np.load(path)
+        sidecar = path.with_suffix(".json")
+        metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        return features, metadata
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    raw = (table.schema.metadata or {}).get(PARQUET_METADATA_KEY)
+    metadata = json.loads(raw) if raw else {}
+    dim = table.schema.field("z").type.list_size
+    features = table.column("z").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    metadata["ids"] = table.column("id").to_pylist()
+    metadata["paths"] = table.column("path").to_pylist() if "path" in table.column_names else None
+    return features, metadata
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+@dataclass
+class _Item:
+    index: int
+    id: str
+    image: Any = None  # decoded image or tensor
+    error: str | None = None
+    path: str | None = None
+
+
+def _open_image_file(path: str | os.PathLike):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
+def _decode(index: int, item_id: str, value: Any, path: str | None = None) -> _Item:
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        try:
+            value = _open_image_file(path)
+        except Exception as error:  # PIL raises many types on corrupt files; each is reported by the caller
+            return _Item(index, item_id, error=f"{type(error).__name__}: {error}", path=path)
+    return _Item(index, item_id, image=value, path=path)
+
+
+def _iter_items(images: Any, start: int, image_column: str | None, ids: Sequence[str] | None) -> Iterator[_Item]:
+    """Yields every input item from index `start` on, decoded (or with the decoding error)."""
+    import datasets
+
+    def item_id(index: int, default: str) -> str:
+        return str(ids[index]) if ids is not None else default
+
+    if isinstance(images, datasets.Dataset):
+        from .data.loading import BadImageError, decode_image, resolve_image_column
+
+        column = resolve_image_column(images, image_column)
+        raw = images.select_columns([column])
+        if isinstance(raw.features[column], datasets.Image):
+            raw = raw.cast_column(column, datasets.Image(decode=False))  # decode ourselves, to report bad ones
+        for lo in range(start, len(raw), 256):
+            for offset, value in enumerate(raw[lo : lo + 256][column]):
+                index = lo + offset
+                path = value.get("path") if isinstance(value, dict) else None
+                try:
+                    yield _Item(index, item_id(index, str(index)), image=decode_image(value, index, column), path=path)
+                except BadImageError as error:
+                    yield _Item(index, item_id(index, str(index)), error=str(error), path=path)
+        return
+    if isinstance(images, datasets.IterableDataset):
+        column = image_column or "image"
+        for index, example in enumerate(images.skip(start), start):
+            yield _decode(index, item_id(index, str(index)), example[column])
+        return
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"a tensor of images must be (N, C, H, W), got shape {tuple(images.shape)}.")
+        for index in range(start, images.shape[0]):
+            yield _Item(index, item_id(index, str(index)), image=images[index])
+        return
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    iterator = iter(images)
+    for index, value in enumerate(itertools.islice(iterator, start, None), start):
+        default = os.fspath(value) if isinstance(value, (str, os.PathLike)) else str(index)
+        yield _decode(index, item_id(index, default), value)
+
+
+def _num_items(images: Any) -> int | None:
+    import datasets
+
+    if isinstance(images, datasets.IterableDataset):
+        return None
+    try:
+        return len(images)
+    except TypeError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- encoding
+def _preprocess(pipe: Any, item: _Item) -> torch.Tensor | None:
+    try:
+        return pipe.preprocess(item.image)
+    except (TypeError, ValueError) as error:
+        item.error = f"{type(error).__name__}: {error}"
+        return None
+
+
+def _bad_item(item: _Item, skip: bool) -> None:
+    where = f"image {item.index} ({item.path or item.id!r})"
+    if not skip:
+        raise BadImageError(
+            f"{where} could not be read: {item.error} Fix or remove it, or pass skip_bad_images=True "
+            "(--skip-bad-images) to skip unreadable images (each one is reported)."
+        )
+    logger.warning("skipping unreadable %s: %s", where, item.error)
+
+
+def _encode_items(
+    pipe: Any, items: Iterable[_Item], batch_size: int, skip_bad_images: bool, on_item: Callable[[], None] | None
+) -> tuple[np.ndarray, list[tuple[str, str | None]], list[dict[str, Any]]]:
+    """
+    Encodes `items` in batches of `batch_size` readable images, holding only the current batch (preprocessed) in
+    memory. Returns the features, `(id, path)` of the kept items and the skipped items.
+    """
+    kept: list[tuple[str, str | None]] = []
+    skipped: list[dict[str, Any]] = []
+    features: list[np.ndarray] = []
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if batch:
+            z = pipe.encode(torch.cat(batch)).z
+            features.append(z.detach().float().cpu().numpy())
+            batch.clear()
+
+    for item in items:
+        pixels = None if item.error is not None else _preprocess(pipe, item)
+        if pixels is None:
+            _bad_item(item, skip_bad_images)
+            skipped.append({"index": item.index, "id": item.id, "path": item.path, "error": item.error})
+        else:
+            batch.append(pixels)
+            kept.append((item.id, item.path))
+            if len(batch) == batch_size:
+                flush()
+        if on_item is not None:
+            on_item()
+    flush()
+    d = int(pipe.partition.latent_dim)
+    return (np.concatenate(features) if features else np.zeros((0, d), np.float32)), kept, skipped
+
+
+def encode_images(
+    pipe: Any,
+    images: Any,
+    batch_size: int = 64,
+    image_column: str | None = None,
+    ids: Sequence[str] | None = None,
+    skip_bad_images: bool = False,
+    progress: bool = True,
+) -> tuple[np.ndarray, list[str], list[str | None], list[dict[str, Any]]]:
+    r"""
+    Encodes every image of `images` in memory (see [`extract_features`] for the accepted inputs).
+
+    Returns:
+        `(features, ids, paths, skipped)`: `(N, latent_dim)` float32 features of the readable images, their ids and
+        source paths (`None` when not read from a file), and the skipped items.
+    """
+    _check_positive(batch_size, "batch_size")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=_num_items(images), desc="encoding", unit="img", disable=not progress)
+    try:
+        features, kept, skipped = _encode_items(
+            pipe, _iter_items(images, 0, image_column, ids), batch_size, skip_bad_images, bar.update
+        )
+    finally:
+        bar.close()
+    return features, [k[0] for k in kept], [k[1] for k in kept], skipped
+
+
+def _check_positive(value: Any, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
+# ---------------------------------------------------------------------------------------------------- sharded
+@dataclass
+class FeatureExtractionOutput:
+    r"""
+    Args:
+        output (`Path`): The merged features file (`features.npy` or `features.parquet`).
+        num_features (`int`): Rows written (readable images).
+        num_shards (`int`): Shards of the extraction.
+        resumed_shards (`int`): Shards found complete and skipped by this call.
+        skipped (`list[dict]`): Unreadable items skipped (`index`, `id`, `path`, `error`).
+    """
+
+    output: Path
+    num_features: int
+    num_shards: int
+    resumed_shards: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read_manifest(output_dir: Path) -> dict[str, Any] | None:
+    path = output_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:  # cannot happen with atomic writes; a hand-edited file can
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); delete the folder to start over.") from error
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a diti_hf feature manifest.")
+    return manifest
+
+
+def _valid_shard(output_dir: Path, entry: Mapping[str, Any], dim: int) -> bool:
+    try:
+        array = np.load(output_dir / entry["file"], mmap_mode="r")
+        ids = json.loads((output_dir / entry["ids_file"]).read_text())["ids"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return array.shape == (entry["rows"], dim) and len(ids) == entry["rows"]
+
+
+def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{key}: {old.get(key)!r} → {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
+def extract_features(
+    pipe: Any,
+    images: Any,
+    output_dir: str | os.PathLike,
+    shard_size: int = 4096,
+    resume: bool = False,
+    batch_size: int = 64,
+    image_column: str | None = None,
+    ids: Sequence[str] | None = None,
+    skip_bad_images: bool = False,
+    output_format: str = "npy",
+    metadata: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> FeatureExtractionOutput:
+    r"""
+    Encodes `images` into `z` and writes them to `output_dir` shard by shard, resumable after a crash.
+
+    Shard `k` holds the features of input items `[k·shard_size, (k+1)·shard_size)` (fewer rows if some were skipped
+    as unreadable). Each shard is encoded in batches of `batch_size` starting at its first item, so an interrupted
+    and resumed run computes exactly the batches of an uninterrupted one and gives identical features. Shard files and
+    the manifest are written atomically (temporary file + `os.replace`); the manifest, rewritten after each shard,
+    lists the completed ones. With `resume=True` the shards it lists (and whose files check out) are skipped.
+    When every shard is done the merged `features.npy` + `features.json` (or `features.parquet`) is written.
+
+    Args:
+        pipe ([`~diti_hf.DiTiPipeline`]): The pipeline whose encoder computes `z`.
+        images: A `datasets.Dataset` (its image column), a `datasets.IterableDataset`, an `(N, C, H, W)` tensor in
+            [−1, 1], or a sequence/iterable of image file paths, PIL images or numpy arrays.
+        output_dir (`str` or `os.PathLike`): The output folder (created if needed).
+        shard_size (`int`, defaults to 4096): Input items per shard.
+        resume (`bool`, defaults to `False`): Continue the extraction recorded in `output_dir`. Without it, a folder
+            that already holds a manifest is refused rather than overwritten.
+        batch_size (`int`, defaults to 64): Encoding batch size.
+        image_column (`str`, *optional*): The image column of a dataset (default `"image"` or the only one).
+        ids (`list[str]`, *optional*): One id per input item; default the file path, else the item's index.
+        skip_bad_images (`bool`, defaults to `False`): Skip unreadable images (each reported, and listed in the
+            output) instead of raising [`~diti_hf.data.BadImageError`] naming the item's index and file.
+        output_format (`str`, defaults to `"npy"`): `"npy"` or `"parquet"` for the merged file.
+        metadata (`dict`, *optional*): Recorded in the output (e.g. from [`feature_metadata`] plus the source);
+            on resume it must equal the recorded one.
+        progress (`bool`, defaults to `True`): Show a progress bar.
+
+    Returns:
+        [`FeatureExtractionOutput`]
+
+    Examples:
+    ```py
+    >>> from diti_hf import DiTiPipeline
+    >>> from diti_hf.data import generate_shapes
+    >>> from diti_hf.features import extract_features, feature_metadata, load_features
+    >>> pipe = DiTiPipeline.from_pretrained("path/or/hub-id")
+    >>> out = extract_features(pipe, generate_shapes(10_000), "features/", shard_size=2048,
+    ...                        metadata=feature_metadata(pipe, "path/or/hub-id"))
+    >>> z, meta = load_features("features/")   # resume after a crash with resume=True
+    ```
+    """
+    _check_positive(shard_size, "shard_size")
+    _check_positive(batch_size, "batch_size")
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"`output_format` must be one of {OUTPUT_FORMATS}, got {output_format!r}.")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"`output_dir` {str(out)!r} exists and is not a folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    num_items = _num_items(images)
+    if ids is not None and num_items is not None and len(ids) != num_items:
+        raise ValueError(f"`ids` has {len(ids)} entries for {num_items} images.")
+    dim = int(pipe.partition.latent_dim)
+    metadata = dict(metadata) if metadata is not None else feature_metadata(pipe)
+    settings = {
+        "shard_size": shard_size,
+        "num_items": num_items,
+        "latent_dim": dim,
+        "output_format": output_format,
+        "metadata": json.loads(json.dumps(metadata)),  # as it reads back from JSON, for the resume comparison
+    }
+
+    manifest = _read_manifest(out)
+    if manifest is not None and not resume:
+        raise ValueError(
+            f"{str(out)!r} already holds a feature extraction ({MANIFEST_NAME}); pass resume=True (--resume) to "
+            "continue it, or choose another folder."
+        )
+    if manifest is not None:
+        diff = _settings_diff(manifest["settings"], settings)
+        if diff:
+            raise ValueError(
+                f"cannot resume {str(out)!r}: the settings differ from the recorded run ({'; '.join(diff)})."
+            )
+    else:
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "settings": settings,  # must be equal to resume
+            "shards": [],
+            "complete": False,
+            "output": None,
+        }
+    # leftovers of a killed writer; never named like a shard, so they were never mistaken for one
+    for stale in out.glob(f"{_TMP_PREFIX}*"):
+        stale.unlink(missing_ok=True)
+    done = []
+    for entry in manifest["shards"]:
+        if not _valid_shard(out, entry, dim):
+            logger.warning("shard %s is missing or damaged; recomputing from it on", entry["file"])
+            break
+        done.append(entry)
+    manifest["shards"] = done
+    resumed = len(done)
+    if manifest["complete"] and len(done) == manifest.get("num_shards") and (out / manifest["output"]).is_file():
+        return FeatureExtractionOutput(
+            output=out / manifest["output"],
+            num_features=sum(e["rows"] for e in done),
+            num_shards=len(done),
+            resumed_shards=resumed,
+            skipped=[s for e in done for s in e["skipped"]],
+        )
+    manifest["complete"] = False
+    _write_json(out / MANIFEST_NAME, manifest)
+
+    from tqdm.auto import tqdm
+
+    start = resumed * shard_size
+    bar = tqdm(
+        total=num_items, initial=min(start, num_items or start), desc="encoding", unit="img", disable=not progress
+    )
+    items = _iter_items(images, start, image_column, ids)
+    manifest["run"] = {"batch_size": batch_size, "skip_bad_images": skip_bad_images}  # informative only
+    shard = resumed
+    try:
+        while True:
+            indices: list[int] = []
+            # streamed: a shard's images are decoded batch by batch, never all held at once
+            features, kept, skipped = _encode_items(
+                pipe, _recording(itertools.islice(items, shard_size), indices), batch_size, skip_bad_images, bar.update
+            )
+            if not indices:
+                break
+            entry = {
+                "file": shard_name(shard),
+                "ids_file": _ids_name(shard),
+                "start": indices[0],
+                "stop": indices[-1] + 1,
+                "rows": int(features.shape[0]),
+                "skipped": skipped,
+            }
+            _write_json(out / entry["ids_file"], {"ids": [k[0] for k in kept], "paths": [k[1] for k in kept]})
+            atomic_write(out / entry["file"], lambda f, a=features: np.save(f, a))
+            manifest["shards"].append(entry)
+            _write_json(out / MANIFEST_NAME, manifest)  # the commit point: from now on the shard counts as done
+            shard += 1
+            if len(indices) < shard_size:
+                break
+    except BadImageError as error:
+        raise BadImageError(
+            f"{error} The {len(manifest['shards'])} completed shard(s) in {str(out)!r} are kept: continue with "
+            "resume=True (--resume)."
+        ) from error
+    finally:
+        bar.close()
+
+    output = _merge(out, manifest, metadata, output_format, dim)
+    manifest.update(complete=True, num_shards=len(manifest["shards"]), output=output.name)
+    _write_json(out / MANIFEST_NAME, manifest)
+    return FeatureExtractionOutput(
+        output=output,
+        num_features=sum(e["rows"] for e in manifest["shards"]),
+        num_shards=len(manifest["shards"]),
+        resumed_shards=resumed,
+        skipped=[s for e in manifest["shards"] for s in e["skipped"]],
+    )
+
+
+def _recording(items: Iterable[_Item], indices: list[int]) -> Iterator[_Item]:
+    """Passes `items` through, appending each one's index to `indices`."""
+    for item in items:
+        indices.append(item.index)
+        yield item
+
+
+def _merge(out: Path, manifest: Mapping[str, Any], metadata: Mapping[str, Any], output_format: str, dim: int) -> Path:
+    """Concatenates the shards into the final file without holding them all in memory."""
+    entries = manifest["shards"]
+    ids: list[str] = []
+    paths: list[str | None] = []
+    for entry in entries:
+        shard_ids = json.loads((out / entry["ids_file"]).read_text())
+        ids += shard_ids["ids"]
+        paths += shard_ids["paths"]
+    has_paths = bool(paths) and all(p is not None for p in paths)
+    meta = {
+        **metadata,
+        "num_features": len(ids),
+        "skipped": [s for e in entries for s in e["skipped"]],
+        "num_shards": len(entries),
+    }
+    if output_format == "npy":
+        path = out / "features.npy"
+
+        def write_npy(f) -> None:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+            np.lib.format.write_array_header_1_0(f, {**header, "shape": (len(ids), dim)})
+            for entry in entries:
+                f.write(np.ascontiguousarray(np.load(out / entry["file"]), dtype=np.float32).tobytes())
+
+        atomic_write(path, write_npy)
+        _write_json(
+            path.with_suffix(".json"),
+            {**meta, "features_file": path.name, "ids": ids, "paths": paths if has_paths else None},
+        )
+        return path
+
+    import pyarrow.parquet as pq
+
+    path = out / "features.parquet"
+    schema = _parquet_schema(dim, has_paths, meta)
+
+    def write_parquet(f) -> None:
+        offset = 0
+        with pq.ParquetWriter(f, schema) as writer:
+            for entry in entries:
+                rows = entry["rows"]
+                table = _parquet_table(
+                    np.load(out / entry["file"]),
+                    ids[offset : offset + rows],
+                    paths[offset : offset + rows] if has_paths else None,
+                    meta,
+                )
+                writer.write_table(table)  # one row group per shard
+                offset += rows
+
+    atomic_write(path, write_parquet)
+    return path
+
+
+__all__ = [
+    "FeatureExtractionOutput",
+    "atomic_write",
+    "encode_images",
+    "extract_features",
+    "feature_metadata",
+    "load_features",
+    "shard_name",
+    "write_features",
+]
