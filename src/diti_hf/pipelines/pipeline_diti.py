@@ -418,26 +418,6 @@ class DiTiPipeline(DiffusionPipeline):
         images = self.postprocess(images, output_type)
         return DiTiPipelineOutput(images=images, latents=latents, z=z) if return_dict else (images,)
 
-    def _generate_variants(
-        self,
-        latents: torch.Tensor,
-        z: torch.Tensor,
-        num_inference_steps: int,
-        output_type: str,
-        use_masks: bool,
-        batch_size: int | None,
-        return_dict: bool,
-    ) -> DiTiPipelineOutput | tuple:
-        return self(
-            z=z,
-            latents=latents,
-            num_inference_steps=num_inference_steps,
-            output_type=output_type,
-            use_masks=use_masks,
-            batch_size=batch_size,
-            return_dict=return_dict,
-        )
-
     @torch.no_grad()
     def reconstruct(
         self,
@@ -451,8 +431,14 @@ class DiTiPipeline(DiffusionPipeline):
         r"""Autoencoding: `z = E(x_0)`, `x_T = invert(x_0, z)`, `x̂_0 = generate(x_T, z)`."""
         self._check_output_type(output_type)
         inverted = self.invert(images, num_inference_steps=num_inference_steps, use_masks=use_masks)
-        return self._generate_variants(
-            inverted.latents, inverted.z, num_inference_steps, output_type, use_masks, batch_size, return_dict
+        return self(
+            z=inverted.z,
+            latents=inverted.latents,
+            num_inference_steps=num_inference_steps,
+            output_type=output_type,
+            use_masks=use_masks,
+            batch_size=batch_size,
+            return_dict=return_dict,
         )
 
     @torch.no_grad()
@@ -495,7 +481,15 @@ class DiTiPipeline(DiffusionPipeline):
             variants.append(z)
         z = torch.stack(variants, 1).flatten(0, 1)
         latents = inverted.latents.repeat_interleave(len(dims), 0)
-        return self._generate_variants(latents, z, num_inference_steps, output_type, True, batch_size, return_dict)
+        return self(
+            z=z,
+            latents=latents,
+            num_inference_steps=num_inference_steps,
+            output_type=output_type,
+            use_masks=True,
+            batch_size=batch_size,
+            return_dict=return_dict,
+        )
 
     @torch.no_grad()
     def interpolate(
@@ -546,7 +540,15 @@ class DiTiPipeline(DiffusionPipeline):
             )
         z = torch.stack(zs, 1).flatten(0, 1)
         latents = torch.stack(latents, 1).flatten(0, 1)
-        return self._generate_variants(latents, z, num_inference_steps, output_type, True, batch_size, return_dict)
+        return self(
+            z=z,
+            latents=latents,
+            num_inference_steps=num_inference_steps,
+            output_type=output_type,
+            use_masks=True,
+            batch_size=batch_size,
+            return_dict=return_dict,
+        )
 
     @torch.no_grad()
     def edit(
@@ -601,7 +603,15 @@ class DiTiPipeline(DiffusionPipeline):
         inverted = self.invert(images, num_inference_steps=num_inference_steps)
         z = torch.stack([inverted.z + s * step.to(inverted.z.dtype) for s in scales], 1).flatten(0, 1)
         latents = inverted.latents.repeat_interleave(len(scales), 0)
-        return self._generate_variants(latents, z, num_inference_steps, output_type, True, batch_size, return_dict)
+        return self(
+            z=z,
+            latents=latents,
+            num_inference_steps=num_inference_steps,
+            output_type=output_type,
+            use_masks=True,
+            batch_size=batch_size,
+            return_dict=return_dict,
+        )
 
 
 # ---------------------------------------------------------------------- module helpers
