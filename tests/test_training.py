@@ -547,3 +547,49 @@ def test_too_many_nonfinite_losses_abort_with_a_message(base_model, tmp_path, mo
     assert exit_info.value.code == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert "3 batches in a row had a NaN/inf loss (step 2)" in err[-1]
+
+
+def test_kill_9_during_a_checkpoint_save_then_resume(base_model, tmp_path):
+    """A real SIGKILL while a checkpoint is being written: the previous one survives intact and resuming from
+    `latest` ends with the same weights as an uninterrupted run."""
+    import signal
+    import time
+
+    common = ("--max_train_steps", "8", "--checkpointing_steps", "2", "--learning_rate", "1e-3")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _run(train_diti, diti_argv(base_model, straight, *common))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "train_diti.py"), *diti_argv(base_model, killed, *common)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    killed_at = None
+    deadline = time.monotonic() + 300
+    while killed_at is None and time.monotonic() < deadline and proc.poll() is None:
+        writing = [int(p.name.rsplit("-", 1)[1]) for p in killed.glob(f"{TMP_PREFIX}*") if p.is_dir()]
+        if any(step >= 4 for step in writing):  # an earlier complete checkpoint exists by then
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_at = max(writing)
+        else:
+            time.sleep(0.001)
+    proc.wait(timeout=60)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, "the run was not killed mid-save"
+
+    survivors = list_checkpoints(killed)
+    assert survivors and int(survivors[-1].name.rsplit("-", 1)[1]) == killed_at - 2
+    for path in survivors:  # every complete checkpoint is readable and equals the straight run's at that step
+        a, b = load_file(path / "model.safetensors"), load_file(straight / path.name / "model.safetensors")
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+    resumed = _run(train_diti, diti_argv(base_model, killed, *common, "--resume_from_checkpoint", "latest"))
+    assert not resumed["interrupted"] and resumed["global_step"] == 8
+    for component in ("encoder", "decoder"):
+        a = load_file(straight / component / "diffusion_pytorch_model.safetensors")
+        b = load_file(killed / component / "diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
