@@ -197,3 +197,48 @@ def test_no_component_needs_remote_code(tmp_path):
     assert not list(folder.rglob("*.py"))
     loaded = DiTiPipeline.from_pretrained(folder, trust_remote_code=False)
     assert isinstance(loaded.encoder, DiTiEncoderModel)
+
+
+CLI_BAD_ARGUMENTS = [
+    (["encode", "--model", "no/such/folder/", "--images", ".", "--output", "z.npy"], "contains no image files"),
+    (["swap", "--model", str(FIXTURE_DIR), "--source", "a.png", "--target", "b.png", "--output-dir", "o"], "'a.png'"),
+    (["reconstruct"], "required"),
+    (["edit", "--model", "x", "--images", "a.png", "--direction", "w.txt", "--output-dir", "o"], "'a.png'"),
+    (["demo", "--official-fixture", "/nonexistent"], "/nonexistent"),
+    (["frobnicate"], "invalid choice"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "match"), CLI_BAD_ARGUMENTS, ids=[a[0] for a, _ in CLI_BAD_ARGUMENTS])
+def test_cli_bad_arguments(argv, match, capsys, tmp_path, monkeypatch):
+    from diti_hf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diti-hf") and match in err[0]
+
+
+SCRIPT_BAD_ARGUMENTS = [
+    (["--latent_dim", "8", "--num_chunks", "16"], "--num_chunks"),
+    (["--mode", "simclr"], "--mode"),
+    (["--stages", "500", "1000"], "--dims_per_stage"),
+    (["--train_batch_size", "0"], "--train_batch_size"),
+]
+
+
+@pytest.mark.parametrize(("extra", "match"), SCRIPT_BAD_ARGUMENTS, ids=[e[0] for e, _ in SCRIPT_BAD_ARGUMENTS])
+def test_training_script_bad_arguments(extra, match, capsys, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import train_diti
+
+    from diti_hf.training.script_utils import run_script
+
+    argv = ["--pretrained_unet", str(tmp_path), "--dataset_name", "diti-shapes", "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(train_diti.main, train_diti.parse_args, [*argv, *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
