@@ -381,6 +381,7 @@ def main(args: argparse.Namespace) -> dict:
     from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiPipeline
     from diti_hf.data import dataset_from_args, training_images_from_args, transform_from_args, validation_batch
     from diti_hf.hub import save_model_card
+    from diti_hf.schedule import noise_schedule_of
     from diti_hf.training.checkpointing import save_checkpoint
     from diti_hf.training.ema import make_ema
     from diti_hf.training.logging_utils import ThroughputMeter
@@ -422,6 +423,7 @@ def main(args: argparse.Namespace) -> dict:
     # ---- trainable encoder + decoder
     encoder = build_encoder(args, resolution, T, unet.config.in_channels)
     decoder = DiTiDecoderModel.from_unet(unet, latent_dim=args.latent_dim, dropout=args.decoder_dropout)
+    decoder.register_to_config(noise_schedule=noise_schedule_of(scheduler_config))
     if args.init_decoder_from_unet:
         init_decoder_from_unet(decoder, unet)
     if args.gradient_checkpointing:

@@ -241,3 +241,25 @@ def test_training_script_bad_arguments(extra, match, capsys, tmp_path):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0]
+
+
+def test_scheduler_with_other_betas_warns(tmp_path):
+    import warnings
+
+    from diffusers import DDIMScheduler
+
+    models = convert_official(
+        FIXTURE_DIR / "dpm_config.yml",
+        FIXTURE_DIR / "pretrained_dpm_checkpoint.pt",
+        FIXTURE_DIR / "diti_config.yml",
+        FIXTURE_DIR / "diti_checkpoint.pt",
+    )
+    assert models.decoder.config.noise_schedule["beta_end"] == 0.02
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the training schedule: no warning
+        pipe = DiTiPipeline(models.unet, models.encoder, models.decoder, models.scheduler)
+    pipe.save_pretrained(tmp_path)
+    assert DiTiPipeline.from_pretrained(tmp_path).decoder.config.noise_schedule == models.decoder.config.noise_schedule
+    other = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    with pytest.warns(UserWarning, match="differs from the one the decoder was trained with"):
+        DiTiPipeline(models.unet, models.encoder, models.decoder, other)

@@ -33,6 +33,7 @@ from torch import nn
 from .models.decoder import DiTiDecoderModel
 from .models.encoder import ENCODER_PRESETS, DiTiEncoderModel
 from .partition import TimestepPartition
+from .schedule import noise_schedule_of
 
 PathLike = str | os.PathLike
 
@@ -927,6 +928,7 @@ def convert_official(
     if diti_yaml is not None:
         decoder = DiTiDecoderModel.from_unet(unet, latent_dim=encoder.config.latent_dim)
         decoder.load_state_dict(_convert_decoder(trainable, decoder, new_order), strict=True)
+        decoder.register_to_config(noise_schedule=noise_schedule_of(scheduler.config))
     models = ConvertedModels(unet=unet, scheduler=scheduler, encoder=encoder, decoder=decoder)
     for model in (unet, encoder, decoder):
         if model is not None:

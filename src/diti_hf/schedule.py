@@ -8,6 +8,16 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas")
+
+
+def noise_schedule_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a diffusers scheduler config that define its betas (what a DiTi decoder was trained with)."""
+    schedule = {key: config.get(key) for key in NOISE_SCHEDULE_KEYS}
+    if schedule["trained_betas"] is not None:
+        schedule["trained_betas"] = [float(b) for b in schedule["trained_betas"]]
+    return schedule
+
 
 @dataclass(frozen=True)
 class DiffusionCoefficients:

@@ -107,6 +107,8 @@ class DiTiDecoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     Args:
         latent_dim (`int`, defaults to 512): Width of `z`.
         dropout (`float`, defaults to 0.0): Dropout in the decoder's resnets.
+        noise_schedule (`dict`, *optional*): The betas the decoder was trained with
+            (`diti_hf.schedule.noise_schedule_of(scheduler.config)`); a pipeline warns when its scheduler differs.
         **unet_topology: The entries of the frozen UNet's config listed in `UNET_TOPOLOGY_KEYS`.
 
     Examples:
@@ -148,6 +150,7 @@ class DiTiDecoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         resnet_time_scale_shift: str = "default",
         add_attention: bool = True,
         time_embedding_dim: int | None = None,
+        noise_schedule: dict | None = None,
     ):
         super().__init__()
         if latent_dim < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from ..models.denoiser import denoise
 from ..models.encoder import DiTiEncoderModel, DiTiEncoderOutput
 from ..models.strict_loading import check_saved_weights
 from ..partition import TimestepPartition
-from ..schedule import DiffusionCoefficients
+from ..schedule import DiffusionCoefficients, noise_schedule_of
 from .image_processing_diti import DiTiImageProcessor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -124,6 +125,13 @@ class DiTiPipeline(DiffusionPipeline):
             raise ValueError(
                 f"encoder partition has T={encoder.config.num_train_timesteps} but the scheduler has "
                 f"num_train_timesteps={scheduler.config.num_train_timesteps}."
+            )
+        trained_with = decoder.config.get("noise_schedule")
+        if trained_with is not None and trained_with != noise_schedule_of(scheduler.config):
+            warnings.warn(
+                f"The scheduler's noise schedule {noise_schedule_of(scheduler.config)} differs from the one the "
+                f"decoder was trained with {trained_with}; DiTi's coefficients and masks assume the training betas.",
+                stacklevel=2,
             )
         unet.requires_grad_(False)
         self.register_modules(
