@@ -56,6 +56,7 @@ def test_k1_is_pdae(setup):
     unet, decoder, images, noise, timesteps = setup
     z = torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
     out = diti_loss(unet, decoder, z, images, TimestepPartition(16, 1), COEFS, timesteps=timesteps, noise=noise)
+
     # PDAE: the whole z at every t
     def per_t(table):
         return table[timesteps].view(-1, 1, 1, 1)

@@ -307,9 +307,13 @@ def test_image_processor_saved_with_pipeline(tmp_path):
     pipe = tiny_pipeline()
     pipe.register_modules(image_processor=DiTiImageProcessor(resolution=16, crop_box=[2, 4, 20, 20]))
     rgb = (np.arange(30 * 40 * 3) % 251).astype(np.uint8).reshape(30, 40, 3)
-    expected = torch.from_numpy(
-        np.asarray(PIL.Image.fromarray(rgb[2:22, 4:24]).resize((16, 16), PIL.Image.BILINEAR), dtype=np.float32)
-    ).permute(2, 0, 1)[None] / 127.5 - 1
+    expected = (
+        torch.from_numpy(
+            np.asarray(PIL.Image.fromarray(rgb[2:22, 4:24]).resize((16, 16), PIL.Image.BILINEAR), dtype=np.float32)
+        ).permute(2, 0, 1)[None]
+        / 127.5
+        - 1
+    )
     assert torch.allclose(pipe.preprocess(PIL.Image.fromarray(rgb)), expected, atol=1e-6)
     pipe.save_pretrained(tmp_path)
     assert (tmp_path / "image_processor" / "preprocessor_config.json").exists()
