@@ -1,0 +1,109 @@
+"""Training-step throughput of DiTi on issue 7's benchmark configuration, against a matmul measured in the same run.
+
+Configuration: 64×64 images; frozen UNet = the diffusers equivalent of an official ADM UNet (base 64, multipliers
+1,2,2,2, 2 res-blocks per level, attention at 16×16 and in the middle, 1 head, dropout 0.1, scale-shift norm, resnet
+resampling); the official 64×64 encoder (d = 512); k = 64 uniform; stop_grad; batch 16; float32.
+
+Reports (JSON on stdout): images/s (median of --repeats timed steps after --warmup), FLOP per image counted with
+torch.utils.flop_counter, achieved GFLOP/s, a dense fp32 2048² matmul's GFLOP/s in the same process, their ratio,
+and peak RSS. Run alone on a quiet machine: `python benchmarks/bench_train_step.py --threads 2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from torch.utils.flop_counter import FlopCounterMode
+
+from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiEncoderModel
+from diti_hf.conversion import unet_config_from_official
+from diti_hf.training import diti_loss
+
+OFFICIAL_UNET = {
+    "input_channel": 3,
+    "base_channel": 64,
+    "channel_multiplier": [1, 2, 2, 2],
+    "num_residual_blocks_of_a_block": 2,
+    "attention_resolutions": [4],
+    "num_heads": 1,
+    "head_channel": -1,
+    "use_new_attention_order": False,
+    "dropout": 0.1,
+}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    unet = UNet2DModel(**unet_config_from_official(OFFICIAL_UNET, image_size=64)).requires_grad_(False).eval()
+    encoder = DiTiEncoderModel.from_preset("celeba64", latent_dim=512, num_chunks=64)
+    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=512)
+    params = [*encoder.parameters(), *decoder.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+    coefficients = DiffusionCoefficients.from_scheduler_config(DDPMScheduler().config)
+    images = torch.rand(args.batch_size, 3, 64, 64) * 2 - 1
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        z = encoder(images).z
+        loss = diti_loss(unet, decoder, z, images, encoder.partition, coefficients, "stop_grad", generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.loss.backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flop_per_image = counter.get_total_flops() / args.batch_size
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    images_per_s = args.batch_size / statistics.median(times)
+    limit = matmul_gflops()
+    achieved = images_per_s * flop_per_image / 1e9
+    result = {
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "step_seconds": [round(t, 3) for t in times],
+        "images_per_s": round(images_per_s, 3),
+        "gflop_per_image": round(flop_per_image / 1e9, 2),
+        "achieved_gflops": round(achieved, 1),
+        "matmul_gflops": round(limit, 1),
+        "fraction_of_matmul": round(achieved / limit, 3),
+        "matmul_limit_images_per_s": round(limit * 1e9 / flop_per_image, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
