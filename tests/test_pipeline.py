@@ -333,3 +333,12 @@ def test_celeba64_preset_crop():
     image[57:185, 25:153] = 255  # exactly the crop box is white
     pixels = processor(PIL.Image.fromarray(image))["pixel_values"]
     assert pixels.shape == (1, 3, 64, 64) and torch.equal(pixels, torch.ones_like(pixels))
+
+
+def test_swapping_the_scheduler_refreshes_the_coefficients():
+    pipe = tiny_pipeline()
+    before = pipe.coefficients("cpu").sampling_coef.clone()
+    pipe.scheduler = DDIMScheduler(beta_start=0.001, beta_end=0.03, clip_sample=True, timestep_spacing="leading")
+    after = pipe.coefficients("cpu").sampling_coef
+    assert (after - before).abs().max() > 1e-3
+    assert torch.allclose(after, -(1 - pipe.scheduler.alphas_cumprod).sqrt(), atol=1e-6)

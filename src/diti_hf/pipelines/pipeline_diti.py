@@ -137,7 +137,7 @@ class DiTiPipeline(DiffusionPipeline):
         self.register_modules(
             unet=unet, encoder=encoder, decoder=decoder, scheduler=scheduler, image_processor=image_processor
         )
-        self._coefficients: dict[torch.device, DiffusionCoefficients] = {}
+        self._coefficients: dict[torch.device, tuple[Any, DiffusionCoefficients]] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -185,9 +185,11 @@ class DiTiPipeline(DiffusionPipeline):
     def coefficients(self, device: torch.device | None = None) -> DiffusionCoefficients:
         """The schedule's coefficient tables on `device`, computed once per device."""
         device = torch.device(device or self._execution_device)
-        if device not in self._coefficients:
-            self._coefficients[device] = DiffusionCoefficients.from_scheduler_config(self.scheduler.config).to(device)
-        return self._coefficients[device]
+        cached = self._coefficients.get(device)
+        if cached is None or cached[0] is not self.scheduler:  # a scheduler swapped in later gets its own tables
+            tables = DiffusionCoefficients.from_scheduler_config(self.scheduler.config).to(device)
+            self._coefficients[device] = cached = (self.scheduler, tables)
+        return cached[1]
 
     def preprocess(self, images: ImageInput) -> torch.Tensor:
         r"""
