@@ -22,20 +22,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiEncoderModel
-from diti_hf.conversion import unet_config_from_official
+from diti_hf.conversion import OFFICIAL_CELEBA64_DDPM, unet_config_from_official
 from diti_hf.training import diti_loss
-
-OFFICIAL_UNET = {
-    "input_channel": 3,
-    "base_channel": 64,
-    "channel_multiplier": [1, 2, 2, 2],
-    "num_residual_blocks_of_a_block": 2,
-    "attention_resolutions": [4],
-    "num_heads": 1,
-    "head_channel": -1,
-    "use_new_attention_order": False,
-    "dropout": 0.1,
-}
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -60,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    unet = UNet2DModel(**unet_config_from_official(OFFICIAL_UNET, image_size=64)).requires_grad_(False).eval()
+    unet = UNet2DModel(**unet_config_from_official(OFFICIAL_CELEBA64_DDPM, image_size=64)).requires_grad_(False).eval()
     encoder = DiTiEncoderModel.from_preset("celeba64", latent_dim=512, num_chunks=64)
     decoder = DiTiDecoderModel.from_unet(unet, latent_dim=512)
     params = [*encoder.parameters(), *decoder.parameters()]

@@ -10,21 +10,9 @@ from pathlib import Path
 from diffusers import DDIMScheduler, UNet2DModel
 
 from diti_hf import DiTiDecoderModel, DiTiEncoderModel, DiTiImageProcessor, DiTiPipeline
-from diti_hf.conversion import unet_config_from_official
+from diti_hf.conversion import OFFICIAL_CELEBA64_DDPM, unet_config_from_official
 from diti_hf.hub import create_model_card
 
-# The official CelebA-64 DDPM architecture (ADM: base 64, multipliers 1,2,2,2, 2 res-blocks, attention at 16×16).
-OFFICIAL_DDPM = {
-    "input_channel": 3,
-    "base_channel": 64,
-    "channel_multiplier": [1, 2, 2, 2],
-    "num_residual_blocks_of_a_block": 2,
-    "attention_resolutions": [4],
-    "num_heads": 1,
-    "head_channel": -1,
-    "use_new_attention_order": False,
-    "dropout": 0.1,
-}
 TRAINING_COMMAND = """diti-hf convert --dpm-config celeba64_dpm.yml --dpm-checkpoint celeba64_dpm.pt --output-dir official-celeba64
 accelerate launch --multi_gpu --num_processes 4 examples/train_diti.py \\
   --pretrained_unet official-celeba64 \\
@@ -43,7 +31,7 @@ STATUS = (
 
 
 def main() -> Path:
-    unet = UNet2DModel(**unet_config_from_official(OFFICIAL_DDPM, image_size=64))
+    unet = UNet2DModel(**unet_config_from_official(OFFICIAL_CELEBA64_DDPM, image_size=64))
     encoder = DiTiEncoderModel.from_preset(
         "celeba64",
         latent_dim=512,

@@ -85,6 +85,21 @@ _MAX_LISTED = 20
 
 
 # ----------------------------------------------------------------------------------------------------------- configs
+# The official CelebA-64 DDPM's `denoise_fn_config` (ADM: base 64, multipliers 1,2,2,2, 2 res-blocks, attention at
+# 16×16 and in the middle, 1 head, dropout 0.1): the paper's frozen model and issue 7's benchmark configuration.
+OFFICIAL_CELEBA64_DDPM: dict[str, Any] = {
+    "input_channel": 3,
+    "base_channel": 64,
+    "channel_multiplier": [1, 2, 2, 2],
+    "num_residual_blocks_of_a_block": 2,
+    "attention_resolutions": [4],
+    "num_heads": 1,
+    "head_channel": -1,
+    "use_new_attention_order": False,
+    "dropout": 0.1,
+}
+
+
 def load_official_yaml(path: PathLike) -> dict[str, Any]:
     """
     Reads an official PDAE/DiTi YAML config (`yaml.safe_load`: no Python objects are constructed).
