@@ -371,9 +371,6 @@ def log_validation(accelerator, model, ema, unet, scheduler, images, args, step:
 # ------------------------------------------------------------------------------------------------------ training
 def main(args: argparse.Namespace) -> dict:
     """Trains and returns the run summary (also written to `output_dir/training_summary.json`)."""
-    import datasets
-    import diffusers
-    import transformers
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
@@ -391,16 +388,13 @@ def main(args: argparse.Namespace) -> dict:
         log_periodic,
         make_accelerator,
         resume_run,
+        setup_logging,
         total_train_steps,
         tracker_config,
     )
 
     accelerator = make_accelerator(args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if not accelerator.is_local_main_process:
-        for library in (datasets, transformers, diffusers):
-            library.utils.logging.set_verbosity_error()
-        logger.setLevel(logging.WARNING)
+    setup_logging(accelerator, logger)
     set_seed(args.seed)  # same initial weights on every process (DDP would broadcast rank 0's anyway)
 
     # ---- the frozen DDPM and its schedule

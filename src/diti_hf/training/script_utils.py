@@ -259,6 +259,19 @@ def make_accelerator(args: argparse.Namespace):
     return accelerator
 
 
+def setup_logging(accelerator, logger: logging.Logger) -> None:
+    """INFO logs on the local main process; only errors from the other processes (and their libraries)."""
+    import datasets
+    import diffusers
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_local_main_process:
+        for library in (datasets, transformers, diffusers):
+            library.utils.logging.set_verbosity_error()
+        logger.setLevel(logging.WARNING)
+
+
 def tracker_config(args: argparse.Namespace) -> dict[str, Any]:
     """The flags as tracker hyper-parameters (scalars and strings only, as tensorboard requires)."""
     config = {}
