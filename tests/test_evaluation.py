@@ -480,6 +480,15 @@ def test_evaluate_pipeline_on_a_perfectly_modular_model(easy_shapes, tmp_path):
     assert entry["reconstruction"]["mse"] == 0.0 and entry["reconstruction"]["psnr"] is None  # inf → null
     assert entry["reconstruction"]["oracle_accuracy"] == dict.fromkeys(("bg", "size", "x", "pattern"), 1.0)
     assert report["oracle"]["test_accuracy"]["bg"] == 1.0
+    targets = report["targets"]["modular"]  # no single-chunk model in the run: no probe comparison
+    assert targets["all_met"] is True and targets["swaps_met"] == 4 and "probe" not in targets
+    assert targets["swaps"]["bg"] == {
+        "range": cf["ranges"][cf["ranges"].index(cf["targets"]["bg"])],
+        "flip": 1.0,
+        "worst_other_factor": targets["swaps"]["bg"]["worst_other_factor"],
+        "worst_other_change": 0.0,
+        "met": True,
+    }
 
 
 def test_evaluate_pipeline_with_tiny_diti_and_pdae_pipelines(tmp_path):
@@ -519,6 +528,11 @@ def test_evaluate_pipeline_with_tiny_diti_and_pdae_pipelines(tmp_path):
     pdae_flip = np.asarray(pdae["counterfactual"]["flip_rate"], dtype=float)
     np.testing.assert_array_equal(pdae_flip[:, 0], pdae_flip[:, 1])
     assert json.loads((tmp_path / "report.json").read_text())["dataset"]["num_images"] == 90
+    targets = report["targets"]
+    assert set(targets) == {"diti"}  # random_init is a baseline, pdae has one chunk
+    probe = targets["diti"]["probe"]
+    assert probe["baseline"] == "pdae"
+    assert probe["met"] == (diti["probe"]["mean_accuracy"] >= pdae["probe"]["mean_accuracy"])
 
 
 def test_pipeline_adapter_matches_the_pipeline():
@@ -621,3 +635,42 @@ def test_evaluate_pipeline_is_deterministic_under_the_seed(easy_shapes):
         a.pop("seconds", None), b.pop("seconds", None)
         assert a == b
     assert first["oracle"]["val_accuracy"] == second["oracle"]["val_accuracy"]
+
+
+def _targets_report(flip, stay, spearman, acc, baseline_acc):
+    counterfactual = {
+        "factors": ["coarse", "fine"],
+        "ranges": [[0, 500], [500, 1000]],
+        "flip_rate": flip,
+        "stay_rate": stay,
+    }
+    return {
+        "models": {
+            "diti": {"alignment": {"spearman_timestep_vs_granularity": spearman}, "counterfactual": counterfactual,
+                     "probe": {"mean_accuracy": acc}},
+            "pdae": {"probe": {"mean_accuracy": baseline_acc}},
+        }
+    }  # fmt: skip
+
+
+def test_check_targets_hand_computed():
+    from diti_hf.evaluation import Targets, check_targets
+
+    # coarse: range 1 flips it 0.95 but moves fine 40% → the check takes range 0 (flip 0.75, fine changes 10%)
+    # fine: range 0 flips it 0.9 while coarse changes 0.25 there; range 1 flips it 0.5 → no range passes
+    flip = [[0.75, 0.95], [0.9, 0.5]]
+    stay = [[0.75, 0.05], [0.9, 0.6]]  # change rate = 1 − stay
+    result = check_targets(_targets_report(flip, stay, 0.85, 0.8, 0.7), "diti", baseline="pdae")
+    assert result["alignment"] == {"spearman": 0.85, "met": True}
+    coarse, fine = result["swaps"]["coarse"], result["swaps"]["fine"]
+    assert coarse["range"] == [0, 500] and coarse["flip"] == 0.75 and coarse["met"] is True
+    assert coarse["worst_other_factor"] == "fine" and coarse["worst_other_change"] == pytest.approx(0.1)
+    assert fine["met"] is False and result["swaps_met"] == 1
+    assert result["probe"]["met"] is True and result["all_met"] is False
+    # stricter bars flip the verdicts; a missing alignment gives None, not a pass
+    strict = check_targets(_targets_report(flip, stay, 0.85, 0.8, 0.7), "diti", "pdae", Targets(min_spearman=0.9))
+    assert strict["alignment"]["met"] is False
+    missing = check_targets(_targets_report(flip, stay, None, 0.6, 0.7), "diti", baseline="pdae")
+    assert missing["alignment"]["met"] is None and missing["probe"]["met"] is False and missing["all_met"] is None
+    with pytest.raises(ValueError, match="'nope'"):
+        check_targets(_targets_report(flip, stay, 0.85, 0.8, 0.7), "nope")

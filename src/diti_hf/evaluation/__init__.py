@@ -30,7 +30,7 @@ from .probes import (
 )
 from .protocols import attribute_protocol, celeba_protocol, lfw_protocol, load_attribute_splits, preprocess_images
 from .reconstruction import compare_images, mse, psnr, reconstruct, reconstruction_metrics, ssim
-from .report import EvaluationConfig, dataset_arrays, evaluate_pipeline, json_safe, write_plots
+from .report import EvaluationConfig, Targets, check_targets, dataset_arrays, evaluate_pipeline, json_safe, write_plots
 
 __all__ = [
     "AlignmentResult",
@@ -42,9 +42,11 @@ __all__ = [
     "ProbeResult",
     "accuracy",
     "attribute_loss_curve",
+    "Targets",
     "attribute_protocol",
     "average_precision",
     "celeba_protocol",
+    "check_targets",
     "chunk_masks",
     "compare_images",
     "counterfactual_score",

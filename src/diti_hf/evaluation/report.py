@@ -428,6 +428,14 @@ def evaluate_pipeline(
 
     report["seconds_total"] = time.perf_counter() - start
     report = json_safe(report)
+    # issue 5's bars for every partitioned model, against the first single-chunk (PDAE) model when there is one
+    entries = report["models"]
+    pdae = next((n for n, e in entries.items() if e.get("kind") == "model" and e.get("num_chunks") == 1), None)
+    report["targets"] = {
+        name: check_targets(report, name, baseline=pdae)
+        for name, entry in entries.items()
+        if entry.get("kind") == "model" and (entry.get("num_chunks") or 1) > 1
+    }
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -543,3 +551,95 @@ def write_plots(
         files.append(f"counterfactual_{name}.png")
         plot_flips(result, out / files[-1], name)
     return files
+
+
+@dataclass(frozen=True)
+class Targets:
+    r"""
+    Issue 5's bars for a time-step-modular model.
+
+    Args:
+        min_spearman (`float`, defaults to 0.8): Spearman correlation between each factor's decodable time-step and
+            its granularity.
+        min_flip (`float`, defaults to 0.7): A swap of some t-range must move the factor to `B`'s class this often…
+        max_other_change (`float`, defaults to 0.2): …while every other factor leaves `A`'s class less often than this.
+    """
+
+    min_spearman: float = 0.8
+    min_flip: float = 0.7
+    max_other_change: float = 0.2
+
+
+def check_targets(
+    report: Mapping[str, Any], model: str, baseline: str | None = None, targets: Targets | None = None
+) -> dict[str, Any]:
+    r"""
+    Checks one model of an [`evaluate_pipeline`] report against [`Targets`] (the numbers come from the report; nothing
+    depends on the particular factors).
+
+    Per factor `f`, the swap check picks the range `r` that maximises `flip[f, r] − max_{g≠f} (1 − stay[g, r])` and
+    passes when `flip[f, r] ≥ min_flip` and every other factor's change rate at `r` is `< max_other_change`.
+
+    Args:
+        report (`dict`): The report (or parsed `report.json`).
+        model (`str`): The model checked (a partitioned model: DiTi).
+        baseline (`str`, *optional*): The model whose probe mean accuracy `model` must match or beat (PDAE).
+        targets ([`Targets`], *optional*): The bars; issue 5's by default.
+
+    Returns:
+        `dict` with `alignment`, `swaps` (per factor: range, flip, worst other factor and its change rate, `met`),
+        `probe` and `all_met`. A check whose inputs are missing from the report has `met: None`.
+    """
+    targets = targets or Targets()
+    models = report.get("models", {})
+    if model not in models or (baseline is not None and baseline not in models):
+        raise ValueError(
+            f"`model`={model!r} / `baseline`={baseline!r} must be in the report's models {sorted(models)}."
+        )
+    entry = models[model]
+    result: dict[str, Any] = {"targets": asdict(targets)}
+
+    spearman = (entry.get("alignment") or {}).get("spearman_timestep_vs_granularity")
+    result["alignment"] = {
+        "spearman": spearman,
+        "met": None if spearman is None else bool(spearman >= targets.min_spearman),
+    }
+
+    counterfactual = entry.get("counterfactual")
+    if counterfactual:
+        flip = np.asarray(counterfactual["flip_rate"], dtype=float)  # (F, R)
+        change = 1.0 - np.asarray(counterfactual["stay_rate"], dtype=float)
+        names, ranges = counterfactual["factors"], counterfactual["ranges"]
+        swaps = {}
+        for f, name in enumerate(names):
+            other_names = [n for g, n in enumerate(names) if g != f]
+            others = np.nan_to_num(np.delete(change, f, axis=0), nan=0.0)  # (F-1, R)
+            worst = others.max(0) if other_names else np.zeros(len(ranges))
+            r = int(np.nan_to_num(flip[f] - worst, nan=-np.inf).argmax())
+            met = (
+                None
+                if math.isnan(flip[f, r])
+                else bool(flip[f, r] >= targets.min_flip and worst[r] < targets.max_other_change)
+            )
+            swaps[name] = {
+                "range": list(ranges[r]),
+                "flip": None if math.isnan(flip[f, r]) else float(flip[f, r]),
+                "worst_other_factor": other_names[int(others[:, r].argmax())] if other_names else None,
+                "worst_other_change": float(worst[r]),
+                "met": met,
+            }
+        result["swaps"] = swaps
+        result["swaps_met"] = sum(bool(s["met"]) for s in swaps.values())
+    else:
+        result["swaps"], result["swaps_met"] = None, None
+
+    if baseline is not None:
+        ours = (entry.get("probe") or {}).get("mean_accuracy")
+        theirs = (models[baseline].get("probe") or {}).get("mean_accuracy")
+        met = None if ours is None or theirs is None else bool(ours >= theirs)
+        result["probe"] = {"mean_accuracy": ours, "baseline": baseline, "baseline_mean_accuracy": theirs, "met": met}
+    checks = [result["alignment"]["met"], *(s["met"] for s in (result["swaps"] or {}).values())]
+    if baseline is not None:
+        checks.append(result["probe"]["met"])
+    result["all_met"] = None if any(c is None for c in checks) else all(checks)
+    return result
