@@ -6,7 +6,7 @@ resampling); the official 64×64 encoder (d = 512); k = 64 uniform; stop_grad; b
 
 Reports (JSON on stdout): images/s (median of --repeats timed steps after --warmup), FLOP per image counted with
 torch.utils.flop_counter, achieved GFLOP/s, a dense fp32 2048² matmul's GFLOP/s in the same process, their ratio,
-and peak RSS. Run alone on a quiet machine: `python benchmarks/bench_train_step.py --threads 2`.
+and peak RSS (FLOPs are counted in a child process so that the counter does not inflate the peak). Run alone on a quiet machine: `python benchmarks/bench_train_step.py --threads 2`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Recompute the decoder's resnets in backward."
+    )
+    parser.add_argument("--flops_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -51,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     unet = UNet2DModel(**unet_config_from_official(OFFICIAL_CELEBA64_DDPM, image_size=64)).requires_grad_(False).eval()
     encoder = DiTiEncoderModel.from_preset("celeba64", latent_dim=512, num_chunks=64)
     decoder = DiTiDecoderModel.from_unet(unet, latent_dim=512)
+    if args.gradient_checkpointing:
+        decoder.enable_gradient_checkpointing()
     params = [*encoder.parameters(), *decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-4)
     coefficients = DiffusionCoefficients.from_scheduler_config(DDPMScheduler().config)
@@ -64,9 +72,14 @@ def main(argv: list[str] | None = None) -> dict:
         loss.loss.backward()
         optimizer.step()
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flop_per_image = counter.get_total_flops() / args.batch_size
+    if args.flops_only:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        print(counter.get_total_flops() / args.batch_size)
+        return {}
+    # counted in a child process: the counter's bookkeeping must not inflate this process's peak RSS
+    child = [sys.executable, __file__, "--flops_only", f"--threads={args.threads}", f"--batch_size={args.batch_size}"]
+    flop_per_image = float(subprocess.run(child, check=True, capture_output=True, text=True).stdout.split()[-1])
     for _ in range(args.warmup):
         step()
     times = []
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "threads": args.threads,
         "batch_size": args.batch_size,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "step_seconds": [round(t, 3) for t in times],
         "images_per_s": round(images_per_s, 3),
         "gflop_per_image": round(flop_per_image / 1e9, 2),
