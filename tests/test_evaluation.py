@@ -657,7 +657,8 @@ def test_check_targets_hand_computed():
     from diti_hf.evaluation import Targets, check_targets
 
     # coarse: range 1 flips it 0.95 but moves fine 40% → the check takes range 0 (flip 0.75, fine changes 10%)
-    # fine: range 0 flips it 0.9 while coarse changes 0.25 there; range 1 flips it 0.5 → no range passes
+    # fine: range 0 flips it 0.9 while coarse changes 0.25 there; range 1 flips it 0.5 → no range passes, the
+    # report shows the range that flips it most
     flip = [[0.75, 0.95], [0.9, 0.5]]
     stay = [[0.75, 0.05], [0.9, 0.6]]  # change rate = 1 − stay
     result = check_targets(_targets_report(flip, stay, 0.85, 0.8, 0.7), "diti", baseline="pdae")
@@ -666,6 +667,7 @@ def test_check_targets_hand_computed():
     assert coarse["range"] == [0, 500] and coarse["flip"] == 0.75 and coarse["met"] is True
     assert coarse["worst_other_factor"] == "fine" and coarse["worst_other_change"] == pytest.approx(0.1)
     assert fine["met"] is False and result["swaps_met"] == 1
+    assert fine["range"] == [0, 500] and fine["flip"] == 0.9 and fine["worst_other_change"] == pytest.approx(0.25)
     assert result["probe"]["met"] is True and result["all_met"] is False
     # stricter bars flip the verdicts; a missing alignment gives None, not a pass
     strict = check_targets(_targets_report(flip, stay, 0.85, 0.8, 0.7), "diti", "pdae", Targets(min_spearman=0.9))

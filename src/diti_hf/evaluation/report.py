@@ -577,8 +577,9 @@ def check_targets(
     Checks one model of an [`evaluate_pipeline`] report against [`Targets`] (the numbers come from the report; nothing
     depends on the particular factors).
 
-    Per factor `f`, the swap check picks the range `r` that maximises `flip[f, r] − max_{g≠f} (1 − stay[g, r])` and
-    passes when `flip[f, r] ≥ min_flip` and every other factor's change rate at `r` is `< max_other_change`.
+    Per factor `f`, the swap check passes when some range `r` has `flip[f, r] ≥ min_flip` while every other factor's
+    change rate `1 − stay[g, r]` is `< max_other_change`; it reports the first such range, or else the range that
+    flips `f` most.
 
     Args:
         report (`dict`): The report (or parsed `report.json`).
@@ -615,7 +616,8 @@ def check_targets(
             other_names = [n for g, n in enumerate(names) if g != f]
             others = np.nan_to_num(np.delete(change, f, axis=0), nan=0.0)  # (F-1, R)
             worst = others.max(0) if other_names else np.zeros(len(ranges))
-            r = int(np.nan_to_num(flip[f] - worst, nan=-np.inf).argmax())
+            passing = (flip[f] >= targets.min_flip) & (worst < targets.max_other_change)  # NaN compares False
+            r = int(passing.argmax()) if passing.any() else int(np.nan_to_num(flip[f], nan=-1.0).argmax())
             met = (
                 None
                 if math.isnan(flip[f, r])
