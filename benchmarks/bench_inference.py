@@ -33,25 +33,13 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
+from bench_utils import matmul_gflops
 from diti_hf import DiTiDecoderModel, DiTiEncoderModel, DiTiPipeline
 from diti_hf.conversion import OFFICIAL_CELEBA64_DDPM, unet_config_from_official
 
 WORKFLOWS = ("encode", "invert_generate", "interpolate", "swap")
 OFFICIAL_MATMUL_GFLOPS = 328.0
 OFFICIAL_EDIT_IMAGES_PER_S = 0.20
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Median fp32 `n×n` matmul speed in this process: the machine's compute limit for the ratios."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def build_pipeline() -> DiTiPipeline:

@@ -23,21 +23,10 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_utils import matmul_gflops
 from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiEncoderModel
 from diti_hf.conversion import OFFICIAL_CELEBA64_DDPM, unet_config_from_official
 from diti_hf.training import diti_loss
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def main(argv: list[str] | None = None) -> dict:
