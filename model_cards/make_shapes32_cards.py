@@ -25,8 +25,10 @@ python examples/train_diti.py --pretrained_unet pretrained/ddpm-shapes32 --datas
   --ema_decay 0.999 --num_threads 1 --checkpointing_steps 100 --checkpoints_total_limit 2 --validation_steps 0 \\
   --seed 0 --output_dir runs/{name}
 # launch 2 (and every restart after an interruption): the same command with
-#   --max_train_steps {steps} --resume_from_checkpoint latest
-# it continues from step 1,000; the cosine schedule is refitted to {steps} steps (lr back to 3.9e-4 at step 1,250)"""
+#   --max_train_steps 4000 --resume_from_checkpoint latest
+# it continues from step 1,000; the cosine schedule is refitted to 4,000 steps (lr back to 3.9e-4 at step 1,250)
+# launch 3: the same command with --max_train_steps {steps} --resume_from_checkpoint latest, from step 4,000
+# (the schedule refitted again: lr 1.6e-4 at step 4,000, decaying to 0 at {steps})"""
 EVAL_COMMAND = """python examples/evaluate.py --model diti=pretrained/diti-shapes32 \\
   --model pdae=pretrained/pdae-shapes32 --output_dir benchmarks/shapes32 --num_images 2000 \\
   --num_inference_steps 20 --num_swap_pairs 32 --num_reconstruction_images 16 --num_attribute_loss_images 64"""
