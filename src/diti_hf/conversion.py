@@ -774,8 +774,9 @@ def load_official_checkpoint(path: PathLike) -> dict[str, Any]:
             f"{path} is not a plain-tensor checkpoint (it pickles Python objects) and was refused for safety: "
             f"{' '.join(str(err).split())[:300]}"
         ) from err
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint: {' '.join(str(err).split())}") from err
+    except Exception as err:  # a corrupt file can fail anywhere in the unpickler (IndexError, KeyError, ...)
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{path} could not be read as a PyTorch checkpoint: {message}") from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} must hold a dict of state dicts, got {type(checkpoint).__name__}.")
     return checkpoint
