@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--gradient_checkpointing", action="store_true", help="Recompute the decoder's resnets in backward."
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the encoder and decoder (compile time is in warm-up)."
+    )
     parser.add_argument("--flops_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.gradient_checkpointing:
         decoder.enable_gradient_checkpointing()
     params = [*encoder.parameters(), *decoder.parameters()]
+    if args.compile and not args.flops_only:
+        encoder.forward, decoder.forward = torch.compile(encoder.forward), torch.compile(decoder.forward)
     optimizer = torch.optim.Adam(params, lr=1e-4)
     coefficients = DiffusionCoefficients.from_scheduler_config(DDPMScheduler().config)
     images = torch.rand(args.batch_size, 3, 64, 64) * 2 - 1
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "batch_size": args.batch_size,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "compile": args.compile,
         "step_seconds": [round(t, 3) for t in times],
         "images_per_s": round(images_per_s, 3),
         "gflop_per_image": round(flop_per_image / 1e9, 2),
