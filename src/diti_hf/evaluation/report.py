@@ -618,17 +618,13 @@ def check_targets(
             worst = others.max(0) if other_names else np.zeros(len(ranges))
             passing = (flip[f] >= targets.min_flip) & (worst < targets.max_other_change)  # NaN compares False
             r = int(passing.argmax()) if passing.any() else int(np.nan_to_num(flip[f], nan=-1.0).argmax())
-            met = (
-                None
-                if math.isnan(flip[f, r])
-                else bool(flip[f, r] >= targets.min_flip and worst[r] < targets.max_other_change)
-            )
+            unknown = math.isnan(flip[f, r])  # no pair differs in this factor
             swaps[name] = {
                 "range": list(ranges[r]),
-                "flip": None if math.isnan(flip[f, r]) else float(flip[f, r]),
+                "flip": None if unknown else float(flip[f, r]),
                 "worst_other_factor": other_names[int(others[:, r].argmax())] if other_names else None,
                 "worst_other_change": float(worst[r]),
-                "met": met,
+                "met": None if unknown else bool(passing[r]),
             }
         result["swaps"] = swaps
         result["swaps_met"] = sum(bool(s["met"]) for s in swaps.values())
