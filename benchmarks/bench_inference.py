@@ -17,7 +17,9 @@ Workflows (each timed in its own process, `--repeats` runs after `--warmup`, med
 For the workflows the report gives output images/s and the same figure rescaled to the official machine's matmul
 speed (`× 328 / same-run matmul GFLOP/s`), to compare with the official 0.20 images/s.
 
-Run alone on a quiet machine: `python benchmarks/bench_inference.py --threads 2` (all workflows, one process each).
+Run alone on a quiet machine: `python benchmarks/bench_inference.py --threads 2` (all workflows, one process each);
+on a GPU e.g. `--device cuda --precision bf16 --compile --batch_size 256 --sources 64`. The rescaled comparison with
+the official figure is given on CPU only (it was a CPU measurement).
 """
 
 from __future__ import annotations
@@ -27,13 +29,12 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
-from bench_utils import matmul_gflops
+from bench_utils import add_device_arguments, autocast, matmul_gflops, median_seconds
 from diti_hf import DiTiDecoderModel, DiTiEncoderModel, DiTiPipeline
 from diti_hf.conversion import OFFICIAL_CELEBA64_DDPM, unet_config_from_official
 
@@ -42,7 +43,7 @@ OFFICIAL_MATMUL_GFLOPS = 328.0
 OFFICIAL_EDIT_IMAGES_PER_S = 0.20
 
 
-def build_pipeline() -> DiTiPipeline:
+def build_pipeline(device: torch.device) -> DiTiPipeline:
     torch.manual_seed(0)
     unet = UNet2DModel(**unet_config_from_official(OFFICIAL_CELEBA64_DDPM, image_size=64)).eval()
     encoder = DiTiEncoderModel.from_preset("celeba64", latent_dim=512, num_chunks=64).eval()
@@ -53,7 +54,7 @@ def build_pipeline() -> DiTiPipeline:
             if parameter.abs().sum() == 0:
                 parameter.normal_(0, 0.01)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
-    pipe = DiTiPipeline(unet=unet, encoder=encoder, decoder=decoder, scheduler=scheduler)
+    pipe = DiTiPipeline(unet=unet, encoder=encoder, decoder=decoder, scheduler=scheduler).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -61,7 +62,7 @@ def build_pipeline() -> DiTiPipeline:
 def workflow_call(pipe: DiTiPipeline, workflow: str, args: argparse.Namespace) -> tuple[Callable[[], object], int]:
     """The call to time and the number of output images it produces."""
     generator = torch.Generator().manual_seed(0)
-    images = torch.rand(args.batch_size, 3, 64, 64, generator=generator) * 2 - 1
+    images = (torch.rand(args.batch_size, 3, 64, 64, generator=generator) * 2 - 1).to(args.device)
     sources, targets = images[: args.sources], images.flip(0)[: args.sources]
     steps = args.steps
     if workflow == "encode":
@@ -83,29 +84,33 @@ def workflow_call(pipe: DiTiPipeline, workflow: str, args: argparse.Namespace) -
 
 def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    pipe = build_pipeline()
+    device = torch.device(args.device)
+    pipe = build_pipeline(device)
+    if args.compile:
+        pipe.compile_models()
     call, num_outputs = workflow_call(pipe, args.workflow, args)
+
+    def timed() -> None:
+        with autocast(device, args.precision):
+            call()
+
     with torch.inference_mode():
-        for _ in range(args.warmup):
-            call()
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-    limit = matmul_gflops()
+        times = median_seconds(timed, args.warmup, args.repeats, device)
+    limit = matmul_gflops(device=device, precision=args.precision)
     images_per_s = num_outputs / statistics.median(times)
     result = {
         "workflow": args.workflow,
-        "threads": args.threads,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} threads",
+        "precision": args.precision,
+        "compile": args.compile,
         "steps": args.steps,
         "batch_size": args.batch_size if args.workflow in ("encode", "invert_generate") else args.sources,
         "outputs_per_call": num_outputs,
-        "seconds": [round(t, 3) for t in times],
+        "seconds": [round(t, 4) for t in times],
         "images_per_s": round(images_per_s, 4),
         "matmul_gflops": round(limit, 1),
     }
-    if args.workflow != "encode":
+    if args.workflow != "encode" and device.type == "cpu":
         rescaled = images_per_s * OFFICIAL_MATMUL_GFLOPS / limit
         result["images_per_s_at_official_matmul"] = round(rescaled, 4)
         result["vs_official_0.20"] = round(rescaled / OFFICIAL_EDIT_IMAGES_PER_S, 2)
@@ -121,6 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sources", type=int, default=2, help="Source images per interpolate / swap call.")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     if args.workflow != "all":
         result = measure(args)
@@ -128,7 +134,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return [result]
     results = []
     for workflow in WORKFLOWS:  # one process per measurement: no allocator or thread-pool state carried over
-        forwarded = [f"--{k}={v}" for k, v in vars(args).items() if k != "workflow"]
+        forwarded = [
+            f"--{k}={v}" for k, v in vars(args).items() if k not in ("workflow", "compile") and v is not None
+        ] + ["--compile"] * args.compile
         out = subprocess.run(
             [sys.executable, __file__, "--workflow", workflow, *forwarded], check=True, capture_output=True, text=True
         )

@@ -6,27 +6,28 @@ resampling); the official 64×64 encoder (d = 512); k = 64 uniform; stop_grad; b
 
 Reports (JSON on stdout): images/s (median of --repeats timed steps after --warmup), FLOP per image counted with
 torch.utils.flop_counter, achieved GFLOP/s, a dense fp32 2048² matmul's GFLOP/s in the same process, their ratio,
-and peak RSS (FLOPs are counted in a child process so that the counter does not inflate the peak). Run alone on a quiet machine: `python benchmarks/bench_train_step.py --threads 2`.
+and peak memory (RSS on CPU, CUDA's peak allocation on a GPU; FLOPs are counted in a child process so that the
+counter does not inflate the peak). Run alone on a quiet machine: `python benchmarks/bench_train_step.py --threads 2`;
+on a GPU e.g. `--device cuda --precision bf16 --compile --batch_size 256 --peak_tflops 989`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_utils import matmul_gflops
+from bench_utils import add_device_arguments, autocast, matmul_gflops, median_seconds
 from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiEncoderModel
 from diti_hf.conversion import OFFICIAL_CELEBA64_DDPM, unet_config_from_official
-from diti_hf.training import diti_loss
+from diti_hf.models import compile_denoiser
+from diti_hf.training import diti_loss, peak_memory_mb
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,30 +39,38 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--gradient_checkpointing", action="store_true", help="Recompute the decoder's resnets in backward."
     )
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the encoder and decoder (compile time is in warm-up)."
-    )
+    parser.add_argument("--channels_last", action="store_true", help="Models and images in channels_last layout.")
+    add_device_arguments(parser)
     parser.add_argument("--flops_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
 
     unet = UNet2DModel(**unet_config_from_official(OFFICIAL_CELEBA64_DDPM, image_size=64)).requires_grad_(False).eval()
     encoder = DiTiEncoderModel.from_preset("celeba64", latent_dim=512, num_chunks=64)
     decoder = DiTiDecoderModel.from_unet(unet, latent_dim=512)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    for model in (unet, encoder, decoder):
+        model.to(device=device, memory_format=memory_format)
     if args.gradient_checkpointing:
         decoder.enable_gradient_checkpointing()
     params = [*encoder.parameters(), *decoder.parameters()]
     if args.compile and not args.flops_only:
-        encoder.forward, decoder.forward = torch.compile(encoder.forward), torch.compile(decoder.forward)
-    optimizer = torch.optim.Adam(params, lr=1e-4)
-    coefficients = DiffusionCoefficients.from_scheduler_config(DDPMScheduler().config)
-    images = torch.rand(args.batch_size, 3, 64, 64) * 2 - 1
-    generator = torch.Generator().manual_seed(0)
+        encoder.compile()
+        compile_denoiser(unet, decoder)
+    # the fused (one-kernel) Adam where the device has it
+    optimizer = torch.optim.Adam(params, lr=1e-4, fused=device.type == "cuda")
+    coefficients = DiffusionCoefficients.from_scheduler_config(DDPMScheduler().config).to(device)
+    images = (torch.rand(args.batch_size, 3, 64, 64) * 2 - 1).to(device=device, memory_format=memory_format)
+    generator = torch.Generator(device).manual_seed(0)
 
     def step() -> None:
-        z = encoder(images).z
-        loss = diti_loss(unet, decoder, z, images, encoder.partition, coefficients, "stop_grad", generator=generator)
+        with autocast(device, args.precision):
+            z = encoder(images).z
+            loss = diti_loss(
+                unet, decoder, z, images, encoder.partition, coefficients, "stop_grad", generator=generator
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.loss.backward()
         optimizer.step()
@@ -71,33 +80,34 @@ def main(argv: list[str] | None = None) -> dict:
             step()
         print(counter.get_total_flops() / args.batch_size)
         return {}
-    # counted in a child process: the counter's bookkeeping must not inflate this process's peak RSS
-    child = [sys.executable, __file__, "--flops_only", f"--threads={args.threads}", f"--batch_size={args.batch_size}"]
+    # counted in a child process: the counter's bookkeeping must not inflate this process's peak memory
+    child = [sys.executable, __file__, "--flops_only", *(argv if argv is not None else sys.argv[1:])]
+    child = [arg for arg in child if arg != "--compile"]
     flop_per_image = float(subprocess.run(child, check=True, capture_output=True, text=True).stdout.split()[-1])
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = median_seconds(step, args.warmup, args.repeats, device)
     images_per_s = args.batch_size / statistics.median(times)
-    limit = matmul_gflops()
+    peak_mb, peak_kind = peak_memory_mb(device)
+    limit = matmul_gflops(device=device, precision=args.precision)
     achieved = images_per_s * flop_per_image / 1e9
     result = {
-        "threads": args.threads,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} threads",
+        "precision": args.precision,
         "batch_size": args.batch_size,
-        "gradient_checkpointing": args.gradient_checkpointing,
         "compile": args.compile,
-        "step_seconds": [round(t, 3) for t in times],
+        "channels_last": args.channels_last,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "step_seconds": [round(t, 4) for t in times],
         "images_per_s": round(images_per_s, 3),
         "gflop_per_image": round(flop_per_image / 1e9, 2),
         "achieved_gflops": round(achieved, 1),
         "matmul_gflops": round(limit, 1),
         "fraction_of_matmul": round(achieved / limit, 3),
         "matmul_limit_images_per_s": round(limit * 1e9 / flop_per_image, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_measure": peak_kind,
     }
+    if args.peak_tflops:
+        result["fraction_of_datasheet_peak"] = round(achieved / (args.peak_tflops * 1e3), 4)
     print(json.dumps(result, indent=2))
     return result
 

@@ -1,5 +1,5 @@
 from .decoder import DiTiDecoderModel, DiTiDecoderOutput
-from .denoiser import DenoiseOutput, denoise
+from .denoiser import DenoiseOutput, compile_denoiser, denoise
 from .encoder import DiTiEncoderModel, DiTiEncoderOutput
 from .unet_split import UNetFeatures, unet_down, unet_up
 
@@ -10,6 +10,7 @@ __all__ = [
     "DiTiEncoderModel",
     "DiTiEncoderOutput",
     "UNetFeatures",
+    "compile_denoiser",
     "denoise",
     "unet_down",
     "unet_up",

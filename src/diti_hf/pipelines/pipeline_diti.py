@@ -18,7 +18,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.decoder import DiTiDecoderModel
-from ..models.denoiser import denoise
+from ..models.denoiser import compile_denoiser, denoise
 from ..models.encoder import DiTiEncoderModel, DiTiEncoderOutput
 from ..models.strict_loading import check_saved_weights
 from ..partition import TimestepPartition
@@ -322,6 +322,18 @@ class DiTiPipeline(DiffusionPipeline):
         return sample
 
     # ------------------------------------------------------------------ public API
+    def compile_models(self, **compile_kwargs: Any) -> None:
+        r"""
+        `torch.compile`s the encoder, the UNet's blocks and the decoder in place (see
+        [`~diti_hf.models.compile_denoiser`]; `torch.compile(pipe.unet)` would not reach the blocks DiTi runs). Worth it
+        on a GPU; the first call of each batch shape pays the compilation.
+
+        Args:
+            compile_kwargs: Passed to `torch.compile` (e.g. `mode="max-autotune"`).
+        """
+        self.encoder.compile(**compile_kwargs)
+        compile_denoiser(self.unet, self.decoder, **compile_kwargs)
+
     @torch.no_grad()
     def encode(self, images: ImageInput, batch_size: int | None = None) -> DiTiEncoderOutput:
         r"""
