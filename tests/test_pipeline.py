@@ -342,3 +342,27 @@ def test_swapping_the_scheduler_refreshes_the_coefficients():
     after = pipe.coefficients("cpu").sampling_coef
     assert (after - before).abs().max() > 1e-3
     assert torch.allclose(after, -(1 - pipe.scheduler.alphas_cumprod).sqrt(), atol=1e-6)
+
+
+def test_compile_models_reaches_every_block_and_keeps_results():
+    """`torch.compile(pipe.unet)` would never run (DiTi calls the UNet's blocks); `compile_models` must reach them."""
+    pipe = tiny_pipeline()
+    images = tiny_images(2)
+    with torch.no_grad():
+        reference = pipe.reconstruct(images, num_inference_steps=3, output_type="pt").images
+    compiled_graphs = []
+
+    def counting_backend(graph_module: torch.fx.GraphModule, example_inputs: list) -> object:
+        compiled_graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    pipe.compile_models(backend=counting_backend)
+    with torch.no_grad():
+        compiled = pipe.reconstruct(images, num_inference_steps=3, output_type="pt").images
+    unet = pipe.unet
+    modules = [pipe.encoder, pipe.decoder, *unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    assert all(module._compiled_call_impl is not None for module in modules)
+    assert len(compiled_graphs) >= len(modules)  # each module traced at least once (graph breaks add more)
+    torch.testing.assert_close(compiled, reference, atol=1e-5, rtol=0)
+    torch._dynamo.reset()
