@@ -43,7 +43,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(call: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> list[float]:
+def seconds_per_call(call: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> list[float]:
     """Wall-clock seconds of `repeats` calls after `warmup` calls, the device synchronised around each."""
     for _ in range(warmup):
         call()
@@ -57,6 +57,21 @@ def median_seconds(call: Callable[[], object], warmup: int, repeats: int, device
     return times
 
 
+def timings_with_matmul(
+    call: Callable[[], object], warmup: int, repeats: int, device: torch.device, precision: str = "fp32"
+) -> tuple[list[float], list[float]]:
+    """
+    [`seconds_per_call`], and after each call the speed of a dense matmul (GFLOP/s, see [`matmul_gflops`]): on a
+    shared machine whose speed drifts, each timing is compared with the compute limit measured next to it.
+    """
+    seconds_per_call(call, warmup, 0, device)
+    times, limits = [], []
+    for _ in range(repeats):
+        times += seconds_per_call(call, 0, 1, device)
+        limits.append(matmul_gflops(device=device, precision=precision, repeats=5))
+    return times, limits
+
+
 def matmul_gflops(
     n: int | None = None, repeats: int = 10, device: torch.device | str = "cpu", precision: str = "fp32"
 ) -> float:
@@ -68,5 +83,5 @@ def matmul_gflops(
     n = n or (2048 if device.type == "cpu" else 8192)
     a = torch.randn(n, n, device=device, dtype=PRECISIONS[precision])
     b = torch.randn(n, n, device=device, dtype=PRECISIONS[precision])
-    times = median_seconds(lambda: a @ b, warmup=3, repeats=repeats, device=device)
+    times = seconds_per_call(lambda: a @ b, warmup=3, repeats=repeats, device=device)
     return 2 * n**3 / statistics.median(times) / 1e9
