@@ -63,20 +63,20 @@ def test_decoder_topology_check():
         denoise(tiny_ddpm_unet(), decoder, *_inputs(tiny_ddpm_unet()), torch.zeros(3, 15))
 
 
+def _decoder_grads(unet, decoder, x, t, z):
+    decoder.zero_grad()
+    denoise(unet, decoder, x, t, z).shift.square().mean().backward()
+    return [p.grad.clone() for p in decoder.parameters()]
+
+
 def test_decoder_gradient_checkpointing_same_grads():
     unet = tiny_adm_unet()
     decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=16), seed=5)
     x, t = _inputs(unet)
     z = torch.randn(3, 16)
-
-    def grads():
-        decoder.zero_grad()
-        denoise(unet, decoder, x, t, z).shift.square().mean().backward()
-        return [p.grad.clone() for p in decoder.parameters()]
-
-    plain = grads()
+    plain = _decoder_grads(unet, decoder, x, t, z)
     decoder.enable_gradient_checkpointing()
-    checkpointed = grads()
+    checkpointed = _decoder_grads(unet, decoder, x, t, z)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
 
 
@@ -182,16 +182,10 @@ def test_compiled_decoder_trains_with_the_same_gradients():
     decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=16), seed=5)
     x, t = _inputs(unet)
     z = torch.randn(3, 16)
-
-    def grads():
-        decoder.zero_grad()
-        denoise(unet, decoder, x, t, z).shift.square().mean().backward()
-        return [p.grad.clone() for p in decoder.parameters()]
-
-    eager = grads()
+    eager = _decoder_grads(unet, decoder, x, t, z)
     torch._dynamo.reset()
     compile_denoiser(unet, decoder, backend="aot_eager")  # dynamo + AOT autograd, without code generation
-    compiled = grads()
+    compiled = _decoder_grads(unet, decoder, x, t, z)
     assert decoder._compiled_call_impl is not None
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(eager, compiled))
     torch._dynamo.reset()
