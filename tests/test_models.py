@@ -63,6 +63,14 @@ def test_decoder_topology_check():
         denoise(tiny_ddpm_unet(), decoder, *_inputs(tiny_ddpm_unet()), torch.zeros(3, 15))
 
 
+def _trainable_decoder_setup():
+    """A tiny ADM UNet, a randomised decoder on it, and inputs `(x, t, z)` for a backward pass."""
+    unet = tiny_adm_unet()
+    decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=16), seed=5)
+    x, t = _inputs(unet)
+    return unet, decoder, x, t, torch.randn(3, 16)
+
+
 def _decoder_grads(unet, decoder, x, t, z):
     decoder.zero_grad()
     denoise(unet, decoder, x, t, z).shift.square().mean().backward()
@@ -70,10 +78,7 @@ def _decoder_grads(unet, decoder, x, t, z):
 
 
 def test_decoder_gradient_checkpointing_same_grads():
-    unet = tiny_adm_unet()
-    decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=16), seed=5)
-    x, t = _inputs(unet)
-    z = torch.randn(3, 16)
+    unet, decoder, x, t, z = _trainable_decoder_setup()
     plain = _decoder_grads(unet, decoder, x, t, z)
     decoder.enable_gradient_checkpointing()
     checkpointed = _decoder_grads(unet, decoder, x, t, z)
@@ -178,10 +183,7 @@ def test_compiled_decoder_trains_with_the_same_gradients():
     """`compile_denoiser` on the training path: dynamo traces the decoder, its `norm_act` recompute included."""
     from diti_hf.models import compile_denoiser
 
-    unet = tiny_adm_unet()
-    decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=16), seed=5)
-    x, t = _inputs(unet)
-    z = torch.randn(3, 16)
+    unet, decoder, x, t, z = _trainable_decoder_setup()
     eager = _decoder_grads(unet, decoder, x, t, z)
     torch._dynamo.reset()
     compile_denoiser(unet, decoder, backend="aot_eager")  # dynamo + AOT autograd, without code generation
