@@ -4,6 +4,7 @@ from diffusers import UNet2DModel
 
 from conftest import randomize_, tiny_adm_unet, tiny_ddpm_unet
 from diti_hf import DiTiDecoderModel, DiTiEncoderModel, denoise, unet_down, unet_up
+from diti_hf.models.decoder import dropout
 
 
 def _inputs(unet, batch=3, seed=1):
@@ -191,3 +192,29 @@ def test_compiled_decoder_trains_with_the_same_gradients():
     assert decoder._compiled_call_impl is not None
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(eager, compiled))
     torch._dynamo.reset()
+
+
+def test_dropout_keeps_one_minus_p_and_rescales():
+    torch.manual_seed(0)
+    hidden = torch.randn(64, 32, 32, 32, requires_grad=True)
+    out = dropout(hidden, 0.1, training=True)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.9) < 3e-3  # 2M draws: the standard error is 2e-4
+    torch.testing.assert_close(out[kept], hidden[kept] / 0.9)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(hidden.grad, kept.float() / 0.9)
+    assert dropout(hidden, 0.1, training=False) is hidden and dropout(hidden, 0.0, training=True) is hidden
+    assert dropout(hidden, 1.0, training=True).abs().max() == 0
+    assert dropout(hidden.detach().bfloat16(), 0.5, training=True).dtype == torch.bfloat16
+
+
+def test_decoder_gives_the_same_shift_with_and_without_autograd(tiny_unet):
+    """Without autograd the up path switches its upsamplers to channels_last on CPU; the values must not move."""
+    decoder = randomize_(DiTiDecoderModel.from_unet(tiny_unet, latent_dim=32), seed=4).eval()
+    x, t = _inputs(tiny_unet)
+    z = torch.randn(3, 32)
+    with torch.no_grad():
+        fast = denoise(tiny_unet, decoder, x, t, z)
+    with torch.enable_grad():
+        reference = denoise(tiny_unet, decoder, x, t, z)
+    torch.testing.assert_close(fast.shift, reference.shift.detach(), atol=1e-5, rtol=1e-5)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .strict_loading import StrictLoadingMixin
-from .unet_split import UNetFeatures, check_supported_unet
+from .unet_split import UNetFeatures, check_supported_unet, up_path
 
 # UNet2DModel config entries that fix the shapes of the up path; a decoder only fits a UNet that agrees on all.
 UNET_TOPOLOGY_KEYS = (
@@ -85,6 +85,24 @@ def norm_act(
     return _modulated_norm_act(norm, act, hidden, scale, shift)
 
 
+# keep probabilities are compared against 31 random bits: exact to 2^-31, finer than a float32 uniform (2^-24)
+_DROPOUT_BITS = 2**31
+
+
+def dropout(hidden: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    r"""
+    `F.dropout(hidden, p, training)` with a mask drawn from 31-bit random integers on CPU, where `bernoulli_` (one
+    double-precision uniform per element, single-threaded) costs several times more; the keep probability is
+    `1 - p` to within 2^-31. Other devices use `F.dropout`.
+    """
+    if not training or p == 0.0:
+        return hidden
+    if hidden.device.type != "cpu" or p == 1.0:
+        return F.dropout(hidden, p, training)
+    keep = torch.empty(hidden.shape, dtype=torch.int32).random_() < round((1.0 - p) * _DROPOUT_BITS)
+    return hidden * keep.to(hidden.dtype).mul_(1.0 / (1.0 - p))
+
+
 class ZConditionedResnetBlock2D(ResnetBlock2D):
     r"""
     A diffusers `ResnetBlock2D` that is also modulated by the latent embedding `e_z`:
@@ -93,9 +111,13 @@ class ZConditionedResnetBlock2D(ResnetBlock2D):
     """
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, z_emb: torch.Tensor) -> torch.Tensor:
-        if not input_tensor.requires_grad:
-            # Frozen features can be channels_last-strided (diffusers' attention output); torch 2.13's CPU GroupNorm
-            # backward crashes on such an input when only its affine parameters need gradient.
+        # Inputs that need no gradient (frozen features, or everything without autograd) can be channels_last-strided
+        # (diffusers' attention outputs). Under autograd torch 2.13's CPU GroupNorm backward crashes on them when only
+        # its affine parameters need gradient; without autograd they are made contiguous too, so that results stay
+        # those of the NCHW kernels (the official-parity tests sit close to their bound). Upsamplers are the exception:
+        # `up_path` gives them channels_last input on purpose.
+        upsampling_without_autograd = self.upsample is not None and not torch.is_grad_enabled()
+        if not input_tensor.requires_grad and not upsampling_without_autograd:
             input_tensor = input_tensor.contiguous()
         hidden_states = norm_act(self.norm1, self.nonlinearity, input_tensor)
         if self.upsample is not None:
@@ -114,10 +136,12 @@ class ZConditionedResnetBlock2D(ResnetBlock2D):
         else:
             hidden_states, scale, shift = hidden_states + temb, 1 + z_scale, z_shift
         hidden_states = norm_act(self.norm2, self.nonlinearity, hidden_states, scale, shift)
-        hidden_states = self.conv2(self.dropout(hidden_states))
+        hidden_states = self.conv2(dropout(hidden_states, self.dropout.p, self.training))
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
-        return (input_tensor + hidden_states) / self.output_scale_factor
+        output = input_tensor + hidden_states
+        # ADM's factor is 1: dividing by it would cost a pass over the tensor in forward and in backward
+        return output if self.output_scale_factor == 1 else output / self.output_scale_factor
 
     @classmethod
     def promote(cls, resnet: ResnetBlock2D, z_emb_dim: int) -> ZConditionedResnetBlock2D:
@@ -261,28 +285,9 @@ class DiTiDecoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         batch = features.hidden_states.shape[0]
         if z.ndim != 2 or z.shape != (batch, self.config.latent_dim):
             raise ValueError(f"`z` must have shape ({batch}, {self.config.latent_dim}), got {tuple(z.shape)}.")
-        temb = features.temb
         z_emb = self.label_emb(z.to(self.label_emb.weight.dtype))
-        hidden_states, skips = features.hidden_states, features.skips
-        if self.mid_block is not None:
-            mid = self.mid_block
-            hidden_states = self._resnet(mid.resnets[0], hidden_states, temb, z_emb)
-            for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
-                if attention is not None:
-                    hidden_states = attention(hidden_states)
-                hidden_states = self._resnet(resnet, hidden_states, temb, z_emb)
-        for block in self.up_blocks:
-            attentions = getattr(block, "attentions", None)
-            for i, resnet in enumerate(block.resnets):
-                hidden_states = torch.cat([hidden_states, skips[-1]], dim=1)
-                skips = skips[:-1]
-                hidden_states = self._resnet(resnet, hidden_states, temb, z_emb)
-                if attentions is not None:
-                    hidden_states = attentions[i](hidden_states)
-            for upsampler in block.upsamplers or ():
-                if isinstance(upsampler, ZConditionedResnetBlock2D):
-                    hidden_states = self._resnet(upsampler, hidden_states, temb, z_emb)
-                else:
-                    hidden_states = upsampler(hidden_states)
+        hidden_states = up_path(
+            self.mid_block, self.up_blocks, features, lambda resnet, h, temb: self._resnet(resnet, h, temb, z_emb)
+        )
         sample = self.conv_out(norm_act(self.conv_norm_out, self.conv_act, hidden_states))
         return DiTiDecoderOutput(sample=sample) if return_dict else (sample,)

@@ -10,7 +10,7 @@ from diffusers import UNet2DModel
 from diffusers.utils import BaseOutput
 
 from .decoder import DiTiDecoderModel
-from .unet_split import UNetFeatures, unet_down, unet_up
+from .unet_split import UNetFeatures, unet_down, unet_up, up_path_modules
 
 
 @dataclass
@@ -63,9 +63,10 @@ def denoise(
 
 def compile_denoiser(unet: UNet2DModel, decoder: DiTiDecoderModel | None = None, **compile_kwargs: Any) -> None:
     r"""
-    `torch.compile`s, in place, every module that [`denoise`] runs: the UNet's down, mid and up blocks, and `decoder`.
+    `torch.compile`s, in place, every module that [`denoise`] runs: the UNet's time embedding, input conv, down blocks,
+    the resnets, attentions and upsamplers of its mid and up blocks, its output head, and `decoder`.
 
-    `torch.compile(unet)` would not reach them: `denoise` calls the UNet's blocks directly (to share the down path),
+    `torch.compile(unet)` would not reach them: `denoise` calls the UNet's parts directly (to share the down path),
     never `unet.forward`. Results are unchanged up to floating-point reassociation; the first call of each input shape
     pays the compilation.
 
@@ -74,6 +75,7 @@ def compile_denoiser(unet: UNet2DModel, decoder: DiTiDecoderModel | None = None,
         decoder ([`DiTiDecoderModel`], *optional*): The shift branch, compiled as a whole.
         compile_kwargs: Passed to `torch.compile` (e.g. `mode="max-autotune"`).
     """
-    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
-    for module in [block for block in blocks if block is not None] + ([decoder] if decoder is not None else []):
+    modules = [unet.time_embedding, unet.conv_in, *unet.down_blocks, *up_path_modules(unet.mid_block, unet.up_blocks)]
+    modules += [unet.conv_norm_out, unet.conv_out]
+    for module in modules + ([decoder] if decoder is not None else []):
         module.compile(**compile_kwargs)

@@ -2,15 +2,19 @@
 
 `unet_down` runs the time embedding, the input conv and the down blocks; `unet_up` runs the mid block, the up
 blocks and the output head on those features. `unet_up(unet, unet_down(unet, x, t)) == unet(x, t).sample`.
-DiTi's decoder (the shift branch) consumes the same `UNetFeatures` with its own trainable mid/up path.
+DiTi's decoder (the shift branch) consumes the same `UNetFeatures` with its own trainable mid/up path; both paths
+are walked by `up_path`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
 
 SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
 SUPPORTED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D")
@@ -75,13 +79,60 @@ def unet_down(unet: UNet2DModel, sample: torch.Tensor, timestep: torch.Tensor | 
     return UNetFeatures(hidden_states=hidden_states, skips=skips, temb=temb)
 
 
+def up_path(
+    mid_block: nn.Module | None,
+    up_blocks: nn.ModuleList,
+    features: UNetFeatures,
+    run_resnet: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """
+    The mid block and the up blocks of a `UNet2DModel` (or of the decoder's copy of them) on `features`, in the order
+    and with the skip connections `UNet2DModel.forward` uses; every resnet runs as `run_resnet(resnet, hidden, temb)`.
+    Returns the last up block's output (the input of the output head).
+    """
+    hidden_states, skips, temb = features.hidden_states, features.skips, features.temb
+    if mid_block is not None:
+        hidden_states = run_resnet(mid_block.resnets[0], hidden_states, temb)
+        for attention, resnet in zip(mid_block.attentions, mid_block.resnets[1:]):
+            if attention is not None:
+                hidden_states = attention(hidden_states, temb=temb)
+            hidden_states = run_resnet(resnet, hidden_states, temb)
+    for block in up_blocks:
+        attentions = getattr(block, "attentions", None)
+        for i, resnet in enumerate(block.resnets):
+            hidden_states = run_resnet(resnet, torch.cat([hidden_states, skips[-1]], dim=1), temb)
+            skips = skips[:-1]
+            if attentions is not None:
+                hidden_states = attentions[i](hidden_states)
+        for upsampler in block.upsamplers or ():
+            if not isinstance(upsampler, ResnetBlock2D):  # UpBlock2D's interpolation + conv
+                hidden_states = upsampler(hidden_states)
+                continue
+            if hidden_states.device.type == "cpu" and not torch.is_grad_enabled():
+                # On CPU, NCHW ×2 nearest upsampling is slow and the 3×3 convs at the doubled size are faster in
+                # channels_last: the 32→64 upsampler resnet runs 1.5× faster (benchmarks/RESULTS.md). Not under
+                # autograd, where the convs' weight gradients are slower in that layout.
+                hidden_states = hidden_states.contiguous(memory_format=torch.channels_last)
+            hidden_states = run_resnet(upsampler, hidden_states, temb)
+    return hidden_states
+
+
+def up_path_modules(mid_block: nn.Module | None, up_blocks: nn.ModuleList) -> list[nn.Module]:
+    """The modules `up_path` calls directly (resnets, attentions and upsamplers), e.g. to `torch.compile` them."""
+    blocks = [block for block in (mid_block, *up_blocks) if block is not None]
+    return [
+        module
+        for block in blocks
+        for module in (
+            *block.resnets,
+            *(getattr(block, "attentions", None) or ()),
+            *(getattr(block, "upsamplers", None) or ()),
+        )
+        if module is not None
+    ]
+
+
 def unet_up(unet: UNet2DModel, features: UNetFeatures) -> torch.Tensor:
     """Mid block, up blocks and output head of `unet` on `features`; returns the UNet's output (ε_θ)."""
-    hidden_states, skips, temb = features.hidden_states, features.skips, features.temb
-    if unet.mid_block is not None:
-        hidden_states = unet.mid_block(hidden_states, temb)
-    for block in unet.up_blocks:
-        n = len(block.resnets)
-        hidden_states = block(hidden_states, skips[-n:], temb)
-        skips = skips[:-n]
+    hidden_states = up_path(unet.mid_block, unet.up_blocks, features, lambda resnet, h, temb: resnet(h, temb))
     return unet.conv_out(unet.conv_act(unet.conv_norm_out(hidden_states)))
