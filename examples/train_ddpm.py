@@ -219,6 +219,7 @@ def main(args: argparse.Namespace) -> dict:
         finish_run,
         log_periodic,
         make_accelerator,
+        make_optimizer,
         resume_run,
         setup_logging,
         total_train_steps,
@@ -266,13 +267,7 @@ def main(args: argparse.Namespace) -> dict:
 
     global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     max_train_steps = total_train_steps(args, global_batch, data.batches_per_epoch)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.adam_weight_decay,
-    )
+    optimizer = make_optimizer(model.parameters(), args, accelerator.device)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer,

@@ -387,6 +387,7 @@ def main(args: argparse.Namespace) -> dict:
         finish_run,
         log_periodic,
         make_accelerator,
+        make_optimizer,
         resume_run,
         setup_logging,
         total_train_steps,
@@ -452,13 +453,7 @@ def main(args: argparse.Namespace) -> dict:
     max_train_steps = total_train_steps(args, global_batch, data.batches_per_epoch)
 
     # ---- optimisation (official: Adam 1e-4, β 0.9/0.999, ε 1e-8, no weight decay, no warm-up, EMA 0.9999)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.adam_weight_decay,
-    )
+    optimizer = make_optimizer(model.parameters(), args, accelerator.device)
     # The prepared scheduler steps once per process per optimizer step, hence the × num_processes.
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
