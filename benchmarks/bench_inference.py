@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
-from bench_utils import add_device_arguments, autocast, timings_with_matmul
+from bench_utils import add_device_arguments, autocast, configure_process, timings_with_matmul
 from diti_hf import DiTiDecoderModel, DiTiEncoderModel, DiTiPipeline
 from diti_hf.conversion import OFFICIAL_CELEBA64_DDPM, unet_config_from_official
 
@@ -84,7 +84,7 @@ def workflow_call(pipe: DiTiPipeline, workflow: str, args: argparse.Namespace) -
 
 
 def measure(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
+    configure_process(args)
     device = torch.device(args.device)
     pipe = build_pipeline(device)
     if args.compile:
@@ -103,6 +103,7 @@ def measure(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {args.threads} threads",
         "precision": args.precision,
         "compile": args.compile,
+        "reuse_freed_memory": not args.default_malloc,
         "steps": args.steps,
         "batch_size": args.batch_size if args.workflow in ("encode", "invert_generate") else args.sources,
         "outputs_per_call": num_outputs,

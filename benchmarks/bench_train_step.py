@@ -24,7 +24,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_utils import add_device_arguments, autocast, timings_with_matmul
+from bench_utils import add_device_arguments, autocast, configure_process, timings_with_matmul
 from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiEncoderModel
 from diti_hf.conversion import OFFICIAL_CELEBA64_DDPM, unet_config_from_official
 from diti_hf.models import compile_denoiser
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_device_arguments(parser)
     parser.add_argument("--flops_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_process(args)
     torch.manual_seed(0)
     device = torch.device(args.device)
 
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": args.precision,
         "batch_size": args.batch_size,
         "compile": args.compile,
+        "reuse_freed_memory": not args.default_malloc,
         "channels_last": args.channels_last,
         "gradient_checkpointing": args.gradient_checkpointing,
         "step_seconds": [round(t, 4) for t in times],

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from diti_hf import reuse_freed_memory
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -24,11 +26,24 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile", action="store_true", help="torch.compile the models (compile time is spent in warm-up)."
     )
     parser.add_argument(
+        "--default_malloc",
+        action="store_true",
+        help="Keep glibc's default allocator settings (by default `diti_hf.reuse_freed_memory()` is applied, as the "
+        "`diti-hf` CLI and the training scripts on CPU do).",
+    )
+    parser.add_argument(
         "--peak_tflops",
         type=float,
         default=None,
         help="The chip's datasheet peak for --precision (dense TFLOP/s), to report the fraction reached.",
     )
+
+
+def configure_process(args: argparse.Namespace) -> None:
+    """Threads and allocator settings from the parsed arguments (`--threads`, `--default_malloc`)."""
+    torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        reuse_freed_memory()
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -1,5 +1,6 @@
 """diti_hf: DiTi (ICLR 2024) time-step-modular representations from a frozen diffusion model, Hugging Face native."""
 
+from .cpu_memory import reuse_freed_memory
 from .models import (
     DenoiseOutput,
     DiTiDecoderModel,
@@ -31,6 +32,7 @@ __all__ = [
     "TimestepPartition",
     "UNetFeatures",
     "denoise",
+    "reuse_freed_memory",
     "unet_down",
     "unet_up",
 ]

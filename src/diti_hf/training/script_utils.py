@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..cpu_memory import reuse_freed_memory
 from .checkpointing import CHECKPOINT_PREFIX, OLD_PREFIX, TMP_PREFIX
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -256,6 +257,8 @@ def make_accelerator(args: argparse.Namespace):
         )
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.device.type == "cpu":
+        reuse_freed_memory()  # no page faults for every new activation tensor (diti_hf.cpu_memory)
     return accelerator
 
 
