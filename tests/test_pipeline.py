@@ -371,11 +371,19 @@ def test_compile_models_reaches_every_block_and_keeps_results():
     assert len(ran) == len(layers) - sum(isinstance(m, ZConditionedResnetBlock2D) for m in pipe.decoder.modules())
     eager_calls.clear()
     torch._dynamo.reset()
-    pipe.compile_models(backend="eager")
-    with torch.no_grad():
-        compiled = pipe.reconstruct(images, num_inference_steps=3, output_type="pt").images
+    # The resnets share one `forward`, recompiled for each resnet shape; past dynamo's limit the rest would silently
+    # run eagerly. A limit of 1 (made an error) stands in for the real UNet's many shapes: compile_models must raise it.
+    config = torch._dynamo.config
+    saved = config.recompile_limit, config.fail_on_recompile_limit_hit
+    config.recompile_limit, config.fail_on_recompile_limit_hit = 1, True
+    try:
+        pipe.compile_models(backend="eager")
+        with torch.no_grad():
+            compiled = pipe.reconstruct(images, num_inference_steps=3, output_type="pt").images
+    finally:
+        config.recompile_limit, config.fail_on_recompile_limit_hit = saved
+        torch._dynamo.reset()
     for handle in handles:
         handle.remove()
     assert eager_calls == []  # compiled: none ran outside a graph
     torch.testing.assert_close(compiled, reference, atol=1e-5, rtol=0)
-    torch._dynamo.reset()

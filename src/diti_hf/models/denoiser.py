@@ -68,7 +68,8 @@ def compile_denoiser(unet: UNet2DModel, decoder: DiTiDecoderModel | None = None,
 
     `torch.compile(unet)` would not reach them: `denoise` calls the UNet's parts directly (to share the down path),
     never `unet.forward`. Results are unchanged up to floating-point reassociation; the first call of each input shape
-    pays the compilation.
+    pays the compilation. Raises dynamo's process-wide recompile limit to 8 per compiled module, since all of the
+    UNet's resnets share one `forward`.
 
     Args:
         unet (`UNet2DModel`): The frozen DDPM.
@@ -76,6 +77,11 @@ def compile_denoiser(unet: UNet2DModel, decoder: DiTiDecoderModel | None = None,
         compile_kwargs: Passed to `torch.compile` (e.g. `mode="max-autotune"`).
     """
     modules = [unet.time_embedding, unet.conv_in, *unet.down_blocks, *up_path_modules(unet.mid_block, unet.up_blocks)]
-    modules += [unet.conv_norm_out, unet.conv_out]
-    for module in modules + ([decoder] if decoder is not None else []):
+    modules += [unet.conv_norm_out, unet.conv_out] + ([decoder] if decoder is not None else [])
+    # The UNet's resnets share one `forward`, and dynamo recompiles it for every resnet shape and batch size; past its
+    # per-function limit (8) it silently runs the rest eagerly. Give every compiled module that default budget.
+    config = torch._dynamo.config
+    limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit_name, max(getattr(config, limit_name), 8 * len(modules)))
+    for module in modules:
         module.compile(**compile_kwargs)
