@@ -19,63 +19,81 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
+import diti_hf
+import diti_hf.models
+import diti_hf.training
 from bench_utils import add_device_arguments, autocast, configure_process, timings_with_matmul
-from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiEncoderModel
 from diti_hf.conversion import OFFICIAL_CELEBA64_DDPM, unet_config_from_official
-from diti_hf.models import compile_denoiser
-from diti_hf.training import diti_loss, peak_memory_mb
+from diti_hf.training import peak_memory_mb
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--gradient_checkpointing", action="store_true", help="Recompute the decoder's resnets in backward."
-    )
-    parser.add_argument("--channels_last", action="store_true", help="Models and images in channels_last layout.")
-    add_device_arguments(parser)
-    parser.add_argument("--flops_only", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    configure_process(args)
+def build_step(args: argparse.Namespace, package: ModuleType = diti_hf) -> Callable[[], None]:
+    """
+    One training step of the benchmark configuration (models, optimizer, data built with seed 0), using the models,
+    loss and `compile_denoiser` of `package` (this checkout's `diti_hf` by default; `ab_train_step.py` passes a
+    baseline revision's copy).
+    """
     torch.manual_seed(0)
     device = torch.device(args.device)
-
     unet = UNet2DModel(**unet_config_from_official(OFFICIAL_CELEBA64_DDPM, image_size=64)).requires_grad_(False).eval()
-    encoder = DiTiEncoderModel.from_preset("celeba64", latent_dim=512, num_chunks=64)
-    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=512)
+    encoder = package.DiTiEncoderModel.from_preset("celeba64", latent_dim=512, num_chunks=64)
+    decoder = package.DiTiDecoderModel.from_unet(unet, latent_dim=512)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     for model in (unet, encoder, decoder):
         model.to(device=device, memory_format=memory_format)
     if args.gradient_checkpointing:
         decoder.enable_gradient_checkpointing()
     params = [*encoder.parameters(), *decoder.parameters()]
-    if args.compile and not args.flops_only:
+    if args.compile:  # never in the FLOP-counting child, which is started without --compile
         encoder.compile()
-        compile_denoiser(unet, decoder)
+        package.models.compile_denoiser(unet, decoder)
     # the fused (one kernel per parameter) Adam, as the training scripts use it
     optimizer = torch.optim.Adam(params, lr=1e-4, fused=device.type in ("cpu", "cuda"))
-    coefficients = DiffusionCoefficients.from_scheduler_config(DDPMScheduler().config).to(device)
+    coefficients = package.DiffusionCoefficients.from_scheduler_config(DDPMScheduler().config).to(device)
     images = (torch.rand(args.batch_size, 3, 64, 64) * 2 - 1).to(device=device, memory_format=memory_format)
     generator = torch.Generator(device).manual_seed(0)
 
     def step() -> None:
         with autocast(device, args.precision):
             z = encoder(images).z
-            loss = diti_loss(
+            loss = package.training.diti_loss(
                 unet, decoder, z, images, encoder.partition, coefficients, "stop_grad", generator=generator
             )
         optimizer.zero_grad(set_to_none=True)
         loss.loss.backward()
         optimizer.step()
 
+    return step
+
+
+def add_configuration_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `build_step` reads, shared with `ab_train_step.py`."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Recompute the decoder's resnets in backward."
+    )
+    parser.add_argument("--channels_last", action="store_true", help="Models and images in channels_last layout.")
+    add_device_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_configuration_arguments(parser)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--flops_only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    configure_process(args)
+    device = torch.device(args.device)
+    step = build_step(args)
     if args.flops_only:
         with FlopCounterMode(display=False) as counter:
             step()
