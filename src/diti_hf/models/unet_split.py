@@ -1,7 +1,8 @@
 """Running a diffusers `UNet2DModel` in two halves, so that its down path is computed once and shared.
 
 `unet_down` runs the time embedding, the input conv and the down blocks; `unet_up` runs the mid block, the up
-blocks and the output head on those features. `unet_up(unet, unet_down(unet, x, t)) == unet(x, t).sample`.
+blocks and the output head on those features. `unet_up(unet, unet_down(unet, x, t))` equals `unet(x, t).sample` up
+to float32 rounding (~2e-6: without autograd on CPU the upsampler resnets run in channels_last, see `up_path`).
 DiTi's decoder (the shift branch) consumes the same `UNetFeatures` with its own trainable mid/up path; both paths
 are walked by `up_path`.
 """
