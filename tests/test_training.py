@@ -17,9 +17,11 @@ from safetensors.torch import load_file
 from diti_hf.training.checkpointing import (
     COMPLETE_MARKER,
     TMP_PREFIX,
+    checkpoint_problems,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_state_file,
     remove_incomplete_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
@@ -217,8 +219,8 @@ def test_kill_and_resume_equals_straight_run(base_model, tmp_path, streaming):
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
-    ema_a = torch.load(straight / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=False)
-    ema_b = torch.load(resumed / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=False)
+    ema_a = load_state_file(straight / "checkpoint-6" / "custom_state_0.safetensors")
+    ema_b = load_state_file(resumed / "checkpoint-6" / "custom_state_0.safetensors")
     assert ema_a["optimization_step"] == ema_b["optimization_step"] == 6
     for x, y in zip(ema_a["shadow_params"], ema_b["shadow_params"]):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
@@ -266,7 +268,9 @@ def test_two_processes_gloo_identical_weights(base_model, tmp_path):
     assert summary["num_processes"] == 2 and summary["global_batch_size"] == 8 and summary["global_step"] == 3
     rank0, rank1 = summary["rank_weight_fingerprints"]
     assert rank0 == rank1
-    assert (out / "checkpoint-2" / "process_state_1.pt").is_file()  # every rank saved its own generator/data state
+    # every rank saved its own generator/data state, and the checkpoint verifies
+    assert (out / "checkpoint-2" / "process_state_1.safetensors").is_file()
+    assert checkpoint_problems(out / "checkpoint-2") == []
 
     from diti_hf import DiTiPipeline
 

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from ..cpu_memory import reuse_freed_memory
-from .checkpointing import CHECKPOINT_PREFIX, OLD_PREFIX, TMP_PREFIX
+from ..safe_io import LOCK_NAME, FolderInUseError, FolderLock
+from .checkpointing import CHECKPOINT_PREFIX, DAMAGED_PREFIX, OLD_PREFIX, TMP_PREFIX
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -147,6 +148,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
         type=int,
         default=None,
         help="Log the per-t loss histogram every N steps (default: 10×logging).",
+    )
+    group.add_argument(
+        "--trust_checkpoint",
+        action="store_true",
+        help=(
+            "Resume a checkpoint written by an earlier diti_hf, whose pickled state files can run code when loaded "
+            "(only for checkpoints you wrote yourself); checkpoints saved from then on hold no pickles."
+        ),
     )
     group.add_argument(
         "--validation_steps",
@@ -345,7 +354,14 @@ def push_folder_to_hub(
         repo_id=repo_id,
         folder_path=str(folder),
         commit_message="End of training",
-        ignore_patterns=[f"{CHECKPOINT_PREFIX}*", f"{TMP_PREFIX}*", f"{OLD_PREFIX}*", "*.tmp"],
+        ignore_patterns=[
+            f"{CHECKPOINT_PREFIX}*",
+            f"{TMP_PREFIX}*",
+            f"{OLD_PREFIX}*",
+            f"{DAMAGED_PREFIX}*",
+            "*.tmp",
+            LOCK_NAME,
+        ],
         token=token,
     )
     return repo_id
@@ -438,27 +454,54 @@ class RunState:
 
 def resume_run(accelerator, args: argparse.Namespace, run: RunState, batches_per_epoch: int | None) -> Path | None:
     r"""
-    Restores the checkpoint named by `--resume_from_checkpoint` (if any) into the prepared objects and `run`; removes
-    leftovers of interrupted saves. Returns the checkpoint used.
+    Locks `--output_dir` against a second run, restores the checkpoint named by `--resume_from_checkpoint` (if any)
+    into the prepared objects and `run`, and removes leftovers of interrupted saves. `latest` skips damaged
+    checkpoints (set aside as `.damaged-checkpoint-<step>`), saying so; an earlier-format checkpoint needs
+    `--trust_checkpoint`. Returns the checkpoint used.
     """
     from ..data.loading import DataPosition
-    from .checkpointing import load_checkpoint, remove_incomplete_checkpoints, resolve_checkpoint
+    from .checkpointing import (
+        CheckpointError,
+        load_checkpoint,
+        remove_incomplete_checkpoints,
+        resolve_checkpoint,
+        set_aside_newer_checkpoints,
+    )
 
+    trust = bool(getattr(args, "trust_checkpoint", False))
+    if accelerator.is_main_process:
+        try:
+            FolderLock(args.output_dir, "training run").acquire()
+        except FolderInUseError as error:
+            raise ScriptArgumentError(f"--output_dir: {error}") from error
     try:
-        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    except ValueError as error:
+        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir, trust, log=accelerator.print)
+    except CheckpointError as error:
         raise ScriptArgumentError(f"--resume_from_checkpoint: {error}") from error
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         remove_incomplete_checkpoints(args.output_dir)
+        if checkpoint is not None and args.resume_from_checkpoint == "latest":
+            set_aside_newer_checkpoints(args.output_dir, checkpoint)
     accelerator.wait_for_everyone()
     if checkpoint is None:
         if args.resume_from_checkpoint == "latest":
             accelerator.print(f"no complete checkpoint in {args.output_dir}: starting from scratch")
         return None
-    marker, state = load_checkpoint(accelerator, checkpoint)
-    if state is not None:
-        run.load_state_dict(state)
-    else:  # a different process count: resume the weights, restart the data at the equivalent epoch position
+    try:
+        marker, state = load_checkpoint(
+            accelerator, checkpoint, trust, process_state_like=run.state_dict(), verify=False
+        )
+        if state is not None:
+            run.load_state_dict(state)
+    except CheckpointError as error:
+        raise ScriptArgumentError(f"--resume_from_checkpoint: {error}") from error
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # a trusted earlier-format state
+        raise ScriptArgumentError(
+            f"--resume_from_checkpoint: the process state of {checkpoint} does not fit this run "
+            f"({type(error).__name__}: {error})"
+        ) from error
+    if state is None:  # a different process count: resume the weights, restart the data at the equivalent position
         run.global_step = int(marker["step"])
         consumed = run.global_step * args.gradient_accumulation_steps
         if batches_per_epoch:
@@ -557,4 +600,6 @@ def finish_run(
             print(f"pushed to https://huggingface.co/{repo}", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if accelerator.is_main_process:
+        FolderLock(args.output_dir, "training run").release()
     return summary
