@@ -2,10 +2,11 @@
 
 The model commands share `--model` (Hub id or pipeline folder), `--device`, `--batch-size`, `--steps` (DDIM) and
 `--seed`; the image commands write PNG grids (`diti_hf.demo.image_grid`), `encode` writes features through
-`diti_hf.features`. Each subcommand is one `_add_<name>_parser(subparsers)` function that adds its parser and sets `handler` (a function
-of the parsed arguments returning an exit code); `_SUBCOMMANDS` lists them in help order. Library errors
-(`ValueError`, `TypeError`, `OSError`) are reported as one line `diti-hf: error: ...` with exit code 2, as are
-command-line mistakes.
+`diti_hf.features`. Each subcommand is one `_add_<name>_parser(subparsers)` function that adds its parser and sets
+`handler` (a function of the parsed arguments returning an exit code); `_SUBCOMMANDS` lists them in help order.
+Expected failures (command-line mistakes, bad inputs and files: `ValueError`, `TypeError`, `OSError`, a folder in use,
+running out of memory) are reported as one line `diti-hf: error: ...` with exit code 2; anything else (a bug) as one
+line with exit code 1 that says to run with `--debug` for the traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from . import __version__
 from .cpu_memory import reuse_freed_memory
+from .safe_io import FolderInUseError
 
 PROG = "diti-hf"
 
@@ -323,11 +325,16 @@ def _run_encode(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args.model, device, progress=not args.no_progress)
     metadata = feature_metadata(pipe, args.model)
 
+    root = None
     if args.images is not None:
-        root = Path(args.images).resolve()
-        images = [p.resolve() for p in files]
-        ids = [p.relative_to(root).as_posix() for p in images]
-        metadata["source"] = {"kind": "images", "root": str(root), "num_files": len(files)}
+        from .features import printable_name
+
+        # ids by the name inside --images; a file that resolves outside it (a symbolic link) is a bad image
+        base = Path(args.images).expanduser()
+        root, names = base.resolve(), [p.relative_to(base) for p in files]
+        images = [base.absolute() / name for name in names]
+        ids = [printable_name(name.as_posix()) for name in names]
+        metadata["source"] = {"kind": "images", "root": printable_name(str(root)), "num_files": len(files)}
         column = None
     else:
         from .data import SHAPES_DATASET_NAME, load_image_dataset, resolve_image_column
@@ -352,7 +359,7 @@ def _run_encode(args: argparse.Namespace) -> int:
 
     if args.output is not None:
         features, kept_ids, paths, skipped = encode_images(
-            pipe, images, args.batch_size, column, ids, args.skip_bad_images, progress=not args.no_progress
+            pipe, images, args.batch_size, column, ids, args.skip_bad_images, progress=not args.no_progress, root=root
         )
         metadata["skipped"] = skipped
         has_paths = bool(paths) and all(p is not None for p in paths)
@@ -372,6 +379,7 @@ def _run_encode(args: argparse.Namespace) -> int:
             output_format=args.format,
             metadata=metadata,
             progress=not args.no_progress,
+            root=root,
         )
         skipped = result.skipped
         resumed = f" (resumed after {result.resumed_shards} complete shards)" if result.resumed_shards else ""
@@ -961,6 +969,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `diti-hf` argument parser with every subcommand."""
     parser = _ArgumentParser(prog=PROG, description="DiTi: time-step-modular image representations, HF native.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     parser.set_defaults(handler=None)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add_parser in _SUBCOMMANDS:
@@ -982,9 +991,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Runs `diti-hf` with `argv` (default: `sys.argv[1:]`).
 
     Returns:
-        `int`: The exit code: 0 on success, 2 for a usage or input error (one line on stderr, no traceback).
+        `int`: The exit code: 0 on success, 2 for a usage or input error (one line on stderr, no traceback), 1 for an
+        unexpected error (one line, or its traceback with `--debug`).
     """
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if args.handler is None:
@@ -998,12 +1009,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.handler(args)
     except SystemExit as exit_:  # --help / --version
         return exit_.code if isinstance(exit_.code, int) else 0
-    except (_UsageError, ValueError, TypeError, OSError) as error:
+    except (_UsageError, ValueError, TypeError, OSError, FolderInUseError) as error:
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except MemoryError as error:
+        print(f"{PROG}: error: out of memory ({_one_line(error)}); try a smaller --batch-size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: one line unless asked for the traceback
+        if getattr(args, "debug", False):
+            raise
+        print(
+            f"{PROG}: error: unexpected {type(error).__name__}: {_one_line(error)[:500]} (run with --debug for the "
+            "traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,16 +3,20 @@
 Layout of an output folder (see [`extract_features`]):
 
 ```
-manifest.json            settings + the list of completed shards (rewritten atomically after each shard)
+manifest.json            settings + the list of completed shards with their SHA-256 (rewritten after each shard)
 shard-00000.npy          (rows, latent_dim) float32 features of input items [0, shard_size)
 shard-00000.ids.json     their ids (and the items skipped as unreadable)
 ...
 features.npy + features.json   (or features.parquet) the merged result, written when every shard is done
+.lock                    held by the extraction writing the folder (the PID of its process)
 ```
 
 Every file is written under a temporary name (`.tmp-<pid>-<name>`) and renamed with `os.replace` only once complete,
 so a file named like a shard is always a whole shard. A shard counts as done only once the manifest lists it; the
-manifest is the commit point of resumption.
+manifest is the commit point of resumption. The manifest records the size and SHA-256 of every shard and of the
+merged output: on resume a shard that changed since (flipped bytes, a shard copied over another) is recomputed, and
+a damaged merged file is merged again; [`load_features`] refuses a merged file that does not match. Shard file names
+are fixed by their index, so a manifest cannot point outside its folder.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ import numpy as np
 import torch
 
 from .data.loading import BadImageError
+from .safe_io import MAX_CONFIG_BYTES, FolderLock, file_record, read_json, record_problem, short_repr
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "diti_hf-features"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 1: no content hashes (its shards are checked by shape and for NaN only)
 OUTPUT_FORMATS = ("npy", "parquet")
 PARQUET_METADATA_KEY = b"diti_hf"
 _TMP_PREFIX = ".tmp-"
@@ -48,6 +53,23 @@ def shard_name(index: int) -> str:
 
 def _ids_name(index: int) -> str:
     return f"shard-{index:05d}.ids.json"
+
+
+def printable_name(name: str) -> str:
+    r"""
+    A file name as text that every output format stores: undecodable bytes of a non-UTF-8 name (which Python
+    carries as lone surrogates, refused by Parquet and by strict UTF-8 output) become `\xNN` escapes.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _json_size_limit(rows: int) -> int:
+    # ids and paths of every row: generous per row, but bounded before the file is read
+    return MAX_CONFIG_BYTES + 4096 * max(0, rows)
 
 
 # ---------------------------------------------------------------------------------------------------- metadata
@@ -189,6 +211,26 @@ def _parquet_table(features: np.ndarray, ids: Sequence[str], paths: Sequence[str
     return pa.Table.from_arrays(columns, schema=_parquet_schema(dim, paths is not None, metadata))
 
 
+def _load_rows(path: Path, rows: int | None = None, dim: int | None = None) -> np.ndarray:
+    """
+    A `.npy` file of float32 rows, memory-mapped: the header's shape is checked against the file's size before
+    anything is allocated, and no pickled object is read.
+    """
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable .npy array ({' '.join(str(error).split())}).") from None
+    expected = (rows if rows is not None else "N", dim if dim is not None else "d")
+    if (
+        array.dtype != np.float32
+        or array.ndim != 2
+        or (rows is not None and array.shape[0] != rows)
+        or (dim is not None and array.shape[1] != dim)
+    ):
+        raise ValueError(f"{path}: expected float32 rows of shape {expected}, got {array.dtype} {array.shape}.")
+    return array
+
+
 def _output_format(path: Path) -> str:
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in OUTPUT_FORMATS:
@@ -206,18 +248,30 @@ def load_features(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 
     Returns:
         `(features, metadata)`: `(N, latent_dim)` float32 array and the metadata, with `ids` (and `paths`).
+
+    Raises:
+        `ValueError` naming the file if a folder's merged output does not match the hash in its manifest, or a file
+        is not a 2-d float32 array with its sidecar.
     """
     path = Path(path)
     if path.is_dir():
         manifest = _read_manifest(path)
         if manifest is None or not manifest.get("complete"):
             raise ValueError(f"{str(path)!r} holds no completed feature extraction (see its {MANIFEST_NAME}).")
+        problem = _output_problem(path, manifest)
+        if problem:
+            raise ValueError(
+                f"{path / MANIFEST_NAME}: the merged output does not verify ({problem}); resume the "
+                "extraction (resume=True, --resume) to merge it again."
+            )
         path = path / manifest["output"]
     fmt = _output_format(path)
     if fmt == "npy":
-        features = np.load(path)
+        features = np.array(_load_rows(path))
         sidecar = path.with_suffix(".json")
-        metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        metadata = {}
+        if sidecar.is_file():
+            metadata = read_json(sidecar, "features sidecar", _json_size_limit(features.shape[0]))
         return features, metadata
     import pyarrow.parquet as pq
 
@@ -249,22 +303,30 @@ def _open_image_file(path: str | os.PathLike):
         return image.copy()
 
 
-def _decode(index: int, item_id: str, value: Any, path: str | None = None) -> _Item:
+def _decode(index: int, item_id: str, value: Any, root: Path | None = None) -> _Item:
+    path = None
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
+        shown = printable_name(path)
+        if root is not None and not Path(path).resolve().is_relative_to(root):
+            target = printable_name(str(Path(path).resolve()))
+            return _Item(index, item_id, error=f"it resolves to {target!r}, outside {str(root)!r}", path=shown)
         try:
             value = _open_image_file(path)
         except Exception as error:  # PIL raises many types on corrupt files; each is reported by the caller
-            return _Item(index, item_id, error=f"{type(error).__name__}: {error}", path=path)
+            return _Item(index, item_id, error=printable_name(f"{type(error).__name__}: {error}"), path=shown)
+        path = shown
     return _Item(index, item_id, image=value, path=path)
 
 
-def _iter_items(images: Any, start: int, image_column: str | None, ids: Sequence[str] | None) -> Iterator[_Item]:
+def _iter_items(
+    images: Any, start: int, image_column: str | None, ids: Sequence[str] | None, root: Path | None = None
+) -> Iterator[_Item]:
     """Yields every input item from index `start` on, decoded (or with the decoding error)."""
     import datasets
 
     def item_id(index: int, default: str) -> str:
-        return str(ids[index]) if ids is not None else default
+        return printable_name(str(ids[index]) if ids is not None else default)
 
     if isinstance(images, datasets.Dataset):
         from .data.loading import BadImageError, decode_image, resolve_image_column
@@ -277,6 +339,7 @@ def _iter_items(images: Any, start: int, image_column: str | None, ids: Sequence
             for offset, value in enumerate(raw[lo : lo + 256][column]):
                 index = lo + offset
                 path = value.get("path") if isinstance(value, dict) else None
+                path = printable_name(path) if isinstance(path, str) else None
                 try:
                     yield _Item(index, item_id(index, str(index)), image=decode_image(value, index, column), path=path)
                 except BadImageError as error:
@@ -285,7 +348,7 @@ def _iter_items(images: Any, start: int, image_column: str | None, ids: Sequence
     if isinstance(images, datasets.IterableDataset):
         column = image_column or "image"
         for index, example in enumerate(images.skip(start), start):
-            yield _decode(index, item_id(index, str(index)), example[column])
+            yield _decode(index, item_id(index, str(index)), example[column], root)
         return
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
@@ -298,7 +361,7 @@ def _iter_items(images: Any, start: int, image_column: str | None, ids: Sequence
     iterator = iter(images)
     for index, value in enumerate(itertools.islice(iterator, start, None), start):
         default = os.fspath(value) if isinstance(value, (str, os.PathLike)) else str(index)
-        yield _decode(index, item_id(index, default), value)
+        yield _decode(index, item_id(index, default), value, root)
 
 
 def _num_items(images: Any) -> int | None:
@@ -345,8 +408,16 @@ def _encode_items(
 
     def flush() -> None:
         if batch:
-            z = pipe.encode(torch.cat(batch)).z
-            features.append(z.detach().float().cpu().numpy())
+            z = pipe.encode(torch.cat(batch)).z.detach().float().cpu().numpy()
+            finite = np.isfinite(z).all(axis=1)
+            if not finite.all():  # the inputs are finite and in [-1, 1]: the encoder itself is broken
+                first = len(kept) - len(batch) + int(np.argmin(finite))
+                raise ValueError(
+                    f"the encoder returned NaN or infinite features for {int((~finite).sum())} of {len(batch)} "
+                    f"images (the first: {kept[first][1] or kept[first][0]!r}); check the model's weights. Nothing "
+                    "was written for this shard."
+                )
+            features.append(z)
             batch.clear()
 
     for item in items:
@@ -374,9 +445,10 @@ def encode_images(
     ids: Sequence[str] | None = None,
     skip_bad_images: bool = False,
     progress: bool = True,
+    root: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, list[str], list[str | None], list[dict[str, Any]]]:
     r"""
-    Encodes every image of `images` in memory (see [`extract_features`] for the accepted inputs).
+    Encodes every image of `images` in memory (see [`extract_features`] for the accepted inputs and `root`).
 
     Returns:
         `(features, ids, paths, skipped)`: `(N, latent_dim)` float32 features of the readable images, their ids and
@@ -387,12 +459,15 @@ def encode_images(
 
     bar = tqdm(total=_num_items(images), desc="encoding", unit="img", disable=not progress)
     try:
-        features, kept, skipped = _encode_items(
-            pipe, _iter_items(images, 0, image_column, ids), batch_size, skip_bad_images, bar.update
-        )
+        items = _iter_items(images, 0, image_column, ids, _resolved(root))
+        features, kept, skipped = _encode_items(pipe, items, batch_size, skip_bad_images, bar.update)
     finally:
         bar.close()
     return features, [k[0] for k in kept], [k[1] for k in kept], skipped
+
+
+def _resolved(root: str | os.PathLike | None) -> Path | None:
+    return None if root is None else Path(root).resolve()
 
 
 def _check_positive(value: Any, name: str) -> None:
@@ -420,32 +495,95 @@ class FeatureExtractionOutput:
 
 
 def _read_manifest(output_dir: Path) -> dict[str, Any] | None:
+    """The folder's manifest, checked for the structure resumption relies on; `None` if there is none."""
     path = output_dir / MANIFEST_NAME
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:  # cannot happen with atomic writes; a hand-edited file can
-        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); delete the folder to start over.") from error
-    if manifest.get("format") != MANIFEST_FORMAT:
+    manifest = read_json(path, "feature manifest")  # atomic writes cannot leave a bad file; a hand-edited one can
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{str(path)!r} is not a diti_hf feature manifest.")
+    problems = []
+    if manifest.get("version") not in (1, MANIFEST_VERSION):
+        problems.append(f"unknown version {short_repr(manifest.get('version'))}")
+    if not isinstance(manifest.get("settings"), dict):
+        problems.append("`settings` is not an object")
+    if not isinstance(manifest.get("shards"), list):
+        problems.append("`shards` is not a list")
+    if not isinstance(manifest.get("complete"), bool):
+        problems.append("`complete` is not true or false")
+    if problems:
+        raise ValueError(
+            f"{str(path)!r} is malformed ({'; '.join(problems)}); delete the folder (or its manifest) to start over."
+        )
     return manifest
 
 
-def _valid_shard(output_dir: Path, entry: Mapping[str, Any], dim: int) -> bool:
+_ENTRY_FIELDS = {"file": str, "ids_file": str, "start": int, "stop": int, "rows": int, "skipped": list}
+
+
+def _shard_problem(output_dir: Path, index: int, entry: Any, dim: int, shard_size: int) -> str | None:
+    """Why the `index`-th manifest entry is not a complete, unchanged shard; `None` if it is."""
+    if not isinstance(entry, dict):
+        return f"entry {index} of {MANIFEST_NAME} is not an object"
+    wrong = [
+        k for k, kind in _ENTRY_FIELDS.items() if not isinstance(entry.get(k), kind) or isinstance(entry[k], bool)
+    ]
+    if wrong:
+        return f"entry {index} of {MANIFEST_NAME} lacks valid {wrong}"
+    if entry["file"] != shard_name(index) or entry["ids_file"] != _ids_name(index):  # also keeps it in the folder
+        return f"entry {index} of {MANIFEST_NAME} names {short_repr(entry['file'])}, expected {shard_name(index)!r}"
+    if entry["start"] != index * shard_size or not 0 <= entry["rows"] <= entry["stop"] - entry["start"] <= shard_size:
+        return f"entry {index} of {MANIFEST_NAME} has inconsistent start/stop/rows"
+    shard, ids_file = output_dir / entry["file"], output_dir / entry["ids_file"]
+    skipped_ok = all(isinstance(s, dict) and {"index", "id", "path", "error"} <= set(s) for s in entry["skipped"])
+    if not skipped_ok or len(entry["skipped"]) != entry["stop"] - entry["start"] - entry["rows"]:
+        return f"entry {index} of {MANIFEST_NAME} has a malformed list of skipped images"
+    hashed = "file_record" in entry or "ids_record" in entry
+    if hashed:  # the size is compared first: a truncated or replaced file costs no hashing
+        for path, record in ((shard, entry.get("file_record")), (ids_file, entry.get("ids_record"))):
+            problem = record_problem(path, record)
+            if problem:
+                return problem
     try:
-        array = np.load(output_dir / entry["file"], mmap_mode="r")
-        ids = json.loads((output_dir / entry["ids_file"]).read_text())["ids"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return array.shape == (entry["rows"], dim) and len(ids) == entry["rows"]
+        array = _load_rows(shard, entry["rows"], dim)
+        listed = read_json(ids_file, "shard id list", _json_size_limit(entry["rows"]))
+    except (OSError, ValueError) as error:
+        return " ".join(str(error).split())
+    if (
+        not isinstance(listed, dict)
+        or not all(isinstance(listed.get(key), list) and len(listed[key]) == entry["rows"] for key in ("ids", "paths"))
+        or not all(isinstance(i, str) for i in listed["ids"])
+        or not all(p is None or isinstance(p, str) for p in listed["paths"])
+    ):
+        return f"{ids_file.name}: not {entry['rows']} ids and paths"
+    if not hashed and not np.isfinite(array).all():  # a version-1 manifest: no hash, so at least no NaN rows
+        return f"{shard.name}: holds NaN or infinite values"
+    return None
+
+
+def _output_problem(output_dir: Path, manifest: Mapping[str, Any]) -> str | None:
+    """Why a complete extraction's merged output is missing or changed; `None` if it matches the manifest."""
+    output = manifest.get("output")
+    if output not in ("features.npy", "features.parquet"):
+        return f"{MANIFEST_NAME} names the output {short_repr(output)}"
+    records = manifest.get("output_files")
+    if not isinstance(records, dict):  # a version-1 manifest records no hash
+        return None if (output_dir / output).is_file() else f"{output}: missing"
+    if output not in records or set(records) - {"features.npy", "features.json", "features.parquet"}:
+        return f"{MANIFEST_NAME} lists the output files {short_repr(sorted(records))}"
+    for name, record in records.items():
+        problem = record_problem(output_dir / name, record)
+        if problem:
+            return problem
+    return None
 
 
 def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    # the merged file's format may change on resume: the shards do not depend on it
     return [
-        f"{key}: {old.get(key)!r} → {new.get(key)!r}"
+        f"{key}: {short_repr(old.get(key))} → {short_repr(new.get(key))}"
         for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key)
+        if key != "output_format" and old.get(key) != new.get(key)
     ]
 
 
@@ -462,6 +600,7 @@ def extract_features(
     output_format: str = "npy",
     metadata: Mapping[str, Any] | None = None,
     progress: bool = True,
+    root: str | os.PathLike | None = None,
 ) -> FeatureExtractionOutput:
     r"""
     Encodes `images` into `z` and writes them to `output_dir` shard by shard, resumable after a crash.
@@ -470,8 +609,10 @@ def extract_features(
     as unreadable). Each shard is encoded in batches of `batch_size` starting at its first item, so an interrupted
     and resumed run computes exactly the batches of an uninterrupted one and gives identical features. Shard files and
     the manifest are written atomically (temporary file + `os.replace`); the manifest, rewritten after each shard,
-    lists the completed ones. With `resume=True` the shards it lists (and whose files check out) are skipped.
-    When every shard is done the merged `features.npy` + `features.json` (or `features.parquet`) is written.
+    lists the completed ones with their SHA-256. With `resume=True` the shards it lists are skipped if their files
+    still match; from the first one that does not, shards are recomputed. When every shard is done the merged
+    `features.npy` + `features.json` (or `features.parquet`) is written and its hash recorded. The folder is locked
+    while this runs: a second extraction into it fails with `"... is in use by PID <n>"`.
 
     Args:
         pipe ([`~diti_hf.DiTiPipeline`]): The pipeline whose encoder computes `z`.
@@ -486,10 +627,13 @@ def extract_features(
         ids (`list[str]`, *optional*): One id per input item; default the file path, else the item's index.
         skip_bad_images (`bool`, defaults to `False`): Skip unreadable images (each reported, and listed in the
             output) instead of raising [`~diti_hf.data.BadImageError`] naming the item's index and file.
-        output_format (`str`, defaults to `"npy"`): `"npy"` or `"parquet"` for the merged file.
+        output_format (`str`, defaults to `"npy"`): `"npy"` or `"parquet"` for the merged file; it may differ from
+            the recorded one on resume (the shards are merged again).
         metadata (`dict`, *optional*): Recorded in the output (e.g. from [`feature_metadata`] plus the source);
             on resume it must equal the recorded one.
         progress (`bool`, defaults to `True`): Show a progress bar.
+        root (`str` or `os.PathLike`, *optional*): For image files: the folder they must lie in. A file that
+            resolves outside it (a symbolic link pointing elsewhere) is a bad image like an unreadable one.
 
     Returns:
         [`FeatureExtractionOutput`]
@@ -516,6 +660,30 @@ def extract_features(
     num_items = _num_items(images)
     if ids is not None and num_items is not None and len(ids) != num_items:
         raise ValueError(f"`ids` has {len(ids)} entries for {num_items} images.")
+    with FolderLock(out, "feature extraction"):
+        return _extract(
+            pipe, images, out, shard_size, resume, batch_size, image_column, ids, skip_bad_images, output_format,
+            metadata, progress, _resolved(root), num_items,
+        )  # fmt: skip
+
+
+def _extract(
+    pipe: Any,
+    images: Any,
+    out: Path,
+    shard_size: int,
+    resume: bool,
+    batch_size: int,
+    image_column: str | None,
+    ids: Sequence[str] | None,
+    skip_bad_images: bool,
+    output_format: str,
+    metadata: Mapping[str, Any] | None,
+    progress: bool,
+    root: Path | None,
+    num_items: int | None,
+) -> FeatureExtractionOutput:
+    """[`extract_features`] once its folder is locked."""
     dim = int(pipe.partition.latent_dim)
     metadata = dict(metadata) if metadata is not None else feature_metadata(pipe)
     settings = {
@@ -538,83 +706,103 @@ def extract_features(
             raise ValueError(
                 f"cannot resume {str(out)!r}: the settings differ from the recorded run ({'; '.join(diff)})."
             )
+        same_format = manifest["settings"].get("output_format") == output_format
+        manifest["settings"] = settings
     else:
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "version": MANIFEST_VERSION,
-            "settings": settings,  # must be equal to resume
-            "shards": [],
-            "complete": False,
-            "output": None,
-        }
-    # leftovers of a killed writer; never named like a shard, so they were never mistaken for one
+        same_format = True
+        manifest = {"format": MANIFEST_FORMAT, "settings": settings, "shards": [], "complete": False, "output": None}
+    # leftovers of a killed writer (the lock says no other writer is alive); never named like a shard, so they
+    # were never mistaken for one
     for stale in out.glob(f"{_TMP_PREFIX}*"):
         stale.unlink(missing_ok=True)
     done = []
-    for entry in manifest["shards"]:
-        if not _valid_shard(out, entry, dim):
-            logger.warning("shard %s is missing or damaged; recomputing from it on", entry["file"])
+    for index, entry in enumerate(manifest["shards"]):
+        problem = _shard_problem(out, index, entry, dim, shard_size)
+        if problem:
+            logger.warning("%s: %s; recomputing from shard %d on", out, problem, index)
             break
         done.append(entry)
+    was_complete = manifest["complete"] and len(done) == len(manifest["shards"]) == manifest.get("num_shards")
     manifest["shards"] = done
     resumed = len(done)
-    if manifest["complete"] and len(done) == manifest.get("num_shards") and (out / manifest["output"]).is_file():
-        return FeatureExtractionOutput(
-            output=out / manifest["output"],
-            num_features=sum(e["rows"] for e in done),
-            num_shards=len(done),
-            resumed_shards=resumed,
-            skipped=[s for e in done for s in e["skipped"]],
-        )
-    manifest["complete"] = False
-    _write_json(out / MANIFEST_NAME, manifest)
-
-    from tqdm.auto import tqdm
-
-    start = resumed * shard_size
-    bar = tqdm(
-        total=num_items, initial=min(start, num_items or start), desc="encoding", unit="img", disable=not progress
-    )
-    items = _iter_items(images, start, image_column, ids)
-    manifest["run"] = {"batch_size": batch_size, "skip_bad_images": skip_bad_images}  # informative only
-    shard = resumed
-    try:
-        while True:
-            indices: list[int] = []
-            # streamed: a shard's images are decoded batch by batch, never all held at once
-            features, kept, skipped = _encode_items(
-                pipe, _recording(itertools.islice(items, shard_size), indices), batch_size, skip_bad_images, bar.update
+    if was_complete:
+        problem = _output_problem(out, manifest) if same_format else None
+        if same_format and problem is None:
+            return FeatureExtractionOutput(
+                output=out / manifest["output"],
+                num_features=sum(e["rows"] for e in done),
+                num_shards=len(done),
+                resumed_shards=resumed,
+                skipped=[s for e in done for s in e["skipped"]],
             )
-            if not indices:
-                break
-            entry = {
-                "file": shard_name(shard),
-                "ids_file": _ids_name(shard),
-                "start": indices[0],
-                "stop": indices[-1] + 1,
-                "rows": int(features.shape[0]),
-                "skipped": skipped,
-            }
-            _write_json(out / entry["ids_file"], {"ids": [k[0] for k in kept], "paths": [k[1] for k in kept]})
-            atomic_write(out / entry["file"], lambda f, a=features: np.save(f, a))
-            manifest["shards"].append(entry)
-            _write_json(out / MANIFEST_NAME, manifest)  # the commit point: from now on the shard counts as done
-            shard += 1
-            if len(indices) < shard_size:
-                break
-    except BadImageError as error:
-        raise BadImageError(
-            f"{error} The {len(manifest['shards'])} completed shard(s) in {str(out)!r} are kept: continue with "
-            "resume=True (--resume)."
-        ) from error
-    finally:
-        bar.close()
+        if problem is not None:
+            logger.warning(
+                "%s: every shard is complete but the merged output is not (%s); merging again", out, problem
+            )
+    else:
+        manifest["complete"] = False
+        manifest.update(version=MANIFEST_VERSION, output=None, output_files=None)
+        _write_json(out / MANIFEST_NAME, manifest)
 
-    output = _merge(out, manifest, metadata, output_format, dim)
-    manifest.update(complete=True, num_shards=len(manifest["shards"]), output=output.name)
+        from tqdm.auto import tqdm
+
+        start = resumed * shard_size
+        bar = tqdm(
+            total=num_items, initial=min(start, num_items or start), desc="encoding", unit="img", disable=not progress
+        )
+        items = _iter_items(images, start, image_column, ids, root)
+        manifest["run"] = {"batch_size": batch_size, "skip_bad_images": skip_bad_images}  # informative only
+        shard = resumed
+        try:
+            while True:
+                indices: list[int] = []
+                # streamed: a shard's images are decoded batch by batch, never all held at once
+                features, kept, skipped = _encode_items(
+                    pipe,
+                    _recording(itertools.islice(items, shard_size), indices),
+                    batch_size,
+                    skip_bad_images,
+                    bar.update,
+                )
+                if not indices:
+                    break
+                entry = {
+                    "file": shard_name(shard),
+                    "ids_file": _ids_name(shard),
+                    "start": indices[0],
+                    "stop": indices[-1] + 1,
+                    "rows": int(features.shape[0]),
+                    "skipped": skipped,
+                }
+                _write_json(out / entry["ids_file"], {"ids": [k[0] for k in kept], "paths": [k[1] for k in kept]})
+                atomic_write(out / entry["file"], lambda f, a=features: np.save(f, a))
+                entry.update(
+                    file_record=file_record(out / entry["file"]), ids_record=file_record(out / entry["ids_file"])
+                )
+                manifest["shards"].append(entry)
+                _write_json(out / MANIFEST_NAME, manifest)  # the commit point: from now on the shard counts as done
+                shard += 1
+                if len(indices) < shard_size:
+                    break
+        except BadImageError as error:
+            raise BadImageError(
+                f"{error} The {len(manifest['shards'])} completed shard(s) in {str(out)!r} are kept: continue with "
+                "resume=True (--resume)."
+            ) from error
+        finally:
+            bar.close()
+
+    written = _merge(out, manifest, metadata, output_format, dim)
+    manifest.update(
+        version=MANIFEST_VERSION,
+        complete=True,
+        num_shards=len(manifest["shards"]),
+        output=written[0].name,
+        output_files={p.name: file_record(p) for p in written},
+    )
     _write_json(out / MANIFEST_NAME, manifest)
     return FeatureExtractionOutput(
-        output=output,
+        output=written[0],
         num_features=sum(e["rows"] for e in manifest["shards"]),
         num_shards=len(manifest["shards"]),
         resumed_shards=resumed,
@@ -629,13 +817,15 @@ def _recording(items: Iterable[_Item], indices: list[int]) -> Iterator[_Item]:
         yield item
 
 
-def _merge(out: Path, manifest: Mapping[str, Any], metadata: Mapping[str, Any], output_format: str, dim: int) -> Path:
-    """Concatenates the shards into the final file without holding them all in memory."""
+def _merge(
+    out: Path, manifest: Mapping[str, Any], metadata: Mapping[str, Any], output_format: str, dim: int
+) -> list[Path]:
+    """Concatenates the (verified) shards into the final file(s) without holding them all in memory."""
     entries = manifest["shards"]
     ids: list[str] = []
     paths: list[str | None] = []
     for entry in entries:
-        shard_ids = json.loads((out / entry["ids_file"]).read_text())
+        shard_ids = read_json(out / entry["ids_file"], "shard id list", _json_size_limit(entry["rows"]))
         ids += shard_ids["ids"]
         paths += shard_ids["paths"]
     has_paths = bool(paths) and all(p is not None for p in paths)
@@ -652,14 +842,12 @@ def _merge(out: Path, manifest: Mapping[str, Any], metadata: Mapping[str, Any], 
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
             np.lib.format.write_array_header_1_0(f, {**header, "shape": (len(ids), dim)})
             for entry in entries:
-                f.write(np.ascontiguousarray(np.load(out / entry["file"]), dtype=np.float32).tobytes())
+                f.write(np.ascontiguousarray(_load_rows(out / entry["file"], entry["rows"], dim)).tobytes())
 
         atomic_write(path, write_npy)
-        _write_json(
-            path.with_suffix(".json"),
-            {**meta, "features_file": path.name, "ids": ids, "paths": paths if has_paths else None},
-        )
-        return path
+        sidecar = path.with_suffix(".json")
+        _write_json(sidecar, {**meta, "features_file": path.name, "ids": ids, "paths": paths if has_paths else None})
+        return [path, sidecar]
 
     import pyarrow.parquet as pq
 
@@ -672,7 +860,7 @@ def _merge(out: Path, manifest: Mapping[str, Any], metadata: Mapping[str, Any], 
             for entry in entries:
                 rows = entry["rows"]
                 table = _parquet_table(
-                    np.load(out / entry["file"]),
+                    np.asarray(_load_rows(out / entry["file"], rows, dim)),
                     ids[offset : offset + rows],
                     paths[offset : offset + rows] if has_paths else None,
                     meta,
@@ -681,7 +869,7 @@ def _merge(out: Path, manifest: Mapping[str, Any], metadata: Mapping[str, Any], 
                 offset += rows
 
     atomic_write(path, write_parquet)
-    return path
+    return [path]
 
 
 __all__ = [
@@ -691,6 +879,7 @@ __all__ = [
     "extract_features",
     "feature_metadata",
     "load_features",
+    "printable_name",
     "shard_name",
     "write_features",
 ]

@@ -172,6 +172,8 @@ class ImageTransform:
         if self.crop_box is not None:
             image = self.crop_box.apply(image)
         w, h = image.size
+        if min(w, h) < 1:
+            raise ValueError(f"the image has no pixels (width {w}, height {h}).")
         scale = self.resolution / min(w, h)
         # Round the longer side, but never below the crop size.
         new_w, new_h = max(self.resolution, round(w * scale)), max(self.resolution, round(h * scale))
