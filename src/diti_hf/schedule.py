@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers import DDPMScheduler
 
+from .safe_io import short_repr
+
 NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas")
+# Far above any DDPM in use (1000-4000), far below what the per-t tables could not hold: a config is read from files
+# we may not trust, and diffusers allocates several float tables of this length before anything else is checked.
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
+def check_scheduler_config(config: dict[str, Any], where: str = "scheduler config") -> None:
+    r"""
+    Raises `ValueError` naming the field unless `config` describes a noise schedule that can be built: an integer
+    `num_train_timesteps` in [1, `MAX_TRAIN_TIMESTEPS`], finite `beta_start`/`beta_end`, and `trained_betas` (if
+    given) of that length, each finite and in (0, 1). Called before a scheduler is constructed from it.
+    """
+    T = config.get("num_train_timesteps", 1000)
+    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_TRAIN_TIMESTEPS:
+        raise ValueError(
+            f"{where}: `num_train_timesteps` must be an int in [1, {MAX_TRAIN_TIMESTEPS}], got {short_repr(T)}."
+        )
+    for key in ("beta_start", "beta_end"):
+        value = config.get(key, 1e-4)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where}: `{key}` must be a finite number, got {short_repr(value)}.")
+    betas = config.get("trained_betas")
+    if betas is not None:
+        if hasattr(betas, "tolist"):  # a numpy array or tensor given in code
+            betas = betas.tolist()
+        if not isinstance(betas, (list, tuple)) or len(betas) != T:
+            raise ValueError(
+                f"{where}: `trained_betas` must be a list of num_train_timesteps={T} numbers, got {short_repr(betas)}."
+            )
+        bad = [
+            i for i, b in enumerate(betas)
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not (math.isfinite(b) and 0 < b < 1)
+        ]  # fmt: skip
+        if bad:
+            raise ValueError(
+                f"{where}: `trained_betas` must be finite numbers in (0, 1); entry {bad[0]} is {short_repr(betas[bad[0]])}."
+            )
 
 
 def noise_schedule_of(config: dict[str, Any]) -> dict[str, Any]:
@@ -52,8 +91,19 @@ class DiffusionCoefficients:
 
     @classmethod
     def from_betas(cls, betas: torch.Tensor) -> DiffusionCoefficients:
-        """Builds the tables from a `(T,)` tensor of betas (computed in float64, stored in float32)."""
-        betas = betas.to(torch.float64)
+        """
+        Builds the tables from a `(T,)` tensor of betas (computed in float64, stored in float32); each beta must be
+        finite and in (0, 1), else every table entry after it would be NaN or infinite.
+        """
+        betas = torch.as_tensor(betas).to(torch.float64)
+        if betas.ndim != 1 or not 1 <= betas.shape[0] <= MAX_TRAIN_TIMESTEPS:
+            raise ValueError(
+                f"`betas` must be a (T,) tensor with 1 <= T <= {MAX_TRAIN_TIMESTEPS}, got {tuple(betas.shape)}."
+            )
+        bad = ~(torch.isfinite(betas) & (betas > 0) & (betas < 1))
+        if bad.any():
+            t = int(bad.nonzero()[0])
+            raise ValueError(f"`betas` must be finite and in (0, 1); beta at t={t} is {float(betas[t])}.")
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
@@ -76,6 +126,7 @@ class DiffusionCoefficients:
     @classmethod
     def from_scheduler_config(cls, config: dict[str, Any]) -> DiffusionCoefficients:
         """Builds the tables from any diffusers scheduler config (its betas, through `DDPMScheduler`)."""
+        check_scheduler_config(dict(config))
         return cls.from_betas(DDPMScheduler.from_config(dict(config)).betas)
 
     def to(self, device: torch.device | str) -> DiffusionCoefficients:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..partition import TimestepPartition
+from ..safe_io import short_repr
 from .strict_loading import StrictLoadingMixin
 
 ENCODER_PRESETS: dict[str, dict] = {
@@ -135,8 +137,24 @@ class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         latent_std: list[float] | None = None,
     ):
         super().__init__()
-        if latent_std is not None and len(latent_std) != latent_dim:
-            raise ValueError(f"`latent_std` must have latent_dim={latent_dim} entries, got {len(latent_std)}.")
+        # Configs come from files: every size is a positive int before anything divides by it or allocates it.
+        for name, value in (
+            ("sample_size", sample_size),
+            ("in_channels", in_channels),
+            ("num_attention_heads", num_attention_heads),
+            ("norm_num_groups", norm_num_groups),
+            ("latent_dim", latent_dim),
+            *((f"block_out_channels[{i}]", c) for i, c in enumerate(block_out_channels)),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {short_repr(value)}.")
+        if latent_std is not None:
+            if len(latent_std) != latent_dim:
+                raise ValueError(f"`latent_std` must have latent_dim={latent_dim} entries, got {len(latent_std)}.")
+            finite = [isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in latent_std]
+            if not all(finite):
+                i = finite.index(False)
+                raise ValueError(f"`latent_std` must be finite numbers; entry {i} is {short_repr(latent_std[i])}.")
         n = len(block_out_channels)
         if n < 1:
             raise ValueError(f"`block_out_channels` must be non-empty, got {block_out_channels}.")

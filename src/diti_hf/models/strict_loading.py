@@ -1,13 +1,15 @@
-"""Strict weight loading: diffusers' `from_pretrained` fills missing weights randomly with only a log warning."""
+"""Strict weight loading: diffusers' `from_pretrained` fills missing weights randomly with only a log warning, and
+loads NaN weights without a word."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from safetensors import safe_open
 from torch import nn
+
+from ..safe_io import check_finite_tensors, read_json
 
 
 def _listing(keys: list[str], limit: int = 20) -> str:
@@ -30,8 +32,16 @@ def raise_on_key_mismatch(
         raise ValueError(f"Weights of {name} do not match the model; " + "; ".join(problems) + ".")
 
 
+def check_finite_weights(model: nn.Module, where: str) -> None:
+    """One pass over `model`'s weights and buffers: raises `ValueError` naming the first tensor with NaN or inf."""
+    check_finite_tensors(model.state_dict().items(), f"weights of {where}")
+
+
 class StrictLoadingMixin:
-    """For `ModelMixin` subclasses: `from_pretrained` raises instead of initialising missing weights at random."""
+    """
+    For `ModelMixin` subclasses: `from_pretrained` raises instead of initialising missing weights at random, and
+    refuses non-finite weights.
+    """
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
@@ -43,6 +53,7 @@ class StrictLoadingMixin:
         raise_on_key_mismatch(
             f"{cls.__name__} at {where}", info["missing_keys"], info["unexpected_keys"], info["mismatched_keys"]
         )
+        check_finite_weights(model, f"{cls.__name__} at {where}")
         return (model, info) if want_info else model
 
 
@@ -56,8 +67,13 @@ def check_saved_weights(model: nn.Module, folder: str | os.PathLike) -> None:
     files = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
     index = [f for f in os.listdir(folder) if f.endswith(".safetensors.index.json")]
     if index:
-        with open(os.path.join(folder, index[0])) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        listing = read_json(os.path.join(folder, index[0]), "weight index")
+        weight_map = listing.get("weight_map") if isinstance(listing, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) and os.path.basename(v) == v for v in weight_map.values()
+        ):
+            raise ValueError(f"{folder}/{index[0]}: no `weight_map` of file names in the folder.")
+        shards = sorted(set(weight_map.values()))
         missing_shards = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
         if missing_shards:
             raise ValueError(f"{folder}: missing weight shard(s) {missing_shards} listed in {index[0]}.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -20,9 +19,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..models.decoder import DiTiDecoderModel
 from ..models.denoiser import compile_denoiser, denoise
 from ..models.encoder import DiTiEncoderModel, DiTiEncoderOutput
-from ..models.strict_loading import check_saved_weights
+from ..models.strict_loading import check_finite_weights, check_saved_weights
 from ..partition import TimestepPartition
 from ..schedule import DiffusionCoefficients, noise_schedule_of
+from .checks import check_components, check_pipeline_folder, sampling_grid
 from .image_processing_diti import DiTiImageProcessor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -115,17 +115,9 @@ class DiTiPipeline(DiffusionPipeline):
         image_processor: DiTiImageProcessor | None = None,
     ):
         super().__init__()
+        # classes, sizes, channels, latent widths, T, prediction type, betas: refuse what the sampler cannot run
+        check_components(unet, encoder, decoder, scheduler, image_processor)
         decoder.check_unet(unet)
-        if encoder.config.latent_dim != decoder.config.latent_dim:
-            raise ValueError(
-                f"encoder latent_dim={encoder.config.latent_dim} differs from decoder "
-                f"latent_dim={decoder.config.latent_dim}."
-            )
-        if encoder.config.num_train_timesteps != scheduler.config.num_train_timesteps:
-            raise ValueError(
-                f"encoder partition has T={encoder.config.num_train_timesteps} but the scheduler has "
-                f"num_train_timesteps={scheduler.config.num_train_timesteps}."
-            )
         trained_with = decoder.config.get("noise_schedule")
         if trained_with is not None and trained_with != noise_schedule_of(scheduler.config):
             warnings.warn(
@@ -160,10 +152,11 @@ class DiTiPipeline(DiffusionPipeline):
                 token=kwargs.pop("token", None),
                 local_files_only=kwargs.get("local_files_only", False),
             )
-        _check_pipeline_folder(path)
+        check_pipeline_folder(path)  # classes and bounded, consistent configs before anything is built
         pipe = super().from_pretrained(path, **kwargs)
         # Our own models load strictly by themselves; the frozen UNet is a diffusers class, checked here.
         check_saved_weights(pipe.unet, os.path.join(path, "unet"))
+        check_finite_weights(pipe.unet, f"the UNet at {os.path.join(path, 'unet')}")
         return pipe
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
@@ -254,6 +247,7 @@ class DiTiPipeline(DiffusionPipeline):
         if z.ndim != 2 or z.shape[1] != d or (batch is not None and z.shape[0] != batch):
             expected = f"({batch if batch is not None else 'B'}, {d})"
             raise ValueError(f"`z` must have shape {expected}, got {tuple(z.shape)}.")
+        _check_finite(z, "z")
         return z.to(device=self._execution_device, dtype=self.decoder.dtype)
 
     def _dims(self, timesteps: tuple[int, int] | None, chunks: tuple[int, int] | None) -> tuple[int, int]:
@@ -276,8 +270,7 @@ class DiTiPipeline(DiffusionPipeline):
                 f"`num_inference_steps` must be an int in [1, {self.partition.num_train_timesteps}], "
                 f"got {num_inference_steps!r}."
             )
-        self.scheduler.set_timesteps(num_inference_steps)
-        return sorted(int(t) for t in self.scheduler.timesteps)
+        return sampling_grid(self.scheduler, num_inference_steps, self.partition.num_train_timesteps)
 
     def _ddim(
         self,
@@ -424,6 +417,8 @@ class DiTiPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        else:
+            _check_finite(latents, "latents")
         latents = latents.to(device=device, dtype=self.unet.dtype)
         step = batch_size or batch
         images = torch.cat(
@@ -621,8 +616,11 @@ class DiTiPipeline(DiffusionPipeline):
         std = torch.ones(d) if std is None else torch.as_tensor(std, dtype=torch.float32)
         if std.shape != (d,):
             raise ValueError(f"`z_std` must have shape ({d},), got {tuple(std.shape)}.")
+        _check_finite(std, "z_std")
         step = math.sqrt(d) * std.to(w.device) * w / w.norm()
         scales = [float(scales)] if isinstance(scales, (int, float)) else [float(s) for s in scales]
+        if not all(math.isfinite(s) for s in scales):
+            raise ValueError(f"`scales` must be finite numbers, got {scales}.")
         inverted = self.invert(images, num_inference_steps=num_inference_steps)
         z = torch.stack([inverted.z + s * step.to(inverted.z.dtype) for s in scales], 1).flatten(0, 1)
         latents = inverted.latents.repeat_interleave(len(scales), 0)
@@ -656,25 +654,13 @@ def _ranges(value: Any, name: str) -> list[tuple[int, int]]:
     return [_pair(value, name)]
 
 
+def _check_finite(tensor: torch.Tensor, name: str) -> None:
+    # NaN or inf would run through every step into black images without an error
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        raise ValueError(f"`{name}` contains {int((~finite).sum())} NaN or infinite values.")
+
+
 def _check_same_batch(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"`{name_a}` has {a.shape[0]} images but `{name_b}` has {b.shape[0]}; pass the same number.")
-
-
-def _check_pipeline_folder(path: str) -> None:
-    """Raises `ValueError` naming every component listed in `model_index.json` whose folder is missing."""
-    index_file = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index_file):
-        raise ValueError(f"{path!r} is not a pipeline folder: it has no model_index.json.")
-    with open(index_file) as f:
-        index = json.load(f)
-    missing = [
-        name
-        for name, value in index.items()
-        if not name.startswith("_")
-        and isinstance(value, list)
-        and value[0] is not None
-        and not os.path.isdir(os.path.join(path, name))
-    ]
-    if missing:
-        raise ValueError(f"Pipeline folder {path!r} is missing the component folder(s) {missing}.")
