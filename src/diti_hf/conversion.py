@@ -33,7 +33,9 @@ from torch import nn
 from .models.decoder import DiTiDecoderModel
 from .models.encoder import ENCODER_PRESETS, DiTiEncoderModel
 from .partition import TimestepPartition
-from .schedule import noise_schedule_of
+from .pipelines.checks import MAX_SAMPLE_SIZE
+from .safe_io import check_dense_tensor, check_finite_tensors, read_text, short_repr
+from .schedule import MAX_TRAIN_TIMESTEPS, check_scheduler_config, noise_schedule_of
 
 PathLike = str | os.PathLike
 
@@ -113,10 +115,13 @@ def load_official_yaml(path: PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    text = read_text(path, "YAML config")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from err
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())[:300]}") from err
+    except RecursionError:
+        raise ValueError(f"{path}: YAML nested too deeply.") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path} must contain a YAML mapping, got {type(config).__name__}.")
     return config
@@ -133,7 +138,9 @@ def _as_config(config: PathLike | Mapping[str, Any], name: str) -> dict[str, Any
 def _section(config: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     section = config.get(key)
     if not isinstance(section, Mapping):
-        raise ValueError(f"{where}: missing or invalid `{key}` section (found top-level keys {sorted(config)}).")
+        raise ValueError(
+            f"{where}: missing or invalid `{key}` section (found top-level keys {short_repr(sorted(config, key=str))})."
+        )
     return dict(section)
 
 
@@ -142,28 +149,28 @@ def _int_list(value: Any, field: str) -> list[int]:
     if isinstance(value, str):
         value = [v for v in re.split(r"[,\s]+", value.strip()) if v]
     if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"`{field}` must be a non-empty list of integers, got {value!r}.")
+        raise ValueError(f"`{field}` must be a non-empty list of integers, got {short_repr(value)}.")
     try:
         ints = [int(v) for v in value]
     except (TypeError, ValueError) as err:
-        raise ValueError(f"`{field}` must be a non-empty list of integers, got {value!r}.") from err
+        raise ValueError(f"`{field}` must be a non-empty list of integers, got {short_repr(value)}.") from err
     if any(isinstance(v, float) and v != int(v) for v in value) or any(isinstance(v, bool) for v in value):
-        raise ValueError(f"`{field}` must be a non-empty list of integers, got {value!r}.")
+        raise ValueError(f"`{field}` must be a non-empty list of integers, got {short_repr(value)}.")
     return ints
 
 
 def _positive_int(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{field}` must be a positive integer, got {value!r}.")
+        raise ValueError(f"`{field}` must be a positive integer, got {short_repr(value)}.")
     return value
 
 
 def _official_unet_fields(denoise_fn_config: Mapping[str, Any]) -> dict[str, Any]:
     """Validated official UNet fields, optional ones filled with their defaults."""
-    unknown = sorted(set(denoise_fn_config) - set(_REQUIRED_UNET_FIELDS) - set(_OPTIONAL_UNET_FIELDS))
+    unknown = sorted(set(denoise_fn_config) - set(_REQUIRED_UNET_FIELDS) - set(_OPTIONAL_UNET_FIELDS), key=str)
     if unknown:
         raise ValueError(
-            f"denoise_fn_config: unsupported field(s) {unknown}; this converter understands "
+            f"denoise_fn_config: unsupported field(s) {short_repr(unknown)}; this converter understands "
             f"{sorted([*_REQUIRED_UNET_FIELDS, *_OPTIONAL_UNET_FIELDS])}."
         )
     missing = [f for f in _REQUIRED_UNET_FIELDS if f not in denoise_fn_config]
@@ -171,16 +178,18 @@ def _official_unet_fields(denoise_fn_config: Mapping[str, Any]) -> dict[str, Any
         raise ValueError(f"denoise_fn_config: missing required field(s) {missing}.")
     fields = {**_OPTIONAL_UNET_FIELDS, **denoise_fn_config}
     if fields["model"] != "UNet":
-        raise ValueError(f"denoise_fn_config.model: only the official 'UNet' is supported, got {fields['model']!r}.")
+        raise ValueError(
+            f"denoise_fn_config.model: only the official 'UNet' is supported, got {short_repr(fields['model'])}."
+        )
     for field in _FIXED_UNET_FIELDS:
         if fields[field] is not True:
             raise ValueError(
-                f"denoise_fn_config.{field}={fields[field]!r} is not supported: the diffusers UNet2DModel recipe "
+                f"denoise_fn_config.{field}={short_repr(fields[field])} is not supported: the diffusers UNet2DModel recipe "
                 f"reproduces only {field}=True."
             )
     for field in ("use_new_attention_order", "learn_sigma"):
         if not isinstance(fields[field], bool):
-            raise ValueError(f"denoise_fn_config.{field} must be true or false, got {fields[field]!r}.")
+            raise ValueError(f"denoise_fn_config.{field} must be true or false, got {short_repr(fields[field])}.")
     for field in ("input_channel", "base_channel", "num_residual_blocks_of_a_block"):
         _positive_int(fields[field], f"denoise_fn_config.{field}")
     fields["channel_multiplier"] = _int_list(fields["channel_multiplier"], "denoise_fn_config.channel_multiplier")
@@ -192,7 +201,7 @@ def _official_unet_fields(denoise_fn_config: Mapping[str, Any]) -> dict[str, Any
     )
     dropout = fields["dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"denoise_fn_config.dropout must be a number in [0, 1), got {dropout!r}.")
+        raise ValueError(f"denoise_fn_config.dropout must be a number in [0, 1), got {short_repr(dropout)}.")
     return fields
 
 
@@ -224,6 +233,8 @@ def unet_config_from_official(denoise_fn_config: Mapping[str, Any], image_size: 
     """
     fields = _official_unet_fields(denoise_fn_config)
     image_size = _positive_int(image_size, "image_size")
+    if image_size > MAX_SAMPLE_SIZE:
+        raise ValueError(f"`image_size` must be at most {MAX_SAMPLE_SIZE}, got {image_size}.")
     base, mults = fields["base_channel"], fields["channel_multiplier"]
     n_levels = len(mults)
     if mults[0] != 1:
@@ -319,16 +330,19 @@ def scheduler_config_from_official(diffusion_config: Mapping[str, Any]) -> dict[
     """
     betas_type = diffusion_config.get("betas_type", "linear")
     if betas_type != "linear":
-        raise ValueError(f"diffusion_config.betas_type: only 'linear' is supported, got {betas_type!r}.")
+        raise ValueError(f"diffusion_config.betas_type: only 'linear' is supported, got {short_repr(betas_type)}.")
     missing = [k for k in ("timesteps", "linear_beta_start", "linear_beta_end") if k not in diffusion_config]
     if missing:
         raise ValueError(f"diffusion_config: missing field(s) {missing}.")
     beta_start, beta_end = diffusion_config["linear_beta_start"], diffusion_config["linear_beta_end"]
     for field, value in (("linear_beta_start", beta_start), ("linear_beta_end", beta_end)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise ValueError(f"diffusion_config.{field} must be a number in (0, 1), got {value!r}.")
-    return {
-        "num_train_timesteps": _positive_int(diffusion_config["timesteps"], "diffusion_config.timesteps"),
+            raise ValueError(f"diffusion_config.{field} must be a number in (0, 1), got {short_repr(value)}.")
+    timesteps = _positive_int(diffusion_config["timesteps"], "diffusion_config.timesteps")
+    if timesteps > MAX_TRAIN_TIMESTEPS:  # a scheduler allocates several float tables of this length
+        raise ValueError(f"`diffusion_config.timesteps` must be at most {MAX_TRAIN_TIMESTEPS}, got {timesteps}.")
+    config = {
+        "num_train_timesteps": timesteps,
         "beta_start": float(beta_start),
         "beta_end": float(beta_end),
         "beta_schedule": "linear",
@@ -339,6 +353,8 @@ def scheduler_config_from_official(diffusion_config: Mapping[str, Any]) -> dict[
         "timestep_spacing": "leading",
         "steps_offset": 0,
     }
+    check_scheduler_config(config, "diffusion_config")
+    return config
 
 
 def partition_config_from_official(diti_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -399,6 +415,8 @@ def _official_latent_dim(diti_config: Mapping[str, Any]) -> int:
             values[f"{section}.latent_dim"] = diti_config[section]["latent_dim"]
     if not values:
         raise ValueError("DiTi config: missing encoder_config.latent_dim.")
+    for field, value in values.items():
+        _positive_int(value, field)
     if len(set(values.values())) > 1:
         raise ValueError(f"DiTi config: inconsistent latent dims {values}.")
     return _positive_int(next(iter(values.values())), next(iter(values)))
@@ -413,7 +431,7 @@ def encoder_preset_from_official(model_name: str) -> str:
     preset = _ENCODER_PRESET_BY_RESOLUTION.get(int(match.group(1))) if match else None
     if preset is None:
         raise ValueError(
-            f"encoder_config.model={model_name!r} is not a known official encoder; supported: a '<NAME>64Encoder' "
+            f"encoder_config.model={short_repr(model_name)} is not a known official encoder; supported: a '<NAME>64Encoder' "
             f"(e.g. CELEBA64Encoder → 'celeba64') or a '<NAME>128Encoder' (→ 'ffhq128')."
         )
     return preset
@@ -445,7 +463,7 @@ def encoder_config_from_official(diti_config: Mapping[str, Any], in_channels: in
     if image_size is not None and image_size != config["sample_size"]:
         raise ValueError(
             f"train_dataset_config.image_size={image_size} does not match encoder_config.model="
-            f"{encoder_section.get('model')!r} (a {config['sample_size']}×{config['sample_size']} encoder)."
+            f"{short_repr(encoder_section.get('model'))} (a {config['sample_size']}×{config['sample_size']} encoder)."
         )
     config["block_out_channels"] = list(config["block_out_channels"])
     config["attention_stages"] = list(config["attention_stages"])
@@ -624,15 +642,17 @@ def _check_official_unet_config(unet_config: Mapping[str, Any]) -> None:
         ("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
         ("ResnetUpsampleBlock2D", "AttnUpBlock2D"),
     )
-    problems = [f"down block {b!r}" for b in unet_config.get("down_block_types", ()) if b not in allowed_down]
-    problems += [f"up block {b!r}" for b in unet_config.get("up_block_types", ()) if b not in allowed_up]
+    problems = [
+        f"down block {short_repr(b)}" for b in unet_config.get("down_block_types", ()) if b not in allowed_down
+    ]
+    problems += [f"up block {short_repr(b)}" for b in unet_config.get("up_block_types", ()) if b not in allowed_up]
     for key, value in (
         ("downsample_type", "resnet"),
         ("upsample_type", "resnet"),
         ("mid_block_type", "UNetMidBlock2D"),
     ):
         if unet_config.get(key) != value:
-            problems.append(f"{key}={unet_config.get(key)!r} (expected {value!r})")
+            problems.append(f"{key}={short_repr(unet_config.get(key))} (expected {short_repr(value)})")
     if problems:
         raise ValueError(
             "`unet_config` does not have the official PDAE/DiTi layout (" + ", ".join(problems) + "); build it "
@@ -686,7 +706,10 @@ def convert_official_unet_state_dict(
         `ValueError`: Listing missing, unexpected and wrongly shaped keys, if the weights do not fit `unet_config`.
     """
     _check_official_unet_config(unet_config)
-    return _convert_unet(state_dict, UNet2DModel(**unet_config), new_attention_order)
+    _check_weights(state_dict, "the UNet state dict")
+    with torch.device("meta"):  # a shape reference only: no memory for a config of any size
+        reference = UNet2DModel(**unet_config)
+    return _convert_unet(state_dict, reference, new_attention_order)
 
 
 def split_official_decoder_state_dict(
@@ -731,7 +754,9 @@ def convert_official_decoder_state_dict(
         if weight is None or weight.ndim != 2:
             raise ValueError("The decoder state dict has no 2-D `label_emb.weight`; pass `latent_dim`.")
         latent_dim = weight.shape[1]
-    decoder = DiTiDecoderModel.from_unet(UNet2DModel(**unet_config), latent_dim=latent_dim)
+    _check_weights(state_dict, "the decoder state dict")
+    with torch.device("meta"):
+        decoder = DiTiDecoderModel.from_unet(UNet2DModel(**unet_config), latent_dim=latent_dim)
     return _convert_decoder(state_dict, decoder, new_attention_order)
 
 
@@ -749,7 +774,10 @@ def convert_official_encoder_state_dict(
     Returns:
         `dict[str, torch.Tensor]`: A state dict that `DiTiEncoderModel(**encoder_config)` loads with `strict=True`.
     """
-    return _convert_encoder(state_dict, DiTiEncoderModel(**encoder_config))
+    _check_weights(state_dict, "the encoder state dict")
+    with torch.device("meta"):
+        reference = DiTiEncoderModel(**encoder_config)
+    return _convert_encoder(state_dict, reference)
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoints
@@ -782,6 +810,23 @@ def load_official_checkpoint(path: PathLike) -> dict[str, Any]:
     return checkpoint
 
 
+_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_weights(weights: Mapping[str, torch.Tensor], where: str) -> None:
+    """
+    Each tensor must be floating point, hold the data its shape claims (no zero or overlapping strides, which a
+    reshape or copy would expand into gigabytes) and be finite: checked before any tensor is split, compared or copied.
+    """
+    for name, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{where}: {short_repr(name)} is a {type(tensor).__name__}, not a tensor.")
+        if tensor.dtype not in _WEIGHT_DTYPES:
+            raise ValueError(f"{where}: tensor {short_repr(name)} is {tensor.dtype}; weights must be floating point.")
+        check_dense_tensor(name, tensor, where)
+    check_finite_tensors(weights.items(), where)
+
+
 def _select_weights(checkpoint: Mapping[str, Any], name: str, prefer_ema: bool, source: str) -> dict:
     """`checkpoint["ema_<name>"]` (or `checkpoint[name]` if `prefer_ema=False`), falling back with a warning."""
     preferred, fallback = (f"ema_{name}", name) if prefer_ema else (name, f"ema_{name}")
@@ -792,8 +837,11 @@ def _select_weights(checkpoint: Mapping[str, Any], name: str, prefer_ema: bool, 
             weights = checkpoint[key]
             if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
                 raise ValueError(f"{source}: `{key}` is not a state dict of tensors.")
+            _check_weights(weights, f"{source} `{key}`")
             return dict(weights)
-    raise ValueError(f"{source} has neither `{preferred}` nor `{fallback}` (keys: {sorted(checkpoint)}).")
+    raise ValueError(
+        f"{source} has neither `{preferred}` nor `{fallback}` (keys: {short_repr(sorted(checkpoint, key=str))})."
+    )
 
 
 def _check_frozen_unet(frozen: Mapping[str, torch.Tensor], ddpm: Mapping[str, torch.Tensor]) -> None:
@@ -843,6 +891,8 @@ def _resolve_image_size(image_size: int | None, *configs: Mapping[str, Any] | No
         for name, section in config.items()
         if isinstance(section, Mapping) and "image_size" in section
     }
+    for field, value in found.items():
+        _positive_int(value, field)
     if image_size is not None:
         image_size = _positive_int(image_size, "image_size")
         conflicting = {k: v for k, v in found.items() if v != image_size}
@@ -858,7 +908,7 @@ def _resolve_image_size(image_size: int | None, *configs: Mapping[str, Any] | No
 
 def _check_same_diffusion(dpm: Mapping[str, Any], diti: Mapping[str, Any]) -> None:
     a, b = scheduler_config_from_official(dpm), scheduler_config_from_official(diti)
-    diffs = [f"{k}: DDPM {a[k]!r} vs DiTi {b[k]!r}" for k in a if a[k] != b[k]]
+    diffs = [f"{k}: DDPM {short_repr(a[k])} vs DiTi {short_repr(b[k])}" for k in a if a[k] != b[k]]
     if diffs:
         raise ValueError("The DDPM and DiTi configs have different diffusion_config: " + "; ".join(diffs))
 
@@ -921,7 +971,7 @@ def convert_official(
         encoder_config = encoder_config_from_official(diti_yaml, in_channels=unet_config["in_channels"])
         if encoder_config["sample_size"] != unet_config["sample_size"]:
             raise ValueError(
-                f"encoder_config.model={diti_yaml['encoder_config'].get('model')!r} encodes "
+                f"encoder_config.model={short_repr(diti_yaml['encoder_config'].get('model'))} encodes "
                 f"{encoder_config['sample_size']}×{encoder_config['sample_size']} images but the DDPM is converted "
                 f"for {unet_config['sample_size']}×{unet_config['sample_size']}."
             )
@@ -936,14 +986,29 @@ def convert_official(
             ddpm_weights = frozen
         elif frozen:  # a decoder saved with only its trainable keys has nothing to compare
             _check_frozen_unet(frozen, ddpm_weights)
-        encoder = DiTiEncoderModel(**encoder_config)
-        encoder.load_state_dict(_convert_encoder(encoder_weights, encoder), strict=True)
+
+    # Every weight is matched against shape-only (meta) models first: the config's sizes cost memory only once
+    # the weights are known to fit them.
+    with torch.device("meta"):
+        unet_reference = UNet2DModel(**unet_config)
+        encoder_reference = None if diti_yaml is None else DiTiEncoderModel(**encoder_config)
+        decoder_reference = (
+            None
+            if diti_yaml is None
+            else DiTiDecoderModel.from_unet(unet_reference, latent_dim=encoder_config["latent_dim"])
+        )
+    unet_weights = _convert_unet(ddpm_weights, unet_reference, new_order)
+    if diti_yaml is not None:
+        encoder_weights = _convert_encoder(encoder_weights, encoder_reference)
+        decoder_weights = _convert_decoder(trainable, decoder_reference, new_order)
 
     unet = UNet2DModel(**unet_config)
-    unet.load_state_dict(_convert_unet(ddpm_weights, unet, new_order), strict=True)
+    unet.load_state_dict(unet_weights, strict=True)
     if diti_yaml is not None:
+        encoder = DiTiEncoderModel(**encoder_config)
+        encoder.load_state_dict(encoder_weights, strict=True)
         decoder = DiTiDecoderModel.from_unet(unet, latent_dim=encoder.config.latent_dim)
-        decoder.load_state_dict(_convert_decoder(trainable, decoder, new_order), strict=True)
+        decoder.load_state_dict(decoder_weights, strict=True)
         decoder.register_to_config(noise_schedule=noise_schedule_of(scheduler.config))
     models = ConvertedModels(unet=unet, scheduler=scheduler, encoder=encoder, decoder=decoder)
     for model in (unet, encoder, decoder):
