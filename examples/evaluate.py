@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from diti_hf.data.shapes import SHAPES_DATASETS
+from diti_hf.evaluation.control import SWAP_PROTOCOLS
 from diti_hf.training.script_utils import OneLineArgumentParser, ScriptArgumentError, run_script
 
 logger = logging.getLogger("evaluate")
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_images", type=int, default=3000, help="Images generated (default 3000).")
     g.add_argument("--data_seed", type=int, default=None, help="Seed of the generated images (default: --seed).")
     g.add_argument("--resolution", type=int, default=None, help="Image side (default: the first model's).")
+    g.add_argument("--shapes_dataset", default="diti-shapes", choices=sorted(SHAPES_DATASETS),
+                   help="Built-in factor set (diti_hf.data.shapes.SHAPES_DATASETS).")
     g.add_argument("--shapes_factors", default=None, help="JSON file with a list of ShapeFactor dicts (a variant).")
     g.add_argument("--num_inference_steps", type=int, default=20, help="DDIM steps of swaps and reconstructions.")
     g.add_argument("--swap_ranges", default=None, help='Time-step ranges to swap, e.g. "0:250,250:500,500:1000".')
@@ -61,6 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_reconstruction", action="store_true")
     g.add_argument("--no_attribute_loss", action="store_true", help="Skip the DDPM attribute-loss times.")
     g.add_argument("--num_attribute_loss_images", type=int, default=128)
+    g.add_argument("--no_loss_profile", action="store_true", help="Skip the frozen DDPM's loss profile.")
+    g.add_argument("--no_regeneration", action="store_true", help="Skip the regeneration keep-rates.")
+    g.add_argument(
+        "--regeneration_timesteps",
+        type=int,
+        nargs="+",
+        default=[250, 500, 750, 999],
+        help="Noise levels of the regeneration keep-rates.",
+    )
+    g.add_argument("--num_regeneration_images", type=int, default=48)
+    g.add_argument(
+        "--swap_protocols",
+        nargs="*",
+        default=None,
+        choices=SWAP_PROTOCOLS,
+        help="Swap protocols compared on the counterfactual pairs (default: all; none: skip).",
+    )
+    g.add_argument("--no_sample_validity", action="store_true", help="Skip reading the DDPM's samples.")
+    g.add_argument("--num_validity_samples", type=int, default=64)
+    g.add_argument("--num_sample_steps", type=int, default=50, help="DDIM steps of the DDPM's samples.")
     g.add_argument("--no_random_baseline", action="store_true")
     g.add_argument("--no_pixel_baseline", action="store_true")
     g.add_argument("--no_plots", action="store_true")
@@ -104,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.protocol != "shapes" and not args.dataset:
         parser.error(f"--protocol {args.protocol} needs --dataset (a Hub id or a local folder).")
     for flag in ("num_images", "num_inference_steps", "num_swap_ranges", "num_swap_pairs", "oracle_epochs",
-                 "probe_epochs", "probe_batch_size", "num_attribute_loss_images"):  # fmt: skip
+                 "probe_epochs", "probe_batch_size", "num_attribute_loss_images", "num_regeneration_images",
+                 "num_validity_samples", "num_sample_steps"):  # fmt: skip
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
     if args.columns is not None:
@@ -117,35 +142,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _load_model(path: str):
+    """A DiTiPipeline, or a bare DDPM pipeline (diagnostics of the frozen DDPM only)."""
+    from diffusers import DDPMPipeline
+
+    from diti_hf.pipelines import DiTiPipeline
+
+    index = Path(path) / "model_index.json"
+    if index.is_file() and json.loads(index.read_text()).get("_class_name") == "DDPMPipeline":
+        return DDPMPipeline.from_pretrained(path)
+    return DiTiPipeline.from_pretrained(path)
+
+
 def main(args: argparse.Namespace) -> dict:
     """Runs the evaluation and returns the report (also written to `output_dir/report.json`)."""
     from diti_hf.data.schemas import CELEBA_SCHEMA, LFW_SCHEMA
-    from diti_hf.data.shapes import (
-        SHAPES_DATASET_NAME,
-        ShapeFactor,
-        default_factors,
-        factors_to_json,
-        generate_shapes,
-    )
+    from diti_hf.data.shapes import ShapeFactor, factors_to_json, generate_shapes
     from diti_hf.evaluation import EvaluationConfig, ProbeConfig, attribute_protocol, evaluate_pipeline, json_safe
     from diti_hf.evaluation.adapters import pipeline_functions
-    from diti_hf.pipelines import DiTiPipeline
-
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pipes = {}
     for name, path in args.models.items():
         logger.info("loading %s from %s", name, path)
-        pipe = DiTiPipeline.from_pretrained(path).to(args.device)
+        pipe = _load_model(path).to(args.device)
         pipe.set_progress_bar_config(disable=True)
         pipes[name] = pipe
 
     if args.protocol == "shapes":
-        factors = None
+        factors = SHAPES_DATASETS[args.shapes_dataset]()
         if args.shapes_factors:
             factors = [ShapeFactor(**f) for f in json.loads(Path(args.shapes_factors).read_text())]
-        resolution = args.resolution or int(next(iter(pipes.values())).encoder.config.sample_size)
+        resolution = args.resolution or int(next(iter(pipes.values())).unet.config.sample_size)
         data_seed = args.seed if args.data_seed is None else args.data_seed
         dataset = generate_shapes(args.num_images, seed=data_seed, resolution=resolution, factors=factors)
         config = EvaluationConfig(
@@ -166,10 +195,18 @@ def main(args: argparse.Namespace) -> dict:
             reconstruction=not args.no_reconstruction,
             num_reconstruction_images=args.num_reconstruction_images,
             num_inference_steps=args.num_inference_steps,
+            loss_profile=not args.no_loss_profile,
+            regeneration=not args.no_regeneration,
+            regeneration_timesteps=args.regeneration_timesteps,
+            num_regeneration_images=args.num_regeneration_images,
+            swap_protocols=list(SWAP_PROTOCOLS) if args.swap_protocols is None else args.swap_protocols,
+            sample_validity=not args.no_sample_validity,
+            num_validity_samples=args.num_validity_samples,
+            num_sample_steps=args.num_sample_steps,
             plots=not args.no_plots,
         )
-        info = {"name": SHAPES_DATASET_NAME, "seed": data_seed, "factor_specs": json.loads(factors_to_json(
-            factors or default_factors()))["factors"]}  # fmt: skip
+        info = {"name": args.shapes_dataset, "seed": data_seed,
+                "factor_specs": json.loads(factors_to_json(factors))["factors"]}  # fmt: skip
         report = evaluate_pipeline(pipes, dataset, config, output_dir=output_dir, dataset_info=info)
     else:
         schema = {"celeba": CELEBA_SCHEMA, "lfw": LFW_SCHEMA}[args.protocol]

@@ -506,6 +506,11 @@ def test_evaluate_pipeline_with_tiny_diti_and_pdae_pipelines(tmp_path):
         granularity_pairs=16,
         num_attribute_loss_images=8,
         attribute_loss_timesteps=[0, 500],
+        num_loss_profile_images=8,
+        regeneration_timesteps=[500, 999],
+        num_regeneration_images=4,
+        num_validity_samples=4,
+        num_sample_steps=2,
         plots=False,
     )
     models = {"diti": tiny_pipeline(num_chunks=4), "pdae": tiny_pipeline(seed=1, num_chunks=1)}
@@ -533,6 +538,24 @@ def test_evaluate_pipeline_with_tiny_diti_and_pdae_pipelines(tmp_path):
     probe = targets["diti"]["probe"]
     assert probe["baseline"] == "pdae"
     assert probe["met"] == (diti["probe"]["mean_accuracy"] >= pdae["probe"]["mean_accuracy"])
+    control = targets["diti"]["clean_control"]
+    assert set(control["by_factor"]) == {"bg", "size"} and len(control["by_range"]) == 2
+    assert control["met"] == (control["count"] >= 4 and control["disjoint_groups"])
+    # the generation-control diagnostics
+    profile = report["loss_profile"]
+    assert profile["ddpm_of"] == "diti" and len(profile["timesteps"]) == len(profile["weighted_eps_error"]) == 25
+    auto = TimestepPartition.from_dict(profile["auto_partition"])
+    assert auto.latent_dim == 16 and auto.num_chunks == 4 and auto.stages[-1] == 1000
+    samples = report["ddpm_samples"]
+    assert samples["num_samples"] == 4 and 0.0 <= samples["valid_fraction"] <= 1.0
+    assert set(samples["factors"]) == {"bg", "size"}
+    for entry in (diti, pdae):
+        regen = entry["regeneration"]
+        assert regen["timesteps"] == [500, 999] and len(regen["keep_own"]["bg"]) == 2
+        protocols = entry["swap_protocols"]
+        assert protocols["default"] == "source_inverted"
+        assert set(protocols["scores"]) == {"source_inverted", "target_inverted", "shared_random", "stochastic"}
+        assert protocols["scores"]["source_inverted"] == entry["counterfactual"]
 
 
 def test_pipeline_adapter_matches_the_pipeline():

@@ -195,3 +195,39 @@ def test_bad_arguments():
         render_shapes(np.array([[0, 5, 0, 0, 0, 0, 0]]))
     with pytest.raises(ValueError, match="not a diti-shapes"):
         factors_from_json("{}")
+
+
+def test_timescale_factors_render_a_faint_spot_and_a_lighting_ramp():
+    from diti_hf.data.loading import load_image_dataset
+    from diti_hf.data.shapes import SHAPES_DATASETS, timescale_factors
+
+    factors = timescale_factors()
+    assert [f.name for f in factors] == [f.name for f in default_factors()] + ["spot", "lighting"]
+    base = {"background": 0, "scale": 0, "position_x": 1, "position_y": 1, "lighting": 0}
+    for lighting in (0, 1):  # the corner is darkened by the left light and brightened by the right one
+        plain = _single({**base, "lighting": lighting}, factors)
+        diff = _single({**base, "lighting": lighting, "spot": 1}, factors) - plain
+        # the spot: 2×2 px at rows/cols 29–30 of a 32-px image, a contrast of 0.15, nothing else changes
+        np.testing.assert_allclose(np.abs(diff[29:31, 29:31]), 0.15, atol=1.5 / 255)
+        diff[29:31, 29:31] = 0
+        assert np.abs(diff).max() == 0
+    # where brighter would clip (a near-white corner), the spot is darker by the same amount
+    light = [
+        ShapeFactor("bg", "background", [(0.95, 0.95, 0.95), (0.1, 0.1, 0.1)]),
+        ShapeFactor("spot", "spot", ["none", "bottom_right"], amplitude=0.15),
+    ]
+    dark = _single({"bg": 0, "spot": 1}, light) - _single({"bg": 0}, light)
+    np.testing.assert_allclose(dark[29:31, 29:31], -0.15, atol=1.5 / 255)
+    # the lighting: a ramp of ±0.25 from left (class 0) to right (class 1) over the background
+    left, right = _single(base, factors), _single({**base, "lighting": 1}, factors)
+    bg = np.array(factors[0].values[0])
+    ramp = ((np.arange(32) + 0.5) / 32 * 2 - 1) * 0.25
+    np.testing.assert_allclose(right[0, :, :], np.clip(bg + ramp[:, None], 0, 1), atol=1 / 255)
+    np.testing.assert_allclose(left[0, :, :], np.clip(bg - ramp[:, None], 0, 1), atol=1 / 255)
+    # the named dataset generates the nine factors in memory
+    assert set(SHAPES_DATASETS) == {"diti-shapes", "diti-shapes-v2"}
+    ds = load_image_dataset("diti-shapes-v2", num_images=6, seed=2, resolution=16)
+    assert ds.column_names == ["image", *[f.name for f in factors]] and ds[0]["image"].size == (16, 16)
+    assert factors_from_json(ds.info.description)[-1].kind == "lighting"
+    with pytest.raises(ValueError, match="LIGHTING|lighting"):
+        ShapeFactor("l", "lighting", ["left", "diagonal"])

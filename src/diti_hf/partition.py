@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 MASK_KINDS = ("cumulative", "own", "receding")
@@ -12,6 +14,32 @@ MASK_KINDS = ("cumulative", "own", "receding")
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _proportional(weights: Sequence[float], total: int, minimum: Sequence[int]) -> list[int]:
+    """
+    Integers summing to `total`, proportional to `weights` but never below `minimum`: entries whose share falls
+    short are pinned at their minimum and the rest is re-shared among the others; largest-remainder rounding.
+    """
+    if sum(minimum) > total:
+        raise ValueError(f"cannot give {sum(minimum)} minimum dims out of {total}.")
+    pinned: set[int] = set()
+    while True:
+        free = [i for i in range(len(weights)) if i not in pinned]
+        budget = total - sum(minimum[i] for i in pinned)
+        weight_sum = sum(weights[i] for i in free)
+        shares = {i: budget * weights[i] / weight_sum if weight_sum > 0 else budget / len(free) for i in free}
+        short = {i for i in free if shares[i] < minimum[i]}
+        if not short:
+            break
+        pinned |= short
+    exact = [float(minimum[i]) if i in pinned else shares[i] for i in range(len(weights))]
+    out = [int(x) for x in exact]
+    # hand out what flooring left, largest fractional part first (index breaks ties: deterministic)
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - out[i]), i))
+    for i in order[: total - sum(out)]:
+        out[i] += 1
+    return out
 
 
 class TimestepPartition:
@@ -122,6 +150,79 @@ class TimestepPartition:
             stage_start += n_dims
             ends.append(stage_start)  # the stage's last chunk absorbs the remainder
         return ends
+
+    @classmethod
+    def from_loss_profile(
+        cls,
+        timesteps: Sequence[int],
+        loss: Sequence[float],
+        latent_dim: int,
+        num_chunks: int,
+        num_stages: int = 4,
+        num_train_timesteps: int = 1000,
+    ) -> TimestepPartition:
+        r"""
+        A staged partition fitted to where the frozen DDPM's error lies.
+
+        `loss` is a non-negative density over time-steps (e.g. [`~diti_hf.evaluation.loss_profile`]'s `"density"`:
+        how much of `x_0` the DDPM newly loses at each `t`), sampled at `timesteps` and interpolated linearly in
+        between. The rule:
+
+        1. The mass of chunk `i` is the density summed over the time-steps it owns (chunk edges stay uniform in `t`).
+        2. Stage `s` of `num_stages` holds the chunks whose cumulative mass (at their midpoint) lies in
+           `[s / num_stages, (s + 1) / num_stages)`: every stage carries about the same share of the error, so
+           stages are short in time where the error is concentrated.
+        3. Each stage's dims are proportional to its mass (largest-remainder rounding, at least one dim per chunk).
+           Chunks where the DDPM loses much therefore get more dims than chunks where it loses little; a flat
+           profile gives the uniform split.
+
+        Stages that receive no chunk are merged, so fewer than `num_stages` may result; the result is always a
+        valid partition.
+
+        Args:
+            timesteps (`Sequence[int]`): Increasing time-steps in `[0, num_train_timesteps)` at which `loss` is given.
+            loss (`Sequence[float]`): Non-negative, finite density at each of `timesteps` (not all zero).
+            latent_dim (`int`): Width `d` of `z`.
+            num_chunks (`int`): Number of chunks `k`.
+            num_stages (`int`, defaults to 4): Number of stages aimed at (at most `num_chunks`).
+            num_train_timesteps (`int`, defaults to 1000): `T`.
+
+        Returns:
+            [`TimestepPartition`] with `stages` and `dims_per_stage`.
+        """
+        T, d, k = int(num_train_timesteps), int(latent_dim), int(num_chunks)
+        cls(d, k, T)  # validates d, k and T
+        ts = [int(t) for t in timesteps]
+        values = [float(v) for v in loss]
+        if len(ts) < 1 or len(ts) != len(values):
+            raise ValueError(
+                f"`timesteps` and `loss` must be non-empty and of equal length, got {len(ts)} and {len(values)}."
+            )
+        if any(b <= a for a, b in zip(ts, ts[1:])) or ts[0] < 0 or ts[-1] >= T:
+            raise ValueError(f"`timesteps` must be strictly increasing in [0, {T}), got {ts}.")
+        if not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
+            raise ValueError(f"`loss` must be finite, non-negative and not all zero, got {values}.")
+        if not isinstance(num_stages, int) or num_stages < 1:
+            raise ValueError(f"`num_stages` must be a positive int, got {num_stages!r}.")
+        density = torch.from_numpy(np.interp(np.arange(T), ts, values)).double()
+        starts = [_ceil_div(i * T, k) for i in range(k + 1)]
+        mass = torch.stack([density[starts[i] : starts[i + 1]].sum() for i in range(k)])
+        total = float(mass.sum())
+        if total <= 0:
+            raise ValueError("`loss` gives no mass to any chunk.")
+        cumulative = (mass.cumsum(0) - mass / 2) / total  # at each chunk's midpoint
+        stage_of_chunk = [min(num_stages - 1, int(float(c) * num_stages)) for c in cumulative]
+        groups: list[list[int]] = []
+        for i, s in enumerate(stage_of_chunk):
+            if groups and stage_of_chunk[groups[-1][0]] == s:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        stages = [starts[g[-1] + 1] for g in groups]
+        masses = [float(mass[g].sum()) for g in groups]
+        minimum = [len(g) for g in groups]
+        dims = _proportional(masses, d, minimum)
+        return cls(d, k, T, stages=stages, dims_per_stage=dims)
 
     # ------------------------------------------------------------------ config
     def to_dict(self) -> dict[str, Any]:

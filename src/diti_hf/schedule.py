@@ -124,6 +124,13 @@ class DiffusionCoefficients:
         return cls(*(x.to(torch.float32) for x in tables))
 
     @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor) -> DiffusionCoefficients:
+        """Builds the tables from `(T,)` `ᾱ_t` (the betas are `1 − ᾱ_t / ᾱ_{t−1}`)."""
+        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+        return cls.from_betas(1.0 - alphas_cumprod / previous)
+
+    @classmethod
     def from_scheduler_config(cls, config: dict[str, Any]) -> DiffusionCoefficients:
         """Builds the tables from any diffusers scheduler config (its betas, through `DDPMScheduler`)."""
         check_scheduler_config(dict(config))

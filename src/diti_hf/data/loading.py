@@ -30,12 +30,6 @@ class BadImageError(ValueError):
     """An image of the dataset could not be decoded or has an unsupported mode. The message names its index."""
 
 
-def _shapes_name() -> str:
-    from .shapes import SHAPES_DATASET_NAME
-
-    return SHAPES_DATASET_NAME
-
-
 def load_image_dataset(
     dataset_name: str | None = None,
     dataset_config: str | None = None,
@@ -53,8 +47,9 @@ def load_image_dataset(
     Loads the raw (undecoded, untransformed) training images.
 
     Args:
-        dataset_name (`str`, *optional*): A Hub dataset id, a folder written by `Dataset.save_to_disk`, or
-            `"diti-shapes"` (the built-in procedural dataset, generated in memory: no download).
+        dataset_name (`str`, *optional*): A Hub dataset id, a folder written by `Dataset.save_to_disk`, or a
+            built-in procedural dataset generated in memory (no download): `"diti-shapes"` (7 factors) or
+            `"diti-shapes-v2"` (9 factors lost over a wider range of time-steps; see `data.shapes.SHAPES_DATASETS`).
         dataset_config (`str`, *optional*): The Hub dataset's configuration name.
         split (`str`, defaults to `"train"`): Split to load (slicing such as `"train[:1000]"` works when not
             streaming).
@@ -82,10 +77,13 @@ def load_image_dataset(
         )
     if num_images is not None and num_images < 1:
         raise ValueError(f"`num_images` must be >= 1, got {num_images}.")
-    if dataset_name == _shapes_name():
+    from .shapes import SHAPES_DATASETS
+
+    if dataset_name in SHAPES_DATASETS:
         from .shapes import generate_shapes
 
-        dataset = generate_shapes(num_images or DEFAULT_NUM_SHAPES, seed=seed, resolution=resolution)
+        factors = SHAPES_DATASETS[dataset_name]()
+        dataset = generate_shapes(num_images or DEFAULT_NUM_SHAPES, seed=seed, resolution=resolution, factors=factors)
         return dataset.to_iterable_dataset() if streaming else dataset
     if train_data_dir is not None:
         if not Path(train_data_dir).is_dir():

@@ -1,4 +1,4 @@
-"""A procedural shapes dataset with known, independent generative factors of graded granularity (issue 5).
+"""A procedural shapes dataset with known, independent generative factors of graded granularity.
 
 Every image is a single object on a plain background. Each factor is a small [`ShapeFactor`] spec (a name, a
 rendering *kind*, the value of each class); the set of factors is an argument, so that variants with other
@@ -20,10 +20,22 @@ from PIL import Image
 
 SHAPES_DATASET_NAME = "diti-shapes"
 
-FACTOR_KINDS = ("background", "shape", "object_color", "scale", "position_x", "position_y", "texture", "mark")
+FACTOR_KINDS = (
+    "background",
+    "shape",
+    "object_color",
+    "scale",
+    "position_x",
+    "position_y",
+    "texture",
+    "mark",
+    "spot",
+    "lighting",
+)
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond")
 TEXTURE_NAMES = ("plain", "stripes", "vstripes", "checker")
 MARK_NAMES = ("none", "top_left", "top_right", "bottom_left", "bottom_right")
+LIGHTING_NAMES = ("none", "left", "right", "top", "bottom")
 
 # What an image shows for a kind that no factor controls (a variant may drop any factor).
 _KIND_DEFAULTS: dict[str, Any] = {
@@ -35,6 +47,8 @@ _KIND_DEFAULTS: dict[str, Any] = {
     "position_y": 0.5,
     "texture": "plain",
     "mark": "none",
+    "spot": "none",
+    "lighting": "none",
 }
 
 
@@ -50,11 +64,15 @@ class ShapeFactor:
             `"scale"` (object radius as a fraction of the image side), `"position_x"` / `"position_y"` (object
             centre as a fraction of the image side), `"texture"` (values in `TEXTURE_NAMES`: a brightness
             modulation of the object by ±`amplitude`), `"mark"` (values in `MARK_NAMES`: a small light square in a
-            corner of the image).
+            corner of the image), `"spot"` (values in `MARK_NAMES`: the same small square in a corner, brightened
+            by `amplitude` over what lies under it, or darkened where brighter would clip — a faint mark that noise
+            erases early), `"lighting"` (values in
+            `LIGHTING_NAMES`: a linear brightness ramp over the whole image, +`amplitude` on the named side and
+            −`amplitude` on the opposite one — a global attribute that noise erases late).
         values (`Sequence`): The rendered value of each class.
         class_names (`Sequence[str]`, *optional*): Label names of the classes; default `str(value)`.
-        amplitude (`float`, defaults to 0.2): Relative brightness modulation of `"texture"` (±20 % by default) and
-            brightness of `"mark"` relative to white.
+        amplitude (`float`, defaults to 0.2): Relative brightness modulation of `"texture"` (±20 % by default),
+            brightness of `"mark"` relative to white, and the additive brightness of `"spot"` and `"lighting"`.
     """
 
     name: str
@@ -71,7 +89,13 @@ class ShapeFactor:
         self.values = tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in self.values)
         if len(self.values) < 2:
             raise ValueError(f"factor {self.name!r} needs >= 2 `values`, got {len(self.values)}.")
-        allowed = {"shape": SHAPE_NAMES, "texture": TEXTURE_NAMES, "mark": MARK_NAMES}.get(self.kind)
+        allowed = {
+            "shape": SHAPE_NAMES,
+            "texture": TEXTURE_NAMES,
+            "mark": MARK_NAMES,
+            "spot": MARK_NAMES,
+            "lighting": LIGHTING_NAMES,
+        }.get(self.kind)
         for v in self.values:
             if allowed is not None and v not in allowed:
                 raise ValueError(f"factor {self.name!r} ({self.kind}): value {v!r} is not one of {allowed}.")
@@ -127,6 +151,23 @@ def default_factors() -> list[ShapeFactor]:
     ]
 
 
+def timescale_factors() -> list[ShapeFactor]:
+    """
+    The default factors plus two that widen the range of time-steps at which the factors are lost: a faint 2×2-px
+    `spot` in the bottom-right corner (+0.15 brightness, lost early) and a global `lighting` ramp from the left or
+    the right (±0.25 brightness, lost late) — 15,552 combinations. This is the dataset `"diti-shapes-v2"`.
+    """
+    return [
+        *default_factors(),
+        ShapeFactor("spot", "spot", ["none", "bottom_right"], ["none", "spot"], amplitude=0.15),
+        ShapeFactor("lighting", "lighting", ["left", "right"], amplitude=0.25),
+    ]
+
+
+# The built-in procedural datasets, by the name `--dataset_name` takes.
+SHAPES_DATASETS = {SHAPES_DATASET_NAME: default_factors, f"{SHAPES_DATASET_NAME}-v2": timescale_factors}
+
+
 def _check_factors(factors: Sequence[ShapeFactor] | None) -> list[ShapeFactor]:
     if factors is None:
         return default_factors()
@@ -176,6 +217,20 @@ def _texture_patterns(resolution: int) -> dict[str, np.ndarray]:
         "stripes": np.repeat(idx[:, None], resolution, axis=1),
         "vstripes": np.repeat(idx[None, :], resolution, axis=0),
         "checker": idx[:, None] * idx[None, :],
+    }
+
+
+def _lighting_ramps(resolution: int) -> dict[str, np.ndarray]:
+    # -1 on the far side, +1 on the lit side, linear in between (pixel centres)
+    ramp = (np.arange(resolution) + 0.5) / resolution * 2 - 1.0
+    horizontal = np.repeat(ramp[None, :], resolution, axis=0)
+    vertical = np.repeat(ramp[:, None], resolution, axis=1)
+    return {
+        "none": np.zeros((resolution, resolution)),
+        "left": -horizontal,
+        "right": horizontal,
+        "top": -vertical,
+        "bottom": vertical,
     }
 
 
@@ -229,6 +284,15 @@ def render_shapes(
     tex_amp = by_kind["texture"][1].amplitude if "texture" in by_kind else 0.0
     mark_level = 1.0 - by_kind["mark"][1].amplitude if "mark" in by_kind else 0.0
     mark_size = max(1, resolution // 16)
+    spot_amp = by_kind["spot"][1].amplitude if "spot" in by_kind else 0.0
+    light_amp = by_kind["lighting"][1].amplitude if "lighting" in by_kind else 0.0
+    ramps = _lighting_ramps(resolution)
+
+    def corner(name: str) -> tuple[int, int]:
+        top = 1 if name.startswith("top") else resolution - 1 - mark_size
+        left = 1 if name.endswith("left") else resolution - 1 - mark_size
+        return top, left
+
     px = np.arange(resolution, dtype=np.float32) + 0.5
     out = np.empty((len(codes), resolution, resolution, 3), dtype=np.uint8)
     for start in range(0, len(codes), batch_size):
@@ -249,12 +313,17 @@ def render_shapes(
         textures = values("texture", rows)
         modulation = 1.0 + tex_amp * np.stack([patterns[t] for t in textures]).astype(np.float32)
         img = bg * (1.0 - cover) + np.clip(fg * modulation[..., None], 0.0, 1.0) * cover
-        for i, mark in enumerate(values("mark", rows)):
-            if mark == "none":
-                continue
-            top = 1 if mark.startswith("top") else resolution - 1 - mark_size
-            left = 1 if mark.endswith("left") else resolution - 1 - mark_size
-            img[i, top : top + mark_size, left : left + mark_size, :] = mark_level
+        lighting = values("lighting", rows)
+        if any(side != "none" for side in lighting):
+            img = np.clip(img + light_amp * np.stack([ramps[side] for side in lighting])[..., None], 0.0, 1.0)
+        for i, (mark, spot) in enumerate(zip(values("mark", rows), values("spot", rows))):
+            if mark != "none":
+                top, left = corner(mark)
+                img[i, top : top + mark_size, left : left + mark_size, :] = mark_level
+            if spot != "none":  # a contrast of exactly spot_amp: brighter, or darker where brighter would clip
+                top, left = corner(spot)
+                patch = img[i, top : top + mark_size, left : left + mark_size, :]
+                patch[...] = np.where(patch + spot_amp <= 1.0, patch + spot_amp, patch - spot_amp)
         out[start : start + n] = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
     return out
 

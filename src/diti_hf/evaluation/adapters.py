@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..partition import TimestepPartition
+from .control import RegenerateFn, SampleFn
 from .counterfactual import SwapFn
 from .reconstruction import ReconstructFn
 
@@ -22,7 +23,7 @@ class ModelFunctions:
     What the evaluation needs from one model.
 
     Args:
-        encode_fn (`Callable`): `(B, C, H, W)` in [-1, 1] → `(B, d)` features.
+        encode_fn (`Callable`): `(B, C, H, W)` in [-1, 1] → `(B, d)` features; `None` for a bare DDPM (no probes).
         partition ([`TimestepPartition`], *optional*): Partition of the features (enables the alignment probes).
         swap_fn (`Callable`, *optional*): See [`~diti_hf.evaluation.counterfactual.counterfactual_score`].
         reconstruct_fn (`Callable`, *optional*): `(B, C, H, W)` in [-1, 1] → reconstructions in [0, 1].
@@ -30,9 +31,14 @@ class ModelFunctions:
         sample_size (`int`, *optional*): Image side the model expects.
         eps_fn (`Callable`, *optional*): The frozen DDPM, `(x_t, t) → ε̂` (for the attribute-loss time).
         alphas_cumprod (`torch.Tensor`, *optional*): ᾱ of the DDPM's schedule.
+        regenerate_fn (`Callable`, *optional*): `(z or None, x_t, t) → images in [0, 1]`, generation from `x_t` at
+            time-step `t` (`None`: the DDPM alone); for the regeneration keep-rates.
+        sample_fn (`Callable`, *optional*): `(num_images, seed) → unconditional DDPM samples in [0, 1]`.
+        swap_protocols (`dict[str, Callable]`, *optional*): Protocol name → swap function (see
+            `evaluation.control.SWAP_PROTOCOLS`); `swap_fn` is the protocol the model's own `swap` uses by default.
     """
 
-    encode_fn: EncodeFn
+    encode_fn: EncodeFn | None
     partition: TimestepPartition | None = None
     swap_fn: SwapFn | None = None
     reconstruct_fn: ReconstructFn | None = None
@@ -40,16 +46,22 @@ class ModelFunctions:
     sample_size: int | None = None
     eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     alphas_cumprod: torch.Tensor | None = None
+    regenerate_fn: RegenerateFn | None = None
+    sample_fn: SampleFn | None = None
+    swap_protocols: dict[str, SwapFn] | None = None
 
 
-def pipeline_functions(pipe: Any, num_inference_steps: int = 20, batch_size: int = 256) -> ModelFunctions:
+def pipeline_functions(
+    pipe: Any, num_inference_steps: int = 20, batch_size: int = 256, sample_steps: int = 50
+) -> ModelFunctions:
     r"""
     Adapts a [`~diti_hf.DiTiPipeline`] (DiTi or PDAE, `num_chunks == 1`) to [`ModelFunctions`].
 
     Args:
         pipe ([`~diti_hf.DiTiPipeline`]): The pipeline (`encode`, `swap`, `reconstruct`, `encoder.partition`).
-        num_inference_steps (`int`, defaults to 20): DDIM steps of swaps and reconstructions.
+        num_inference_steps (`int`, defaults to 20): DDIM steps of swaps, regenerations and reconstructions.
         batch_size (`int`, defaults to 256): Encoding batch size.
+        sample_steps (`int`, defaults to 50): DDIM steps of the frozen DDPM's unconditional samples.
     """
     for name in ("encode", "swap", "reconstruct", "encoder"):
         if not hasattr(pipe, name):
@@ -60,17 +72,74 @@ def pipeline_functions(pipe: Any, num_inference_steps: int = 20, batch_size: int
 
     partition = pipe.encoder.partition
 
-    def swap_fn(source: torch.Tensor, target: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
+    def deduplicated(generate: Callable) -> SwapFn:
         # ranges that cover the same dims (all of them with PDAE's single chunk) give the same images: generate once
-        dims = [partition.dims_for_timesteps(lo, hi) for lo, hi in ranges]
-        unique = list(dict.fromkeys(dims))
-        firsts = [ranges[dims.index(d)] for d in unique]
-        out = pipe.swap(
-            source, target, timesteps=firsts, num_inference_steps=num_inference_steps, output_type="pt"
-        ).images
-        # the pipeline returns B × R images, source-major
-        out = out.float().cpu().view(source.shape[0], len(unique), *out.shape[1:])
-        return out[:, [unique.index(d) for d in dims]]
+        def swap_fn(source: torch.Tensor, target: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
+            dims = [partition.dims_for_timesteps(lo, hi) for lo, hi in ranges]
+            unique = list(dict.fromkeys(dims))
+            out = generate(source, target, [ranges[dims.index(d)] for d in unique], unique)
+            # B × R images, source-major
+            out = out.float().cpu().view(source.shape[0], len(unique), *out.shape[1:])
+            return out[:, [unique.index(d) for d in dims]]
+
+        return swap_fn
+
+    calls = [0]  # seeds the noise of successive batches differently, reproducibly
+
+    def next_generator(device: torch.device | str = "cpu") -> torch.Generator:
+        calls[0] += 1
+        return torch.Generator(device).manual_seed(calls[0])
+
+    def pipeline_swap(inversion: str) -> SwapFn:
+        def generate(source, target, ranges, dims):
+            generator = next_generator(pipe.device)
+            return pipe.swap(
+                source, target, timesteps=ranges, num_inference_steps=num_inference_steps, output_type="pt",
+                inversion=inversion, generator=generator,
+            ).images  # fmt: skip
+
+        return deduplicated(generate)
+
+    def swap_from(latents_of: Callable) -> SwapFn:
+        # the source's z with the range's dims from the target, generated from another starting point
+        def generate(source, target, ranges, dims):
+            z_a, z_b = pipe.encode(source).z, pipe.encode(target).z
+            variants = []
+            for start, end in dims:
+                z = z_a.clone()
+                z[:, start:end] = z_b[:, start:end]
+                variants.append(z)
+            latents = latents_of(source, target).repeat_interleave(len(dims), 0)
+            z = torch.stack(variants, 1).flatten(0, 1)
+            return pipe(z=z, latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images
+
+        return deduplicated(generate)
+
+    def shared_noise(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(pipe.preprocess(source).shape, generator=next_generator())
+        return noise.to(pipe.device, pipe.unet.dtype)
+
+    swap_protocols = {
+        "source_inverted": pipeline_swap("ddim"),
+        "target_inverted": swap_from(lambda s, t: pipe.invert(t, num_inference_steps=num_inference_steps).latents),
+        "shared_random": swap_from(shared_noise),
+        "stochastic": pipeline_swap("stochastic"),
+    }
+
+    def regenerate_fn(z: torch.Tensor | None, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        x_t = x_t.to(pipe.device, pipe.unet.dtype)
+        return pipe(
+            z=z, latents=x_t, start_timestep=int(t), guidance=z is not None,
+            num_inference_steps=num_inference_steps, output_type="pt",
+        ).images.float().cpu()  # fmt: skip
+
+    def sample_fn(num_images: int, seed: int) -> torch.Tensor:
+        generator = [torch.Generator(pipe.device).manual_seed(seed * 100_003 + i) for i in range(num_images)]
+        return (
+            pipe(guidance=False, generator=generator, num_inference_steps=sample_steps, output_type="pt")
+            .images.float()
+            .cpu()
+        )
 
     def reconstruct_fn(images: torch.Tensor) -> torch.Tensor:
         return pipe.reconstruct(images, num_inference_steps=num_inference_steps, output_type="pt").images.float().cpu()
@@ -83,12 +152,57 @@ def pipeline_functions(pipe: Any, num_inference_steps: int = 20, batch_size: int
     return ModelFunctions(
         encode_fn=encode_fn,
         partition=pipe.encoder.partition,
-        swap_fn=swap_fn,
+        swap_fn=swap_protocols["source_inverted"],
         reconstruct_fn=reconstruct_fn,
         encoder=pipe.encoder,
         sample_size=int(pipe.encoder.config.sample_size),
         eps_fn=eps_fn,
         alphas_cumprod=pipe.scheduler.alphas_cumprod.float().cpu(),
+        regenerate_fn=regenerate_fn,
+        sample_fn=sample_fn,
+        swap_protocols=swap_protocols,
+    )
+
+
+def ddpm_functions(unet: Any, scheduler_config: dict[str, Any], sample_steps: int = 50) -> ModelFunctions:
+    r"""
+    Adapts a bare frozen DDPM (a diffusers `UNet2DModel` and its scheduler config) to [`ModelFunctions`]: no
+    features, only what the DDPM diagnostics need — `eps_fn`, `alphas_cumprod` and `sample_fn` (deterministic DDIM,
+    η = 0, `x̂_0` clipped to [−1, 1] at each step, as the pipeline samples with `guidance=False`).
+
+    Args:
+        unet (`UNet2DModel`): The ε-prediction DDPM.
+        scheduler_config (`dict`): Its noise-schedule config (any diffusers scheduler's).
+        sample_steps (`int`, defaults to 50): DDIM steps of the samples.
+    """
+    from diffusers import DDIMScheduler
+
+    from ..schedule import DiffusionCoefficients
+
+    coefficients = DiffusionCoefficients.from_scheduler_config(scheduler_config)
+    scheduler = DDIMScheduler.from_config(dict(scheduler_config), clip_sample=True, set_alpha_to_one=True)
+
+    @torch.no_grad()
+    def eps_fn(sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return unet(sample.to(unet.device, unet.dtype), timesteps.to(unet.device)).sample.float().cpu()
+
+    @torch.no_grad()
+    def sample_fn(num_images: int, seed: int) -> torch.Tensor:
+        size, channels = unet.config.sample_size, unet.config.in_channels
+        noise = torch.randn(num_images, channels, size, size, generator=torch.Generator().manual_seed(seed))
+        x = noise.to(unet.device, unet.dtype)
+        scheduler.set_timesteps(sample_steps)
+        for t in scheduler.timesteps:
+            eps = unet(x, t.to(unet.device)).sample
+            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        return (x.float().cpu() / 2 + 0.5).clamp(0, 1)
+
+    return ModelFunctions(
+        encode_fn=None,
+        sample_size=int(unet.config.sample_size),
+        eps_fn=eps_fn,
+        alphas_cumprod=coefficients.alphas_cumprod,
+        sample_fn=sample_fn,
     )
 
 

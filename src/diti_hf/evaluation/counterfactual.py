@@ -61,16 +61,24 @@ class OracleClassifier(nn.Module):
         return list(self.head(self.features(images)).split(self.num_classes, dim=1))
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """`(N, C, H, W)` in [-1, 1] → `(N, F)` predicted class indices."""
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
+        """`(N, C, H, W)` in [-1, 1] → one `(N, C_f)` tensor of class probabilities per factor."""
         was_training = self.training
         self.eval()
-        preds = []
-        for i in range(0, images.shape[0], batch_size):
-            logits = self(images[i : i + batch_size].float())
-            preds.append(torch.stack([lg.argmax(1) for lg in logits], 1))
+        chunks = [
+            [lg.softmax(1) for lg in self(images[i : i + batch_size].float())]
+            for i in range(0, images.shape[0], batch_size)
+        ]
         self.train(was_training)
-        return torch.cat(preds) if preds else torch.zeros(0, len(self.num_classes), dtype=torch.long)
+        if not chunks:
+            return [torch.zeros(0, c) for c in self.num_classes]
+        return [torch.cat([c[f] for c in chunks]) for f in range(len(self.num_classes))]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """`(N, C, H, W)` in [-1, 1] → `(N, F)` predicted class indices."""
+        probs = self.predict_proba(images, batch_size)
+        return torch.stack([p.argmax(1) for p in probs], 1)
 
 
 def train_oracle(

@@ -14,10 +14,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .adapters import ModelFunctions, encoder_functions, pipeline_functions, pixel_functions, random_encoder_functions
+from .adapters import (
+    ModelFunctions,
+    ddpm_functions,
+    encoder_functions,
+    pipeline_functions,
+    pixel_functions,
+    random_encoder_functions,
+)
 from .alignment import AlignmentResult, timestep_alignment
 from .attribute_loss import attribute_loss_curve
+from .control import SWAP_PROTOCOLS, regeneration_keep_rates, sample_validity, swap_protocol_scores
 from .counterfactual import CounterfactualResult, counterfactual_score, train_oracle
+from .loss_profile import loss_profile, loss_profile_figure, partition_from_profile
 from .probes import ProbeConfig, fit_linear_probes, spearman_r, split_indices
 from .reconstruction import compare_images, reconstruct
 
@@ -52,6 +61,19 @@ class EvaluationConfig:
         reconstruction (`bool`, defaults to `True`): Reconstruction metrics for models with a `reconstruct_fn`.
         num_reconstruction_images (`int`, defaults to 32): Test images reconstructed.
         num_inference_steps (`int`, defaults to 20): DDIM steps of swaps and reconstructions (pipelines).
+        loss_profile (`bool`, defaults to `True`): The frozen DDPM's loss profile (see
+            [`~diti_hf.evaluation.loss_profile`]) and the partition fitted to it.
+        num_loss_profile_images (`int`, defaults to 128): Test images of the loss profile.
+        regeneration (`bool`, defaults to `True`): Regeneration keep-rates of models that can generate (see
+            [`~diti_hf.evaluation.regeneration_keep_rates`]).
+        regeneration_timesteps (`list[int]`, defaults to 250, 500, 750, 999): Noise levels regenerated from.
+        num_regeneration_images (`int`, defaults to 48): Images regenerated at each level.
+        swap_protocols (`list[str]`, defaults to every protocol): Swap protocols compared (see
+            `evaluation.control.SWAP_PROTOCOLS`) on the same pairs as the counterfactual score; `[]` skips them.
+        sample_validity (`bool`, defaults to `True`): Read unconditional samples of the frozen DDPM with the oracle.
+        num_validity_samples (`int`, defaults to 64): Samples drawn.
+        validity_confidence (`float`, defaults to 0.9): Oracle probability that counts as a confident read.
+        num_sample_steps (`int`, defaults to 50): DDIM steps of those samples.
         granularity_pairs (`int`, defaults to 256): Base images per factor for the granularity measure.
         encode_batch_size (`int`, defaults to 256): Encoding batch size.
         plots (`bool`, defaults to `True`): Write PNG plots next to the JSON report.
@@ -77,6 +99,16 @@ class EvaluationConfig:
     reconstruction: bool = True
     num_reconstruction_images: int = 32
     num_inference_steps: int = 20
+    loss_profile: bool = True
+    num_loss_profile_images: int = 128
+    regeneration: bool = True
+    regeneration_timesteps: list[int] = field(default_factory=lambda: [250, 500, 750, 999])
+    num_regeneration_images: int = 48
+    swap_protocols: list[str] = field(default_factory=lambda: list(SWAP_PROTOCOLS))
+    sample_validity: bool = True
+    num_validity_samples: int = 64
+    validity_confidence: float = 0.9
+    num_sample_steps: int = 50
     granularity_pairs: int = 256
     encode_batch_size: int = 256
     plots: bool = True
@@ -84,7 +116,20 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.probe, Mapping):
             self.probe = ProbeConfig(**self.probe)
-        for name in ("num_swap_ranges", "num_swap_pairs", "swap_batch_size", "oracle_epochs", "num_inference_steps"):
+        unknown = [p for p in self.swap_protocols if p not in SWAP_PROTOCOLS]
+        if unknown:
+            raise ValueError(f"`swap_protocols` must be drawn from {SWAP_PROTOCOLS}, got {self.swap_protocols}.")
+        for name in (
+            "num_swap_ranges",
+            "num_swap_pairs",
+            "swap_batch_size",
+            "oracle_epochs",
+            "num_inference_steps",
+            "num_loss_profile_images",
+            "num_regeneration_images",
+            "num_validity_samples",
+            "num_sample_steps",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
         if self.swap_ranges is not None:
@@ -148,11 +193,14 @@ def _as_functions(model: Any, config: EvaluationConfig) -> ModelFunctions:
     if isinstance(model, ModelFunctions):
         return model
     if hasattr(model, "swap") and hasattr(model, "encode"):
-        return pipeline_functions(model, config.num_inference_steps, config.encode_batch_size)
+        return pipeline_functions(model, config.num_inference_steps, config.encode_batch_size, config.num_sample_steps)
+    if hasattr(model, "unet") and hasattr(model, "scheduler") and not hasattr(model, "encoder"):
+        return ddpm_functions(model.unet, dict(model.scheduler.config), config.num_sample_steps)
     if isinstance(model, torch.nn.Module) and hasattr(model, "config"):
         return encoder_functions(model, config.encode_batch_size)
     raise TypeError(
-        f"each model must be a DiTiPipeline, a DiTiEncoderModel or a ModelFunctions, got {type(model).__name__}."
+        "each model must be a DiTiPipeline, a DiTiEncoderModel, a DDPM pipeline (unet + scheduler) or a "
+        f"ModelFunctions, got {type(model).__name__}."
     )
 
 
@@ -210,7 +258,8 @@ def evaluate_pipeline(
 
     Args:
         models (`dict[str, Any]` or a single model): Name → [`~diti_hf.DiTiPipeline`] (DiTi or PDAE),
-            [`~diti_hf.DiTiEncoderModel`] or [`ModelFunctions`].
+            [`~diti_hf.DiTiEncoderModel`], a diffusers `DDPMPipeline` (the frozen DDPM alone: its loss profile,
+            attribute-loss times and sample validity) or [`ModelFunctions`].
         dataset (`datasets.Dataset`): Images (`"image"`) and factor `ClassLabel` columns, e.g. from
             [`~diti_hf.data.shapes.generate_shapes`].
         config ([`EvaluationConfig`], *optional*): Sizes and switches.
@@ -298,6 +347,9 @@ def evaluate_pipeline(
 
     alignments: dict[str, AlignmentResult] = {}
     for name, fn in {**functions, **baselines}.items():
+        if fn.encode_fn is None:  # a bare DDPM: diagnostics only
+            report["models"][name] = {"kind": "ddpm", "num_chunks": None, "probe": None, "alignment": None}
+            continue
         t0 = time.perf_counter()
         z = _encode(fn, images, config.encode_batch_size)
         feats = {s: z[idx] for s, idx in splits.items()}
@@ -338,7 +390,13 @@ def evaluate_pipeline(
     generators = {n: fn for n, fn in functions.items() if fn.swap_fn is not None}
     ddpm = next(((n, fn) for n, fn in functions.items() if fn.eps_fn is not None), None)
     counterfactuals: dict[str, CounterfactualResult] = {}
-    need_oracle = (config.counterfactual and generators) or (config.attribute_loss and ddpm is not None)
+    samplers = next(((n, fn) for n, fn in functions.items() if fn.sample_fn is not None), None)
+    need_oracle = (
+        (config.counterfactual and generators)
+        or (config.attribute_loss and ddpm is not None)
+        or (config.regeneration and any(fn.regenerate_fn is not None for fn in functions.values()))
+        or (config.sample_validity and samplers is not None)
+    )
     if need_oracle:
         t0 = time.perf_counter()
         oracle_val = None
@@ -386,6 +444,47 @@ def evaluate_pipeline(
             ]
             rho = spearman_r(*zip(*pairs)) if len(pairs) >= 3 else float("nan")
             report["models"][name]["alignment"]["spearman_timestep_vs_loss_time"] = rho
+    if config.loss_profile and ddpm is not None:
+        report["loss_profile"] = _loss_profile_section(ddpm, functions, images[splits["test"]], config, report)
+    if config.sample_validity and samplers is not None:
+        t0 = time.perf_counter()
+        report["ddpm_samples"] = {
+            "ddpm_of": samplers[0],
+            "num_inference_steps": config.num_sample_steps,
+            **sample_validity(
+                samplers[1].sample_fn,
+                oracle,
+                labels,
+                num_classes,
+                factor_names,
+                config.num_validity_samples,
+                config.validity_confidence,
+                config.swap_batch_size,
+                config.seed,
+            ),  # fmt: skip
+            "seconds": time.perf_counter() - t0,
+        }
+    if config.regeneration:
+        for name, fn in functions.items():
+            if fn.regenerate_fn is None or fn.alphas_cumprod is None or fn.encode_fn is None:
+                continue
+            t0 = time.perf_counter()
+            report["models"][name]["regeneration"] = {
+                **regeneration_keep_rates(
+                    fn.regenerate_fn,
+                    fn.encode_fn,
+                    oracle,
+                    images[splits["test"]],
+                    y["test"],
+                    fn.alphas_cumprod,
+                    factor_names,
+                    config.regeneration_timesteps,
+                    config.num_regeneration_images,
+                    config.swap_batch_size,
+                    config.seed,
+                ),  # fmt: skip
+                "seconds": time.perf_counter() - t0,
+            }
     if config.counterfactual and generators:
         for name, fn in generators.items():
             t0 = time.perf_counter()
@@ -405,6 +504,18 @@ def evaluate_pipeline(
             counterfactuals[name] = result
             report["models"][name]["counterfactual"] = result.to_dict()
             report["models"][name]["seconds_counterfactual"] = time.perf_counter() - t0
+            others = [p for p in config.swap_protocols if p != "source_inverted" and p in (fn.swap_protocols or {})]
+            if others:
+                t0 = time.perf_counter()
+                scores = swap_protocol_scores(
+                    {p: fn.swap_protocols[p] for p in others}, oracle, images[splits["test"]], y["test"], ranges,
+                    factor_names, config.num_swap_pairs, config.swap_batch_size, config.seed, oracle_test,
+                )  # fmt: skip
+                report["models"][name]["swap_protocols"] = {
+                    "default": "source_inverted",  # what the pipeline's `swap` does with its default arguments
+                    "scores": {"source_inverted": result.to_dict(), **scores},
+                    "seconds": time.perf_counter() - t0,
+                }
 
     if config.reconstruction:
         test_idx = splits["test"][: config.num_reconstruction_images]
@@ -428,7 +539,7 @@ def evaluate_pipeline(
 
     report["seconds_total"] = time.perf_counter() - start
     report = json_safe(report)
-    # issue 5's bars for every partitioned model, against the first single-chunk (PDAE) model when there is one
+    # the targets of every partitioned model, against the first single-chunk (PDAE) model when there is one
     entries = report["models"]
     pdae = next((n for n, e in entries.items() if e.get("kind") == "model" and e.get("num_chunks") == 1), None)
     report["targets"] = {
@@ -446,7 +557,42 @@ def evaluate_pipeline(
     return report
 
 
+def _loss_profile_section(
+    ddpm: tuple[str, ModelFunctions],
+    functions: Mapping[str, ModelFunctions],
+    images: torch.Tensor,
+    config: EvaluationConfig,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """The frozen DDPM's loss profile, and the staged partition it suggests at the first DiTi model's d and k."""
+    from ..schedule import DiffusionCoefficients
+
+    t0 = time.perf_counter()
+    name, fn = ddpm
+    coefficients = DiffusionCoefficients.from_alphas_cumprod(fn.alphas_cumprod)
+    profile = loss_profile(
+        fn.eps_fn, images[: config.num_loss_profile_images], coefficients, batch_size=config.swap_batch_size * 4,
+        seed=config.seed,
+    )  # fmt: skip
+    partitioned = next((f.partition for f in functions.values() if f.partition and f.partition.num_chunks > 1), None)
+    section: dict[str, Any] = {"ddpm_of": name, **profile, "partition": None, "auto_partition": None}
+    if partitioned is not None:
+        section["partition"] = partitioned.to_dict()
+        auto = partition_from_profile(
+            profile,
+            partitioned.latent_dim,
+            partitioned.num_chunks,
+            num_train_timesteps=coefficients.num_train_timesteps,
+        )
+        section["auto_partition"] = auto.to_dict()
+    section["seconds"] = time.perf_counter() - t0
+    return section
+
+
 def _default_ranges(fn: ModelFunctions, n: int) -> list[tuple[int, int]]:
+    if fn.partition is not None and fn.partition.stages is not None and len(fn.partition.stages) > 1:
+        ends = fn.partition.stages
+        return list(zip([0, *ends[:-1]], ends))
     T = fn.partition.num_train_timesteps if fn.partition is not None else 1000
     bounds = [round(T * i / n) for i in range(n + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(n) if bounds[i] < bounds[i + 1]]
@@ -518,7 +664,7 @@ def plot_probes(report: Mapping[str, Any], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(report["models"])
+    names = [n for n, entry in report["models"].items() if entry.get("probe")]  # a bare DDPM has no features
     factors = [f["name"] for f in report["dataset"]["factors"]]
     width = 0.8 / max(1, len(names))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(factors) + 2), 3.5))
@@ -544,6 +690,17 @@ def write_plots(
     out = Path(output_dir)
     files = ["probes.png"]
     plot_probes(report, out / files[0])
+    section = report.get("loss_profile")
+    if section:
+        from ..partition import TimestepPartition
+
+        loss_times = (report.get("attribute_loss") or {}).get("loss_time")
+        for suffix, key in (("", "partition"), ("_auto", "auto_partition")):
+            if section.get(key) or not suffix:
+                partition = TimestepPartition.from_dict(section[key]) if section.get(key) else None
+                title = "frozen DDPM loss profile" + (" — fitted partition" if suffix else "")
+                files.append(f"loss_profile{suffix}.png")
+                loss_profile_figure(section, partition, loss_times, title).savefig(out / files[-1])
     for name, result in alignments.items():
         files.append(f"alignment_{name}.png")
         plot_alignment(result, out / files[-1], name)
@@ -556,18 +713,71 @@ def write_plots(
 @dataclass(frozen=True)
 class Targets:
     r"""
-    Issue 5's bars for a time-step-modular model.
+    The bars a time-step-modular model is held to.
 
     Args:
         min_spearman (`float`, defaults to 0.8): Spearman correlation between each factor's decodable time-step and
             its granularity.
         min_flip (`float`, defaults to 0.7): A swap of some t-range must move the factor to `B`'s class this often…
         max_other_change (`float`, defaults to 0.2): …while every other factor leaves `A`'s class less often than this.
+        min_clean_factors (`int`, defaults to 4): Factors that some range must control cleanly (see
+            [`clean_control`]), with at least two disjoint ranges doing so.
     """
 
     min_spearman: float = 0.8
     min_flip: float = 0.7
     max_other_change: float = 0.2
+    min_clean_factors: int = 4
+
+
+def clean_control(
+    flip: np.ndarray,
+    change: np.ndarray,
+    factor_names: Sequence[str],
+    ranges: Sequence[Sequence[int]],
+    targets: Targets | None = None,
+) -> dict[str, Any]:
+    r"""
+    Which factors a swap controls cleanly. Range `r` *flips* factor `f` when `flip[f, r] ≥ min_flip`; it controls
+    each factor it flips cleanly when every factor it does not flip changes in at most `max_other_change` of its
+    differing pairs (`change = 1 − stay`; factors without differing pairs are ignored). A group of factors may thus
+    move together, as long as nothing else moves.
+
+    Args:
+        flip, change (`np.ndarray`): `(F, R)` flip rates and change rates.
+        factor_names (`list[str]`): The `F` factors.
+        ranges (`list[(lo, hi)]`): The `R` swapped time-step ranges.
+        targets ([`Targets`], *optional*): `min_flip` and `max_other_change`.
+
+    Returns:
+        `dict` with `by_factor` (factor → the ranges controlling it cleanly), `by_range` (one entry per range: the
+        factors it flips, whether that is clean), `count` (factors controlled cleanly by some range) and
+        `disjoint_groups` (whether two disjoint ranges each control a factor cleanly, e.g. a fine and a coarse group).
+    """
+    targets = targets or Targets()
+    flip, change = np.asarray(flip, dtype=float), np.asarray(change, dtype=float)
+    by_range, by_factor = [], {name: [] for name in factor_names}
+    for r, (lo, hi) in enumerate(ranges):
+        flipped = [f for f in range(len(factor_names)) if flip[f, r] >= targets.min_flip]  # NaN compares False
+        rest = [change[g, r] for g in range(len(factor_names)) if g not in flipped and not math.isnan(change[g, r])]
+        worst = max(rest, default=0.0)
+        clean = bool(flipped) and bool(worst <= targets.max_other_change)
+        worst = float(worst)
+        by_range.append(
+            {"range": [int(lo), int(hi)], "flips": [factor_names[f] for f in flipped], "worst_other_change": worst,
+             "clean": clean}
+        )  # fmt: skip
+        if clean:
+            for f in flipped:
+                by_factor[factor_names[f]].append([int(lo), int(hi)])
+    clean_ranges = [e["range"] for e in by_range if e["clean"]]
+    disjoint = any(a[1] <= b[0] or b[1] <= a[0] for i, a in enumerate(clean_ranges) for b in clean_ranges[i + 1 :])
+    return {
+        "by_factor": by_factor,
+        "by_range": by_range,
+        "count": sum(bool(v) for v in by_factor.values()),
+        "disjoint_groups": bool(disjoint),
+    }
 
 
 def check_targets(
@@ -585,7 +795,7 @@ def check_targets(
         report (`dict`): The report (or parsed `report.json`).
         model (`str`): The model checked (a partitioned model: DiTi).
         baseline (`str`, *optional*): The model whose probe mean accuracy `model` must match or beat (PDAE).
-        targets ([`Targets`], *optional*): The bars; issue 5's by default.
+        targets ([`Targets`], *optional*): The bars; [`Targets`]' defaults when not given.
 
     Returns:
         `dict` with `alignment`, `swaps` (per factor: range, flip, worst other factor and its change rate, `met`),
@@ -628,8 +838,11 @@ def check_targets(
             }
         result["swaps"] = swaps
         result["swaps_met"] = sum(bool(s["met"]) for s in swaps.values())
+        control = clean_control(flip, change, names, ranges, targets)
+        control["met"] = bool(control["count"] >= targets.min_clean_factors and control["disjoint_groups"])
+        result["clean_control"] = control
     else:
-        result["swaps"], result["swaps_met"] = None, None
+        result["swaps"], result["swaps_met"], result["clean_control"] = None, None, None
 
     if baseline is not None:
         ours = (entry.get("probe") or {}).get("mean_accuracy")
@@ -637,6 +850,8 @@ def check_targets(
         met = None if ours is None or theirs is None else bool(ours >= theirs)
         result["probe"] = {"mean_accuracy": ours, "baseline": baseline, "baseline_mean_accuracy": theirs, "met": met}
     checks = [result["alignment"]["met"], *(s["met"] for s in (result["swaps"] or {}).values())]
+    if result["clean_control"] is not None:
+        checks.append(result["clean_control"]["met"])
     if baseline is not None:
         checks.append(result["probe"]["met"])
     result["all_met"] = None if any(c is None for c in checks) else all(checks)

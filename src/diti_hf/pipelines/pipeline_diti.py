@@ -41,6 +41,10 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+# Where `DiTiPipeline.swap` starts generating from (see its docstring).
+SWAP_INVERSIONS = ("ddim", "stochastic")
+
+
 @dataclass
 class DiTiPipelineOutput(BaseOutput):
     """
@@ -280,15 +284,19 @@ class DiTiPipeline(DiffusionPipeline):
         invert: bool,
         use_masks: bool,
         progress: bool = True,
+        start_timestep: int | None = None,
     ) -> torch.Tensor:
         r"""
         The one deterministic DDIM loop (η = 0) behind inversion, generation and every edit.
 
         Generation walks the grid from the largest time-step down and its last step goes to ᾱ = 1 (returns x̂_0);
-        inversion walks it upward from 0 and its last step goes to ᾱ = 0 (returns ε̂ as x_T).
+        inversion walks it upward from 0 and its last step goes to ᾱ = 0 (returns ε̂ as x_T). Generation from
+        `start_timestep` treats `sample` as `x_t` at that time-step and walks the grid's smaller time-steps from it.
         """
         grid = self._grid(num_inference_steps)
         order = grid if invert else grid[::-1]
+        if start_timestep is not None:
+            order = [start_timestep, *(t for t in order if t < start_timestep)]
         c = self.coefficients(sample.device)
         end_alpha = 0.0 if invert else float(self.scheduler.final_alpha_cumprod)
         end = (
@@ -385,6 +393,7 @@ class DiTiPipeline(DiffusionPipeline):
         use_masks: bool = True,
         guidance: bool = True,
         batch_size: int | None = None,
+        start_timestep: int | None = None,
         return_dict: bool = True,
     ) -> DiTiPipelineOutput | tuple:
         r"""
@@ -400,9 +409,14 @@ class DiTiPipeline(DiffusionPipeline):
             use_masks (`bool`, defaults to `True`): DiTi masking; `False` gives PDAE's sampler.
             guidance (`bool`, defaults to `True`): `False` samples with ε_θ alone.
             batch_size (`int`, *optional*): Generate in batches of this size (all at once by default).
+            start_timestep (`int`, *optional*): `latents` is `x_t` at this time-step (e.g. from
+                [`~DiTiPipeline.add_noise`]) and generation starts there, then walks the DDIM grid's smaller
+                time-steps; default: `latents` is `x_T` and generation walks the whole grid.
             return_dict (`bool`, defaults to `True`): Return a [`DiTiPipelineOutput`] instead of a tuple.
         """
         self._check_output_type(output_type)
+        if start_timestep is not None:
+            start_timestep = self._check_timestep(start_timestep, "start_timestep")
         device, unet_cfg = self._execution_device, self.unet.config
         if guidance and z is None:
             raise ValueError("`z` is required unless `guidance=False` (sampling with ε_θ alone).")
@@ -429,12 +443,43 @@ class DiTiPipeline(DiffusionPipeline):
                     num_inference_steps,
                     invert=False,
                     use_masks=use_masks,
+                    start_timestep=start_timestep,
                 )
                 for i in range(0, batch, step)
             ]
         )
         images = self.postprocess(images, output_type)
         return DiTiPipelineOutput(images=images, latents=latents, z=z) if return_dict else (images,)
+
+    def _check_timestep(self, timestep: Any, name: str) -> int:
+        T = self.partition.num_train_timesteps
+        if isinstance(timestep, bool) or not isinstance(timestep, (int, np.integer)) or not 0 <= timestep < T:
+            raise ValueError(f"`{name}` must be an int in [0, {T}), got {timestep!r}.")
+        return int(timestep)
+
+    @torch.no_grad()
+    def add_noise(
+        self, images: ImageInput, timestep: int, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        r"""
+        The stochastic forward process: `x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε` with fresh Gaussian `ε`.
+
+        Args:
+            images: The images `x_0`.
+            timestep (`int`): `t` in `[0, T)`.
+            generator (`torch.Generator` or list of them, *optional*): Source of `ε` (one per image for a list).
+
+        Returns:
+            `torch.Tensor`: `x_t`, to generate from with `pipe(z=..., latents=x_t, start_timestep=t)`.
+        """
+        t = self._check_timestep(timestep, "timestep")
+        pixels = self.preprocess(images)
+        noise = randn_tensor(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
+        c = self.coefficients(pixels.device)
+        return (
+            c.sqrt_alphas_cumprod[t].to(pixels.dtype) * pixels
+            + c.sqrt_one_minus_alphas_cumprod[t].to(pixels.dtype) * noise
+        )
 
     @torch.no_grad()
     def reconstruct(
@@ -469,11 +514,13 @@ class DiTiPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         output_type: str = "pil",
         batch_size: int | None = None,
+        inversion: str = "ddim",
+        generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> DiTiPipelineOutput | tuple:
         r"""
         Counterfactual generation: the source's `z` with the chunks of one time-step range (or chunk range) taken
-        from the target, generated from the source's `x_T`. Early time-steps hold fine attributes, late ones coarse.
+        from the target. Early time-steps hold fine attributes, late ones coarse.
 
         Args:
             source, target: Images, the same number of each.
@@ -481,33 +528,57 @@ class DiTiPipeline(DiffusionPipeline):
                 time-steps meet the range is swapped. An empty range `(t, t)` gives the reconstruction.
             chunks (`(i, j)` or a list of them): Half-open chunk ranges instead of time-steps.
             num_inference_steps (`int`, defaults to 50): DDIM steps of the inversion and of the generation.
+            inversion (`str`, defaults to `"ddim"`): Where generation starts. `"ddim"`: the source's deterministic
+                masked-DDIM inversion `x_T` (the official protocol; the source's `x_T` also carries its attributes).
+                `"stochastic"`: the source noised by the forward process to the top time-step of the swapped
+                chunks, generated from there — attributes coarser than the range come from the source image,
+                those of the range from the swapped chunks (with the source's own chunks below it).
+            generator (`torch.Generator` or list of them, *optional*): Noise of `inversion="stochastic"` (one per
+                source for a list); unused by `"ddim"`.
 
         Returns:
             [`DiTiPipelineOutput`] with `B × R` images, source-major: image `b * R + r` is source `b` with range `r`.
-            Each source is inverted once for all its ranges, and all variants are generated as one batch.
+            Each source is inverted (or noised) once for all its ranges.
         """
         self._check_output_type(output_type)
+        if inversion not in SWAP_INVERSIONS:
+            raise ValueError(f"`inversion` must be one of {SWAP_INVERSIONS}, got {inversion!r}.")
         ranges = _ranges(timesteps if chunks is None else chunks, "timesteps" if chunks is None else "chunks")
-        dims = [self._dims(r, None) if chunks is None else self._dims(None, r) for r in ranges]
-        inverted = self.invert(source, num_inference_steps=num_inference_steps)
+        if chunks is None:
+            chunk_ranges = [self.partition.chunks_for_timesteps(*_pair(r, "timesteps")) for r in ranges]
+        else:
+            chunk_ranges = [_pair(r, "chunks") for r in ranges]
+        dims = [self._dims(None, r) for r in chunk_ranges]
         z_target = self.encode(target).z
-        _check_same_batch(inverted.z, z_target, "source", "target")
+        if inversion == "ddim":
+            inverted = self.invert(source, num_inference_steps=num_inference_steps)
+            z_source = inverted.z
+        else:
+            z_source = self.encode(source).z
+        _check_same_batch(z_source, z_target, "source", "target")
         variants = []
         for start, end in dims:
-            z = inverted.z.clone()
+            z = z_source.clone()
             z[:, start:end] = z_target[:, start:end]
             variants.append(z)
+        common = {"num_inference_steps": num_inference_steps, "use_masks": True, "batch_size": batch_size}
+        if inversion == "ddim":
+            z = torch.stack(variants, 1).flatten(0, 1)
+            latents = inverted.latents.repeat_interleave(len(dims), 0)
+            return self(z=z, latents=latents, output_type=output_type, return_dict=return_dict, **common)
+        # one noise per source, shared by its ranges; each range starts at the top time-step of its chunks
+        pixels = self.preprocess(source)
+        noise = randn_tensor(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
+        c = self.coefficients(pixels.device)
+        images = []
+        for (i, j), z in zip(chunk_ranges, variants):
+            top = self.partition.chunk_timesteps(j - 1)[1] - 1 if j > i else 0
+            x_t = c.sqrt_alphas_cumprod[top] * pixels + c.sqrt_one_minus_alphas_cumprod[top] * noise
+            images.append(self(z=z, latents=x_t, start_timestep=top, output_type="pt", **common).images)
+        stacked = torch.stack(images, 1).flatten(0, 1)
+        out = self.postprocess(stacked * 2 - 1, output_type)
         z = torch.stack(variants, 1).flatten(0, 1)
-        latents = inverted.latents.repeat_interleave(len(dims), 0)
-        return self(
-            z=z,
-            latents=latents,
-            num_inference_steps=num_inference_steps,
-            output_type=output_type,
-            use_masks=True,
-            batch_size=batch_size,
-            return_dict=return_dict,
-        )
+        return DiTiPipelineOutput(images=out, latents=None, z=z) if return_dict else (out,)
 
     @torch.no_grad()
     def interpolate(
