@@ -19,7 +19,7 @@ accelerate launch --multi_gpu --num_processes 4 examples/train_diti.py \\
   --train_data_dir /data/celeba/img_align_celeba --preprocessing celeba64 \\
   --encoder_preset celeba64 --latent_dim 512 --num_chunks 64 \\
   --stages 50 100 300 500 1000 --dims_per_stage 10 25 327 100 50 --mode stop_grad \\
-  --train_batch_size 32 --learning_rate 1e-4 --ema_decay 0.9999 --max_train_images 38000000 \\
+  --train_batch_size 32 --learning_rate 1e-4 --ema_decay 0.9999 --no-ema_warmup --max_train_images 38000000 \\
   --checkpointing_steps 5000 --checkpoints_total_limit 3 --validation_steps 5000 \\
   --dataloader_num_workers 4 --output_dir diti-celeba64 --resume_from_checkpoint latest"""
 EVAL_COMMAND = "python examples/evaluate.py --protocol celeba --model diti=diti-celeba64 --dataset <celeba dataset> --output_dir report-celeba64"

@@ -18,12 +18,12 @@ from diti_hf.hub import create_model_card, metrics_from_report
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "benchmarks" / "shapes32" / "report.json"
 MODELS = {"diti": "diti-shapes32", "pdae": "pdae-shapes32"}
-COMMON_TRAINING = """# launch 1: 1,000 steps, cosine schedule from 5e-4 to 0
+COMMON_TRAINING = """# launch 1: 1,000 steps, cosine schedule from 5e-4 to 0; a constant EMA of 0.999 (--no-ema_warmup)
 python examples/train_diti.py --pretrained_unet pretrained/ddpm-shapes32 --dataset_name diti-shapes \\
   --num_train_images 20000 --resolution 32 --encoder_preset small32 --latent_dim 64 --num_chunks {num_chunks} \\
   --train_batch_size 32 --max_train_steps 1000 --learning_rate 5e-4 --lr_scheduler cosine --lr_warmup_steps 50 \\
-  --ema_decay 0.999 --num_threads 1 --checkpointing_steps 100 --checkpoints_total_limit 2 --validation_steps 0 \\
-  --seed 0 --output_dir runs/{name}
+  --ema_decay 0.999 --no-ema_warmup --num_threads 1 --checkpointing_steps 100 --checkpoints_total_limit 2 \\
+  --validation_steps 0 --seed 0 --output_dir runs/{name}
 # launch 2 (and every restart after an interruption): the same command with
 #   --max_train_steps 4000 --resume_from_checkpoint latest
 # it continues from step 1,000; the cosine schedule is refitted to 4,000 steps (lr back to 3.9e-4 at step 1,250)
