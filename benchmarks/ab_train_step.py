@@ -47,15 +47,34 @@ def import_baseline(revision: str, directory: Path) -> object:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", required=True, help="A git revision, e.g. `HEAD~1` or `main`.")
+    parser.add_argument(
+        "--baseline",
+        required=True,
+        help="A git revision, e.g. `HEAD~1` or `main`; or `reference-ops`: this checkout with the decoder's CPU kernels "
+        "switched back to the plain PyTorch ops (diti_hf.models._cpu_kernels.use_reference_ops).",
+    )
     add_configuration_arguments(parser)
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps of each version.")
     parser.add_argument("--pairs", type=int, default=10, help="Timed (baseline, current) step pairs.")
     args = parser.parse_args(argv)
     configure_process(args)
     with tempfile.TemporaryDirectory() as directory:
-        baseline = import_baseline(args.baseline, Path(directory))
-        steps = {"baseline": build_step(args, baseline), "current": build_step(args, diti_hf)}
+        if args.baseline == "reference-ops":
+            from diti_hf.models._cpu_kernels import use_reference_ops
+
+            current = build_step(args, diti_hf)
+
+            def reference_step() -> None:
+                use_reference_ops(True)
+                try:
+                    current()
+                finally:
+                    use_reference_ops(False)
+
+            steps = {"baseline": reference_step, "current": current}
+        else:
+            baseline = import_baseline(args.baseline, Path(directory))
+            steps = {"baseline": build_step(args, baseline), "current": build_step(args, diti_hf)}
         for step in steps.values():
             for _ in range(args.warmup):
                 step()

@@ -1,4 +1,4 @@
-"""Inference throughput of DiTiPipeline on issue 7's benchmark configuration: encode, invert + generate, and the
+"""Inference throughput of DiTiPipeline on the 64×64 benchmark configuration: encode, invert + generate, and the
 editing workflows, against a matmul measured in the same process.
 
 Configuration: 64×64; frozen UNet = the diffusers equivalent of the official ADM UNet (base 64, multipliers 1,2,2,2,

@@ -1,4 +1,4 @@
-"""Activation memory of DiTi's training step on issue 7's benchmark configuration: the bytes autograd stores for
+"""Activation memory of DiTi's training step on the 64×64 benchmark configuration: the bytes autograd stores for
 backward (unique storages), split by the module that stored them.
 
 `python benchmarks/bench_saved_activations.py` (the decoder as shipped: GroupNorm, modulation and SiLU recomputed

@@ -9,7 +9,7 @@ On the procedural shapes benchmark (known factors; baselines: a random-init enco
 writes `report.json` and plots (probe accuracies, factors × chunks alignment heatmaps, flip-rate matrices).
 A shapes variant with other factors: `--shapes_factors factors.json` (a list of `ShapeFactor` dicts).
 
-The paper's real-data protocols (method.md §9), from any 🤗 dataset with those attributes:
+The paper's real-data protocols (docs/method.md §9), from any 🤗 dataset with those attributes:
 
     python examples/evaluate.py --protocol celeba --dataset <hub-id-or-folder> --model diti=./diti-celeba64 \
         --columns '{"Male": "male"}' --output_dir ./eval-celeba
@@ -51,8 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_images", type=int, default=3000, help="Images generated (default 3000).")
     g.add_argument("--data_seed", type=int, default=None, help="Seed of the generated images (default: --seed).")
     g.add_argument("--resolution", type=int, default=None, help="Image side (default: the first model's).")
-    g.add_argument("--shapes_dataset", default="diti-shapes", choices=sorted(SHAPES_DATASETS),
-                   help="Built-in factor set (diti_hf.data.shapes.SHAPES_DATASETS).")
+    g.add_argument(
+        "--shapes_dataset",
+        default="diti-shapes",
+        choices=sorted(SHAPES_DATASETS),
+        help="Built-in factor set (diti_hf.data.shapes.SHAPES_DATASETS).",
+    )
     g.add_argument("--shapes_factors", default=None, help="JSON file with a list of ShapeFactor dicts (a variant).")
     g.add_argument("--num_inference_steps", type=int, default=20, help="DDIM steps of swaps and reconstructions.")
     g.add_argument("--swap_ranges", default=None, help='Time-step ranges to swap, e.g. "0:250,250:500,500:1000".')
@@ -160,6 +164,7 @@ def main(args: argparse.Namespace) -> dict:
     from diti_hf.data.shapes import ShapeFactor, factors_to_json, generate_shapes
     from diti_hf.evaluation import EvaluationConfig, ProbeConfig, attribute_protocol, evaluate_pipeline, json_safe
     from diti_hf.evaluation.adapters import pipeline_functions
+
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

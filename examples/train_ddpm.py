@@ -32,8 +32,8 @@ from diti_hf.training.script_utils import (
 
 logger = logging.getLogger("train_ddpm")
 
-# UNet2DModel architectures. "tiny": the test UNet; "small32": measured on 2 CPU cores (shared/docs/
-# cpu-training-notes.md: recognisable shapes after ~40 min); "ddpm-cifar10": google/ddpm-cifar10-32's.
+# UNet2DModel architectures. "tiny": the test UNet; "small32": measured on 2 CPU cores (docs/cpu-training-notes.md:
+# recognisable shapes after ~40 min); "ddpm-cifar10": google/ddpm-cifar10-32's.
 UNET_PRESETS: dict[str, dict] = {
     "tiny": {
         "block_out_channels": (32, 64),
@@ -92,8 +92,8 @@ def build_parser() -> OneLineArgumentParser:
         "--validation_inference_steps", type=int, default=50, help="Steps of the validation samples (DDIM, η = 1)."
     )
     add_data_arguments(parser, default_resolution=None)
-    # A short run needs usable EMA weights early: warm the decay up by default (train_diti uses the official constant).
-    add_training_arguments(parser, ema_warmup=True, max_grad_norm=1.0)
+    # Each checkpoint holds the UNet, its EMA and Adam's moments: keep the last few, not one per --checkpointing_steps.
+    add_training_arguments(parser, max_grad_norm=1.0, checkpoints_total_limit=3)
     return parser
 
 
@@ -216,12 +216,15 @@ def main(args: argparse.Namespace) -> dict:
     from diti_hf.training.logging_utils import ThroughputMeter
     from diti_hf.training.script_utils import (
         RunState,
+        check_resumed_ema,
+        ema_summary,
         finish_run,
         log_periodic,
         make_accelerator,
         make_optimizer,
         resume_run,
         setup_logging,
+        stop_cleanly_on_interrupt,
         total_train_steps,
         tracker_config,
     )
@@ -283,12 +286,17 @@ def main(args: argparse.Namespace) -> dict:
     run = RunState(args.seed, accelerator.process_index, args.num_train_timesteps)
     resume_run(accelerator, args, run, data.batches_per_epoch)
     ema.to(accelerator.device)  # accelerate restores custom states on the CPU
+    check_resumed_ema(ema, args)
     start_step = run.global_step
     if accelerator.is_main_process:
         accelerator.init_trackers(args.tracker_project_name or "train_ddpm", config=tracker_config(args))
+    keep = f"the last {args.checkpoints_total_limit}" if args.checkpoints_total_limit else "all"
     logger.info(
-        "training %d steps of %d images, UNet %.2fM parameters, from step %d",
+        "training %d steps of %d images, UNet %.2fM parameters, from step %d into %s; lr %g (%s, %d warm-up steps); "
+        "%s; a checkpoint every %d steps, keeping %s",
         max_train_steps, global_batch, sum(p.numel() for p in trainer.parameters()) / 1e6, start_step,
+        args.output_dir, args.learning_rate, args.lr_scheduler, args.lr_warmup_steps,
+        ema_summary(ema, args, max_train_steps, logger), args.checkpointing_steps, keep,
     )  # fmt: skip
 
     meter = ThroughputMeter()
@@ -299,40 +307,41 @@ def main(args: argparse.Namespace) -> dict:
     last_logged: dict[str, float] = {}
     saved_at = start_step if start_step else None
     batches = data(run.position)
-    while run.global_step < max_train_steps and (stop_at is None or run.global_step < stop_at):
-        run.position, batch = next(batches)
-        images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-        with accelerator.accumulate(model):
-            loss, per_sample, timesteps = model(images, noise_scheduler, run.generator)
-            if not run.loss_is_finite(accelerator, loss, args.max_nonfinite_steps):
+    with stop_cleanly_on_interrupt(run, args.output_dir, progress):
+        while run.global_step < max_train_steps and (stop_at is None or run.global_step < stop_at):
+            run.position, batch = next(batches)
+            images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+            with accelerator.accumulate(model):
+                loss, per_sample, timesteps = model(images, noise_scheduler, run.generator)
+                if not run.loss_is_finite(accelerator, loss, args.max_nonfinite_steps):
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            run.histogram.update(timesteps, per_sample)
+            run.add_loss(loss)
+            meter.add(images.shape[0] * accelerator.num_processes)
+            if not accelerator.sync_gradients:
                 continue
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        run.histogram.update(timesteps, per_sample)
-        run.add_loss(loss)
-        meter.add(images.shape[0] * accelerator.num_processes)
-        if not accelerator.sync_gradients:
-            continue
-        ema.step(trainer.parameters())
-        run.global_step += 1
-        progress.update(1)
-        step = run.global_step
+            ema.step(trainer.parameters())
+            run.global_step += 1
+            progress.update(1)
+            step = run.global_step
 
-        with meter.paused():
-            ema_decay = {"train/ema_decay": float(ema.cur_decay_value or 0.0)}
-            last_logged = log_periodic(accelerator, args, run, meter, lr_scheduler, ema_decay) or last_logged
-            if last_logged:
-                progress.set_postfix(loss=f"{last_logged['train/loss']:.4g}")
-            if step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, step, run.state_dict(), args.checkpoints_total_limit)
-                saved_at = step
-            if args.validation_steps and step % args.validation_steps == 0 and accelerator.is_main_process:
-                log_validation(accelerator, model, ema, noise_scheduler, args, step, args.num_validation_images)
+            with meter.paused():
+                ema_decay = {"train/ema_decay": float(ema.cur_decay_value or 0.0)}
+                last_logged = log_periodic(accelerator, args, run, meter, lr_scheduler, ema_decay) or last_logged
+                if last_logged:
+                    progress.set_postfix(loss=f"{last_logged['train/loss']:.4g}")
+                if step % args.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, args.output_dir, step, run.state_dict(), args.checkpoints_total_limit)
+                    saved_at = step
+                if args.validation_steps and step % args.validation_steps == 0 and accelerator.is_main_process:
+                    log_validation(accelerator, model, ema, noise_scheduler, args, step, args.num_validation_images)
     progress.close()
 
     def save_final() -> dict:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from diti_hf.data import add_data_arguments, check_data_arguments
+from diti_hf.evaluation.loss_profile import PROFILE_SIGNALS
 from diti_hf.models.encoder import ENCODER_PRESETS
 from diti_hf.partition import TimestepPartition
 from diti_hf.training.loss import LOSS_MODES
@@ -37,7 +38,7 @@ from diti_hf.training.script_utils import (
 
 logger = logging.getLogger("train_diti")
 
-# Encoder preset per training resolution when no architecture is given (method.md §2).
+# Encoder preset per training resolution when no architecture is given (docs/method.md §2).
 PRESET_FOR_RESOLUTION = {32: "small32", 64: "celeba64", 128: "ffhq128"}
 
 
@@ -71,7 +72,7 @@ def build_parser() -> OneLineArgumentParser:
     )
     group.add_argument("--revision", type=str, default=None, help="Hub revision of --pretrained_unet.")
 
-    group = parser.add_argument_group("DiTi (method.md §5-6)")
+    group = parser.add_argument_group("DiTi (docs/method.md §5-6)")
     group.add_argument("--latent_dim", type=int, default=512, help="Width d of the representation z.")
     group.add_argument("--num_chunks", "--k", type=int, default=64, help="Chunks k of z (1 = the PDAE baseline).")
     group.add_argument(
@@ -79,6 +80,31 @@ def build_parser() -> OneLineArgumentParser:
     )
     group.add_argument(
         "--dims_per_stage", type=int, nargs="+", default=None, help="Staged partition: dims per stage, sum = d."
+    )
+    group.add_argument(
+        "--partition",
+        type=str,
+        default="uniform",
+        choices=("uniform", "auto"),
+        help=(
+            "How dims are spread over the chunks when --stages is not given: `uniform` (d/k each) or `auto` (a staged "
+            "partition fitted to the frozen DDPM's loss profile on the first --loss_profile_images training images; "
+            "see TimestepPartition.from_loss_profile)."
+        ),
+    )
+    group.add_argument("--partition_stages", type=int, default=4, help="Number of stages `--partition auto` aims at.")
+    group.add_argument(
+        "--partition_signal",
+        type=str,
+        default="weighted_eps_error",
+        choices=PROFILE_SIGNALS,
+        help="Curve of the loss profile that sets where `--partition auto` puts dims.",
+    )
+    group.add_argument(
+        "--loss_profile_images",
+        type=int,
+        default=128,
+        help="Training images of the frozen DDPM's loss profile, logged once at start (0: skip; auto needs > 0).",
     )
     group.add_argument(
         "--mode", type=str, default="stop_grad", choices=LOSS_MODES, help="Loss mode (base, stop_grad or dual)."
@@ -152,11 +178,18 @@ def _check_diti_arguments(args: argparse.Namespace) -> list[str]:
         problems.append(f"--num_chunks (k): must lie in [1, --latent_dim={args.latent_dim}], got {args.num_chunks}")
     elif (args.stages is None) != (args.dims_per_stage is None):
         problems.append("--stages/--dims_per_stage: give both or neither")
+    elif args.partition == "auto" and args.stages is not None:
+        problems.append("--partition auto: fits the stages itself; drop --stages/--dims_per_stage")
     elif args.stages is not None:
         try:  # T is checked against the DDPM later; here T = the last stage end
             TimestepPartition(args.latent_dim, args.num_chunks, args.stages[-1], args.stages, args.dims_per_stage)
         except ValueError as error:
             problems.append(f"--stages/--dims_per_stage: {error}")
+    if args.loss_profile_images < 0 or (args.partition == "auto" and args.loss_profile_images < 1):
+        need = ">= 1 with --partition auto" if args.partition == "auto" else ">= 0"
+        problems.append(f"--loss_profile_images: must be {need}, got {args.loss_profile_images}")
+    if args.partition_stages < 1:
+        problems.append(f"--partition_stages: must be >= 1, got {args.partition_stages}")
     if args.validation_inference_steps < 1:
         problems.append(f"--validation_inference_steps: must be >= 1, got {args.validation_inference_steps}")
     for spec in args.validation_swap_timesteps or ():
@@ -173,49 +206,58 @@ def _check_diti_arguments(args: argparse.Namespace) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- model pieces
 def load_frozen_ddpm(args: argparse.Namespace):
-    """The frozen UNet and its noise-schedule config (linear 1e-4..0.02, T=1000 when the folder has none)."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    """The frozen UNet and its noise-schedule config (see `diti_hf.models.load_frozen_ddpm`)."""
+    from diti_hf.models import load_frozen_ddpm as load
 
-    common = {"revision": args.revision, "cache_dir": args.cache_dir}
-    local = Path(args.pretrained_unet)
-    subfolders = [args.unet_subfolder] if args.unet_subfolder is not None else ["unet", None]
-    if args.unet_subfolder is None and local.is_dir():
-        subfolders = ["unet"] if (local / "unet" / "config.json").is_file() else [None]
-    errors = []
-    for subfolder in subfolders:
-        try:
-            unet = UNet2DModel.from_pretrained(args.pretrained_unet, subfolder=subfolder, **common)
-            break
-        except (OSError, ValueError) as error:
-            errors.append(f"subfolder={subfolder!r}: {error}")
-    else:
-        raise ScriptArgumentError(
-            f"--pretrained_unet {args.pretrained_unet!r}: no UNet2DModel found ({'; '.join(errors)})"
-        )
-    if args.scheduler_subfolder is not None:
-        candidates = [args.scheduler_subfolder]
-    else:
-        candidates = ["scheduler", subfolder, None]
-    for candidate in dict.fromkeys(candidates):
-        try:
-            config = DDPMScheduler.load_config(args.pretrained_unet, subfolder=candidate, **common)
-            break
-        except (OSError, ValueError):
-            continue
-    else:
-        if args.scheduler_subfolder is not None:
-            raise ScriptArgumentError(
-                f"--scheduler_subfolder {args.scheduler_subfolder!r}: no scheduler config in {args.pretrained_unet!r}"
-            )
-        logger.warning("no scheduler config next to the UNet: using linear betas 1e-4..0.02, T=1000 (method.md §1)")
-        config = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear").config
-    if config.get("prediction_type", "epsilon") != "epsilon":
-        raise ScriptArgumentError(
-            f"--pretrained_unet: DiTi needs an ε-prediction DDPM, got prediction_type={config['prediction_type']!r}"
-        )
-    unet.requires_grad_(False)
-    unet.eval()
-    return unet, dict(config)
+    try:
+        return load(args.pretrained_unet, args.unet_subfolder, args.scheduler_subfolder, args.revision, args.cache_dir)
+    except ValueError as error:
+        raise ScriptArgumentError(f"--pretrained_unet: {error}") from error
+
+
+def profile_and_partition(args: argparse.Namespace, accelerator, unet, coefficients, images) -> dict | None:
+    r"""
+    The frozen DDPM's loss profile on `images` and, with `--partition auto`, the partition fitted to it (written to
+    `--output_dir/loss_profile.json|png`). A resumed run reuses the partition recorded there, so that it matches the
+    checkpointed encoder. Every process gets the main process's result.
+    """
+    import json
+
+    from accelerate.utils import broadcast_object_list
+
+    from diti_hf.evaluation.loss_profile import loss_profile, partition_from_profile, write_loss_profile
+
+    if args.loss_profile_images == 0:
+        return None
+    record = Path(args.output_dir) / "loss_profile.json"
+    result = [None]
+    if accelerator.is_main_process:
+        if args.partition == "auto" and record.is_file() and args.resume_from_checkpoint:
+            payload = json.loads(record.read_text())
+            logger.info("--partition auto: reusing the partition recorded in %s", record)
+        else:
+            device = accelerator.device
+
+            def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return unet(x_t.to(device, unet.dtype), t.to(device)).sample.float().cpu()
+
+            profile = loss_profile(eps_fn, images, coefficients, seed=args.seed)
+            partition = None
+            if args.partition == "auto":
+                partition = partition_from_profile(
+                    profile, args.latent_dim, args.num_chunks, args.partition_stages, args.partition_signal,
+                    coefficients.num_train_timesteps,
+                )  # fmt: skip
+            write_loss_profile(profile, args.output_dir, partition)
+            payload = {"profile": profile, "partition": None if partition is None else partition.to_dict()}
+        result = [payload]
+    broadcast_object_list(result)
+    payload = result[0]
+    if args.partition == "auto":
+        partition = TimestepPartition.from_dict(payload["partition"])
+        args.stages, args.dims_per_stage = partition.stages, partition.dims_per_stage
+        logger.info("--partition auto: stages %s, dims per stage %s", args.stages, args.dims_per_stage)
+    return payload
 
 
 def build_encoder(args: argparse.Namespace, resolution: int, num_train_timesteps: int, in_channels: int):
@@ -253,6 +295,44 @@ def build_encoder(args: argparse.Namespace, resolution: int, num_train_timesteps
         raise ScriptArgumentError(f"encoder (--encoder_*, --latent_dim, --num_chunks, --stages): {error}") from error
 
 
+def check_against_ddpm(args: argparse.Namespace, unet, resolution: int, num_train_timesteps: int) -> None:
+    r"""
+    Raises [`ScriptArgumentError`] for every mismatch between the flags and the frozen DDPM that would otherwise
+    surface only in training or in the final validation: channels, the training resolution against the UNet's
+    `sample_size` (the pipeline samples at the UNet's size), the encoder preset's resolution, the validation swap
+    ranges against `T`, and an encoder that cannot encode `resolution`-sized images.
+    """
+    config = unet.config
+    if config.out_channels != config.in_channels:
+        raise ScriptArgumentError(
+            f"--pretrained_unet: the UNet has in_channels={config.in_channels} but out_channels={config.out_channels}; "
+            "DiTi needs an ε-prediction UNet (a learned variance is not supported)"
+        )
+    size = config.sample_size
+    if isinstance(size, int) and size != resolution:
+        flag = "--resolution" if args.resolution is not None else f"--preprocessing {args.preprocessing}"
+        raise ScriptArgumentError(
+            f"{flag}: trains at {resolution}×{resolution} but the frozen UNet ({args.pretrained_unet}) has "
+            f"sample_size={size}; DiTi trains and samples at the DDPM's resolution: use --resolution {size} or omit it"
+        )
+    preset = args.encoder_preset
+    if preset is not None and ENCODER_PRESETS[preset]["sample_size"] != resolution:
+        raise ScriptArgumentError(
+            f"--encoder_preset: {preset} is the encoder for {ENCODER_PRESETS[preset]['sample_size']}×"
+            f"{ENCODER_PRESETS[preset]['sample_size']} images, but training is at {resolution}×{resolution}; choose "
+            "the preset of that size (or omit it), or give --encoder_block_out_channels"
+        )
+    swap_ranges(args, num_train_timesteps)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # a throw-away encoder: the real one's init is unchanged
+        encoder = build_encoder(args, resolution, num_train_timesteps, config.in_channels)
+        try:
+            encoder(torch.zeros(1, config.in_channels, resolution, resolution))
+        except RuntimeError as error:
+            raise ScriptArgumentError(
+                f"encoder (--encoder_*): cannot encode {resolution}×{resolution} images: {error}"
+            ) from error
+
+
 def init_decoder_from_unet(decoder: nn.Module, unet: nn.Module) -> None:
     """Copies the frozen up path (mid block, up blocks, output norm) into the decoder; `conv_out` stays zero."""
     trainable = ("mid_block.", "up_blocks.", "conv_norm_out.")
@@ -285,7 +365,7 @@ class DiTiTrainingModel(nn.Module):
 
 
 def ddim_scheduler(config: dict):
-    """The sampling scheduler of the final pipeline: the DDPM's betas on the official DDIM grid (method.md §7)."""
+    """The sampling scheduler of the final pipeline: the DDPM's betas on the official DDIM grid (docs/method.md §7)."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(config, timestep_spacing="leading", set_alpha_to_one=True, clip_sample=True)
@@ -384,12 +464,16 @@ def main(args: argparse.Namespace) -> dict:
     from diti_hf.training.logging_utils import ThroughputMeter
     from diti_hf.training.script_utils import (
         RunState,
+        check_resumed_ema,
+        ema_summary,
         finish_run,
+        log_figure,
         log_periodic,
         make_accelerator,
         make_optimizer,
         resume_run,
         setup_logging,
+        stop_cleanly_on_interrupt,
         total_train_steps,
         tracker_config,
     )
@@ -414,16 +498,7 @@ def main(args: argparse.Namespace) -> dict:
         resolution = preset.get("resolution") or unet.config.sample_size
     if not isinstance(resolution, int):
         raise ScriptArgumentError("--resolution: the UNet config has no integer sample_size; pass --resolution")
-
-    # ---- trainable encoder + decoder
-    encoder = build_encoder(args, resolution, T, unet.config.in_channels)
-    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=args.latent_dim, dropout=args.decoder_dropout)
-    decoder.register_to_config(noise_schedule=noise_schedule_of(scheduler_config))
-    if args.init_decoder_from_unet:
-        init_decoder_from_unet(decoder, unet)
-    if args.gradient_checkpointing:
-        decoder.enable_gradient_checkpointing()
-    model = DiTiTrainingModel(encoder, decoder).train()
+    check_against_ddpm(args, unet, resolution, T)
 
     # ---- data: each process reads its own share, in a seeded order that a resumed run replays
     try:
@@ -449,10 +524,31 @@ def main(args: argparse.Namespace) -> dict:
             raise
         raise ScriptArgumentError(f"data: {error}") from error
 
+    # ---- where the frozen DDPM's error lies (and, with --partition auto, the partition fitted to it)
+    profile = None
+    if args.loss_profile_images:
+        profile_images = validation_batch(raw, transform, args.loss_profile_images, args.image_column)
+        profile = profile_and_partition(args, accelerator, unet.to(accelerator.device), coefficients, profile_images)
+
+    # ---- trainable encoder + decoder
+    encoder = build_encoder(args, resolution, T, unet.config.in_channels)
+    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=args.latent_dim, dropout=args.decoder_dropout)
+    decoder.register_to_config(noise_schedule=noise_schedule_of(scheduler_config))
+    if args.init_decoder_from_unet:
+        init_decoder_from_unet(decoder, unet)
+    if args.gradient_checkpointing:
+        decoder.enable_gradient_checkpointing()
+    model = DiTiTrainingModel(encoder, decoder).train()
+    try:  # the final pipeline's own consistency checks, now instead of after training
+        DiTiPipeline(unet, encoder, decoder, ddim_scheduler(scheduler_config), image_processor_for(transform))
+    except (TypeError, ValueError) as error:
+        raise ScriptArgumentError(f"the pipeline this run would save: {error}") from error
+
     global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     max_train_steps = total_train_steps(args, global_batch, data.batches_per_epoch)
 
-    # ---- optimisation (official: Adam 1e-4, β 0.9/0.999, ε 1e-8, no weight decay, no warm-up, EMA 0.9999)
+    # ---- optimisation (official: Adam 1e-4, β 0.9/0.999, ε 1e-8, no weight decay, no warm-up, EMA 0.9999 from the
+    # first step, i.e. --no-ema_warmup; the default EMA warms up so that short runs export trained weights)
     optimizer = make_optimizer(model.parameters(), args, accelerator.device)
     # The prepared scheduler steps once per process per optimizer step, hence the × num_processes.
     lr_scheduler = get_scheduler(
@@ -473,14 +569,29 @@ def main(args: argparse.Namespace) -> dict:
     run = RunState(args.seed, accelerator.process_index, T)
     resume_run(accelerator, args, run, data.batches_per_epoch)
     ema.to(accelerator.device)  # accelerate restores custom states on the CPU
+    check_resumed_ema(ema, args)
     start_step = run.global_step
 
     if accelerator.is_main_process:
         accelerator.init_trackers(args.tracker_project_name or "train_diti", config=tracker_config(args))
+        if profile is not None and start_step == 0:
+            from diti_hf.evaluation.loss_profile import loss_profile_figure
+
+            figure = loss_profile_figure(profile["profile"], encoder.partition)
+            log_figure(accelerator, "ddpm/loss_profile", figure, 0)
+    partition = encoder.partition
+    layout = (
+        f"uniform partition ({partition.latent_dim // partition.num_chunks} dims per chunk)"
+        if partition.stages is None
+        else f"staged partition (stages {list(partition.stages)}, dims per stage {list(partition.dims_per_stage)})"
+    )
     logger.info(
-        "training %d steps of %d images (%d per process × %d processes × %d accumulation), from step %d",
+        "training %d steps of %d images (%d per process × %d processes × %d accumulation) from step %d into %s; "
+        "lr %g (%s, %d warm-up steps); %s; z: d=%d in k=%d chunks, %s; mode %s",
         max_train_steps, global_batch, args.train_batch_size, accelerator.num_processes,
-        args.gradient_accumulation_steps, start_step,
+        args.gradient_accumulation_steps, start_step, args.output_dir, args.learning_rate, args.lr_scheduler,
+        args.lr_warmup_steps, ema_summary(ema, args, max_train_steps, logger), partition.latent_dim,
+        partition.num_chunks, layout, args.mode,
     )  # fmt: skip
 
     meter = ThroughputMeter()
@@ -491,50 +602,48 @@ def main(args: argparse.Namespace) -> dict:
     last_logged: dict[str, float] = {}
     saved_at = start_step if start_step else None
     batches = data(run.position)
-    while run.global_step < max_train_steps and (stop_at is None or run.global_step < stop_at):
-        run.position, batch = next(batches)
-        images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-        with accelerator.accumulate(model):
-            loss, per_sample, timesteps = model(images, unet, coefficients, args.mode, run.generator)
-            if not run.loss_is_finite(accelerator, loss, args.max_nonfinite_steps):
+    with stop_cleanly_on_interrupt(run, args.output_dir, progress):
+        while run.global_step < max_train_steps and (stop_at is None or run.global_step < stop_at):
+            run.position, batch = next(batches)
+            images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+            with accelerator.accumulate(model):
+                loss, per_sample, timesteps = model(images, unet, coefficients, args.mode, run.generator)
+                if not run.loss_is_finite(accelerator, loss, args.max_nonfinite_steps):
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            run.histogram.update(timesteps, per_sample)
+            run.add_loss(loss)
+            meter.add(images.shape[0] * accelerator.num_processes)
+            if not accelerator.sync_gradients:
                 continue
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        run.histogram.update(timesteps, per_sample)
-        run.add_loss(loss)
-        meter.add(images.shape[0] * accelerator.num_processes)
-        if not accelerator.sync_gradients:
-            continue
-        ema.step(trainer.parameters())
-        run.global_step += 1
-        progress.update(1)
-        step = run.global_step
+            ema.step(trainer.parameters())
+            run.global_step += 1
+            progress.update(1)
+            step = run.global_step
 
-        with meter.paused():
-            last_logged = log_periodic(accelerator, args, run, meter, lr_scheduler) or last_logged
-            if last_logged:
-                progress.set_postfix(loss=f"{last_logged['train/loss']:.4g}")
-            if step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, step, run.state_dict(), args.checkpoints_total_limit)
-                saved_at = step
-            if args.validation_steps and step % args.validation_steps == 0 and accelerator.is_main_process:
-                metrics = log_validation(
-                    accelerator, model, ema, unet, sampling_scheduler, validation_images, args, step
-                )
-                accelerator.log(metrics, step=step)
+            with meter.paused():
+                last_logged = log_periodic(accelerator, args, run, meter, lr_scheduler) or last_logged
+                if last_logged:
+                    progress.set_postfix(loss=f"{last_logged['train/loss']:.4g}")
+                if step % args.checkpointing_steps == 0:
+                    save_checkpoint(accelerator, args.output_dir, step, run.state_dict(), args.checkpoints_total_limit)
+                    saved_at = step
+                if args.validation_steps and step % args.validation_steps == 0 and accelerator.is_main_process:
+                    metrics = log_validation(
+                        accelerator, model, ema, unet, sampling_scheduler, validation_images, args, step
+                    )
+                    accelerator.log(metrics, step=step)
     progress.close()
 
     def save_final() -> dict:
-        """Final validation, then the complete pipeline folder with the EMA weights."""
-        metrics = log_validation(
-            accelerator, model, ema, unet, sampling_scheduler, validation_images, args, run.global_step
-        )
-        accelerator.log(metrics, step=run.global_step)
+        """The complete pipeline folder with the EMA weights, then the final validation (a failure there loses
+        nothing)."""
         ema.copy_to(trainer.parameters())
         pipe = DiTiPipeline(
             unet=unet,
@@ -543,8 +652,12 @@ def main(args: argparse.Namespace) -> dict:
             scheduler=sampling_scheduler,
             image_processor=image_processor_for(transform),
         )
-        pipe.to("cpu").save_pretrained(args.output_dir)
+        pipe.save_pretrained(args.output_dir)
         save_model_card(pipe, args.output_dir, **card_kwargs(args))
+        metrics = log_validation(
+            accelerator, model, ema, unet, sampling_scheduler, validation_images, args, run.global_step
+        )
+        accelerator.log(metrics, step=run.global_step)
         return metrics
 
     return finish_run(

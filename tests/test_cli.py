@@ -17,7 +17,7 @@ from diti_hf.demo import INTERIM_NOTICE, OUTPUT_FILES, grid_cell_box
 
 STEPS = 2
 SIZE = 16
-COMMANDS = ["demo", "encode", "reconstruct", "swap", "interpolate", "edit", "evaluate", "convert"]
+COMMANDS = ["demo", "app", "encode", "reconstruct", "swap", "interpolate", "edit", "evaluate", "partition", "convert"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,11 @@ def _grid_size(rows: int, cols: int, cell: int = SIZE, pad: int = 2) -> tuple[in
     return cols * cell + (cols + 1) * pad, rows * cell + (rows + 1) * pad
 
 
+def _captioned(size: tuple[int, int], cells: tuple[int, int]) -> bool:
+    """Whether a grid of `size` is the cells of `_grid_size` with a caption strip under them."""
+    return size[0] == cells[0] and size[1] > cells[1]
+
+
 def _close(cell: np.ndarray, image: PIL.Image.Image, tol: int = 1) -> bool:
     # batch composition changes float32 conv rounding (~1e-6), which can move a pixel by one uint8 level
     return np.abs(cell - np.asarray(image, dtype=np.int16)).max() <= tol
@@ -77,7 +82,8 @@ def test_help_of_every_subcommand(command, capsys):
     code, out, _ = _run([command, "--help"], capsys)
     assert code == 0 and out.startswith(f"usage: diti-hf {command}")
     if command not in ("convert", "demo"):
-        for flag in ("--model", "--device", "--batch-size", "--seed"):
+        model_flag = "--pretrained-unet" if command == "partition" else "--model"  # a DDPM, not a pipeline
+        for flag in (model_flag, "--device", "--batch-size", "--seed"):
             assert flag in out, (command, flag)
     if command in ("reconstruct", "swap", "interpolate", "edit", "evaluate", "demo"):
         assert "--steps" in out
@@ -176,7 +182,7 @@ def test_reconstruct_grid_is_inputs_over_reconstructions(pipe, model_dir, image_
     )
     assert code == 0 and "reconstruction.png" in out
     grid = PIL.Image.open(tmp_path / "reconstruction.png")
-    assert grid.size == _grid_size(2, 4)
+    assert _captioned(grid.size, _grid_size(2, 4))
     images = _images(image_dir)
     recon = pipe.reconstruct(images, num_inference_steps=STEPS).images
     for i in range(4):
@@ -192,7 +198,7 @@ def test_swap_grids_are_every_source_with_every_target(pipe, model_dir, image_di
     names = ["swap_t500-1000.png", "swap_t0-250.png", "swap_chunks1-2.png"]
     assert sorted(p.name for p in tmp_path.glob("swap_*.png")) == sorted(names)
     grids = [PIL.Image.open(tmp_path / n) for n in names]
-    assert all(g.size == _grid_size(3, 5) for g in grids)
+    assert all(_captioned(g.size, _grid_size(3, 5)) for g in grids)
     images = _images(image_dir)
     # pairs (source 0, target 2) and (source 1, target 3) through the pipeline's own swap
     out = pipe.swap(
@@ -213,7 +219,7 @@ def test_interpolate_grid_rows_are_source_alphas_target(pipe, model_dir, image_d
     code, _, _ = _run([*argv, "--no-progress"], capsys)
     assert code == 0
     grid = PIL.Image.open(tmp_path / "interpolation.png")
-    assert grid.size == _grid_size(2, 5)
+    assert _captioned(grid.size, _grid_size(2, 5))
     images = _images(image_dir)
     out = pipe.interpolate(
         images[:2], images[2:], alphas=[0, 0.5, 1], timesteps=(250, 750), slerp_latents=True, num_inference_steps=STEPS
@@ -233,7 +239,7 @@ def test_edit_grid_scale_zero_is_the_reconstruction(pipe, model_dir, image_dir, 
     code, _, _ = _run([*argv, "--no-progress"], capsys)
     assert code == 0
     grid = PIL.Image.open(tmp_path / "edit.png")
-    assert grid.size == _grid_size(4, 4, cell=3 * SIZE)
+    assert _captioned(grid.size, _grid_size(4, 4, cell=3 * SIZE))
     images = _images(image_dir)
     edited = pipe.edit(images, direction=w, scales=[-1, 0, 1], top_k=4, num_inference_steps=STEPS).images
     recon = pipe.reconstruct(images, num_inference_steps=STEPS).images
@@ -270,6 +276,38 @@ def test_evaluate_writes_report_and_plots(model_dir, pdae_dir, tmp_path, capsys)
 
 
 # ---------------------------------------------------------------------------------------------------------- demo
+def test_partition_prints_the_fitted_partition_and_writes_the_profile(pipe, model_dir, tmp_path, capsys):
+    from diti_hf import TimestepPartition
+    from diti_hf.data import ImageTransform, load_image_dataset, validation_batch
+    from diti_hf.evaluation.loss_profile import loss_profile, partition_from_profile
+    from diti_hf.schedule import DiffusionCoefficients
+
+    argv = ["partition", "--pretrained_unet", str(model_dir), "--latent-dim", "16", "--num-chunks", "4",
+            "--num-images", "8", "--num-stages", "3", "--output-dir", str(tmp_path / "p")]  # fmt: skip
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    printed = TimestepPartition.from_dict(json.loads(lines[0]))
+    # the same profile computed through the library gives the same partition
+    images = validation_batch(
+        load_image_dataset("diti-shapes", num_images=8, resolution=SIZE), ImageTransform(SIZE), 8
+    )
+    coefficients = DiffusionCoefficients.from_scheduler_config(pipe.scheduler.config)
+
+    def eps_fn(x, t):
+        with torch.no_grad():
+            return pipe.unet(x, t).sample
+
+    expected = partition_from_profile(loss_profile(eps_fn, images, coefficients), 16, 4, 3)
+    assert printed == expected and printed.stages[-1] == 1000
+    assert f"--stages {' '.join(map(str, printed.stages))} --dims_per_stage" in out
+    saved = json.loads((tmp_path / "p" / "loss_profile.json").read_text())
+    assert saved["partition"] == printed.to_dict() and (tmp_path / "p" / "loss_profile.png").is_file()
+    code, _, err = _run(["partition", "--pretrained-unet", str(tmp_path / "none"), "--latent-dim", "4",
+                         "--num-chunks", "2"], capsys)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no UNet2DModel" in err
+
+
 def test_demo_with_a_model_and_a_baseline(model_dir, pdae_dir, tmp_path, capsys):
     argv = ["demo", "--model", model_dir, "--baseline", pdae_dir, "--num-images", 60, "--num-examples", 2]
     argv += ["--steps", 1, "--eval-steps", 1, "--swap-pairs", 4, "--edit-scales", -1, 1, "--threads", 1]
@@ -286,10 +324,10 @@ def test_demo_with_a_model_and_a_baseline(model_dir, pdae_dir, tmp_path, capsys)
     assert report["edit"]["factor"] == "background" and report["edit"]["scales"] == [-1.0, 1.0]
     assert 0.0 <= report["edit"]["probe"]["test_accuracy"] <= 1.0
     zoom = math.ceil(96 / SIZE)
-    assert PIL.Image.open(tmp_path / "reconstruction.png").size == _grid_size(2, 2, cell=SIZE * zoom)
-    assert PIL.Image.open(tmp_path / "swap_coarse.png").size == _grid_size(3, 3, cell=SIZE * zoom)
-    assert PIL.Image.open(tmp_path / "edit.png").size == _grid_size(2, 3, cell=SIZE * zoom)
-    assert PIL.Image.open(tmp_path / "interpolation.png").size == _grid_size(2, 7, cell=SIZE * zoom)
+    assert _captioned(PIL.Image.open(tmp_path / "reconstruction.png").size, _grid_size(2, 2, cell=SIZE * zoom))
+    assert _captioned(PIL.Image.open(tmp_path / "swap_coarse.png").size, _grid_size(3, 3, cell=SIZE * zoom))
+    assert _captioned(PIL.Image.open(tmp_path / "edit.png").size, _grid_size(2, 3, cell=SIZE * zoom))
+    assert _captioned(PIL.Image.open(tmp_path / "interpolation.png").size, _grid_size(2, 7, cell=SIZE * zoom))
     md = (tmp_path / "report.md").read_text()
     assert "| metric | diti | pdae |" in md.replace(" | random_init | pixels", "")
     assert "| factor | granularity | DDPM attribute-loss t | diti decodable t |" in md
@@ -309,7 +347,7 @@ def test_demo_interim_mode_on_the_official_fixture(tmp_path, capsys):
     assert "max abs error" in out and report["partition"]["num_chunks"] == 16
     assert report["swap_ranges"] == {"coarse": [688, 1000], "fine": [0, 313]}  # last / first 5 of 16 chunks
     assert INTERIM_NOTICE in (tmp_path / "report.md").read_text()
-    assert PIL.Image.open(tmp_path / "reconstruction.png").size == _grid_size(2, 2, cell=2 * 64)
+    assert _captioned(PIL.Image.open(tmp_path / "reconstruction.png").size, _grid_size(2, 2, cell=2 * 64))
 
 
 def test_demo_without_a_shipped_model_falls_back_to_the_interim_mode(pipe, tmp_path, monkeypatch, capsys):

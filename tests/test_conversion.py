@@ -34,13 +34,13 @@ DPM_CONFIG = FIXTURE_DIR / "dpm_config.yml"
 DPM_CHECKPOINT = FIXTURE_DIR / "pretrained_dpm_checkpoint.pt"
 DITI_CONFIG = FIXTURE_DIR / "diti_config.yml"
 DITI_CHECKPOINT = FIXTURE_DIR / "diti_checkpoint.pt"
-ATOL = 1e-4  # float32 rounding; the same comparison in float64 is ~1e-14 (conversion-notes.md)
+ATOL = 1e-4  # float32 rounding; the same comparison in float64 is ~1e-14 (docs/conversion-notes.md)
 
 
 # ------------------------------------------------------------------------------ official-format state dict generator
 def official_unet_shapes(cfg: dict, shift_latent_dim: int | None = None) -> dict[str, tuple[int, ...]]:
     """
-    Key names and shapes of an official UNet state dict for the `denoise_fn_config` `cfg` (conversion-notes.md);
+    Key names and shapes of an official UNet state dict for the `denoise_fn_config` `cfg` (docs/conversion-notes.md);
     with `shift_latent_dim`, of the official decoder: the UNet's keys plus `label_emb` and the `shift_` mid/up path
     whose resnets also have `emb_z_layers.1`.
     """
@@ -134,7 +134,7 @@ def official_encoder_shapes(layers: list[tuple], latent_dim: int) -> dict[str, t
     return shapes
 
 
-# The official encoders, from method.md §2.
+# The official encoders, from docs/method.md §2.
 ENCODER64 = [("conv", 3, 64), ("gn", 64), ("silu",), ("conv", 64, 128), ("attn", 128), ("gn", 128), ("silu",)]
 ENCODER64 += [("conv", 128, 128), ("gn", 128), ("silu",), ("conv", 128, 128), ("gn", 128), ("silu",), ("flat",)]
 ENCODER64 += [("linear", 2048)]
@@ -223,7 +223,7 @@ def test_converted_configs(converted):
     enc = converted.encoder.config
     assert (enc.latent_dim, enc.num_chunks, enc.num_train_timesteps, enc.stages) == (512, 16, 1000, None)
     assert list(enc.block_out_channels) == [64, 128, 128, 128] and list(enc.attention_stages) == [1]
-    assert sum(p.numel() for p in converted.encoder.parameters()) == 1_487_104  # method.md §2
+    assert sum(p.numel() for p in converted.encoder.parameters()) == 1_487_104  # docs/method.md §2
     sched = converted.scheduler
     assert isinstance(sched, DDIMScheduler)
     assert torch.equal(sched.betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float32))
@@ -497,7 +497,7 @@ def test_cli_convert_writes_loadable_folders(tmp_path, converted, reference_outp
         (["convert", "--dpm-config", str(DPM_CONFIG), "--dpm-checkpoint", str(DPM_CHECKPOINT), "--output-dir", "x",
           "--diti-config", str(DITI_CONFIG)], "must be given together"),
         (["convert", "--dpm-config", str(DPM_CONFIG), "--dpm-checkpoint", str(DPM_CHECKPOINT), "--output-dir", "x"],
-         "pass `image_size`"),
+         "pass `--image-size`"),
         (["frobnicate"], "invalid choice"),
     ],
 )  # fmt: skip

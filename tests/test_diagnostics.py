@@ -351,7 +351,9 @@ def test_pipeline_swap_protocols_match_their_definitions():
     # shared_random: the two ranges of a pair start from one x_T, so a range covering no dims would reproduce
     # the other's start; here both differ from source_inverted, which starts from A's own inversion
     shared = fns.swap_protocols["shared_random"](a, b, ranges)
-    assert shared.shape == got.shape and not torch.allclose(shared, fns.swap_protocols["source_inverted"](a, b, ranges))
+    assert shared.shape == got.shape and not torch.allclose(
+        shared, fns.swap_protocols["source_inverted"](a, b, ranges)
+    )
     # the regeneration and sampling functions are the pipeline's own calls
     x_t = pipe.add_noise(a, 700, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(

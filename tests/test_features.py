@@ -169,7 +169,7 @@ def test_crash_while_writing_a_shard_leaves_no_complete_looking_file(pipe, tmp_p
     # what a kill -9 in the middle of a write leaves behind: a temporary file, never a shard name
     (out / f".tmp-99999-{shard_name(2)}").write_bytes(b"\x93NUMPY partial")
 
-    with pytest.raises(ValueError, match="pass resume=True"):
+    with pytest.raises(ValueError, match=r"continue it with `--resume` \(Python: `resume=True`\)"):
         extract_features(pipe, images, out, shard_size=10, batch_size=4, progress=False)
     result = extract_features(pipe, images, out, shard_size=10, batch_size=4, resume=True, progress=False)
     assert result.resumed_shards == 2 and result.num_shards == 5 and result.num_features == 50

@@ -161,7 +161,7 @@ def test_partition_table_staged(pipe):
         "| 1 (t < 1000) | 2–3 | [500, 1000) | [4, 16) | 6 |"
     )
     assert table in card.content
-    # method.md §5 example: widths 2,2,2,4 | 8,8,9 | 12x25 then 27 | 11x8 then 12 | 31x1 then 19.
+    # docs/method.md §5 example: widths 2,2,2,4 | 8,8,9 | 12x25 then 27 | 11x8 then 12 | 31x1 then 19.
     example = TimestepPartition(512, 64, 1000, [50, 100, 300, 500, 1000], [10, 25, 327, 100, 50])
     rows = [(r["stage"], r["chunks"], r["width"]) for r in partition_rows(example)]
     assert rows == [

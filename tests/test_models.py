@@ -4,7 +4,7 @@ from diffusers import UNet2DModel
 
 from conftest import randomize_, tiny_adm_unet, tiny_ddpm_unet
 from diti_hf import DiTiDecoderModel, DiTiEncoderModel, denoise, unet_down, unet_up
-from diti_hf.models.decoder import dropout
+from diti_hf.models._cpu_kernels import dropout, use_reference_ops
 
 
 def _inputs(unet, batch=3, seed=1):
@@ -217,7 +217,7 @@ def test_dropout_keeps_one_minus_p_and_rescales():
 def test_upsample_is_nearest_upsampling_with_its_gradient():
     from diffusers.models.upsampling import Upsample2D
 
-    from diti_hf.models.decoder import upsample
+    from diti_hf.models._cpu_kernels import upsample
 
     hidden = torch.randn(3, 8, 5, 7, requires_grad=True)
     plain = Upsample2D(8, use_conv=False)
@@ -243,3 +243,25 @@ def test_decoder_gives_the_same_shift_with_and_without_autograd(tiny_unet):
     with torch.enable_grad():
         reference = denoise(tiny_unet, decoder, x, t, z)
     torch.testing.assert_close(fast.shift, reference.shift.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_reference_ops_switch_runs_the_plain_pytorch_ops():
+    from diffusers.models.upsampling import Upsample2D
+
+    from diti_hf.models._cpu_kernels import upsample
+
+    hidden = torch.randn(2, 4, 8, 8)
+    upsampler = Upsample2D(4, use_conv=False)
+    try:
+        use_reference_ops(True)
+        torch.manual_seed(3)
+        ours = dropout(hidden, 0.25, True)
+        torch.manual_seed(3)
+        torch.testing.assert_close(ours, torch.nn.functional.dropout(hidden, 0.25, True), rtol=0, atol=0)
+        torch.testing.assert_close(upsample(upsampler, hidden), upsampler(hidden), rtol=0, atol=0)
+    finally:
+        use_reference_ops(False)
+    torch.manual_seed(3)
+    fast = dropout(hidden, 0.25, True)
+    torch.manual_seed(3)
+    assert not torch.equal(fast, torch.nn.functional.dropout(hidden, 0.25, True))  # the 16-bit-lane kernel again

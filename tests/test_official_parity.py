@@ -1,7 +1,7 @@
 """The loss and the masked DDIM sampler against reference outputs of the official implementation.
 
 Float32 noise: the official outputs were computed in float32, and the converted UNet already differs from them by
-~1.6e-5 (conversion-notes.md: pure rounding, 3e-14 in float64). Ten DDIM inversion steps accumulate such noise:
+~1.6e-5 (docs/conversion-notes.md: pure rounding, 3e-14 in float64). Ten DDIM inversion steps accumulate such noise:
 our own float32 x_T moves by up to 7.7e-5 between 1 and 2 intra-op threads, differs from our float64 run by 7.4e-5,
 and our float64 run differs from the reference by 1.3e-4, so the reference carries that much noise itself. The x_T
 check therefore bounds the bulk at 1e-4 (99.9th percentile; measured 6.7e-5 to 7.0e-5), the mean at 1e-5 (6.9e-6),

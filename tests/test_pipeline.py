@@ -387,3 +387,64 @@ def test_compile_models_reaches_every_block_and_keeps_results():
         handle.remove()
     assert eager_calls == []  # compiled: none ran outside a graph
     torch.testing.assert_close(compiled, reference, atol=1e-5, rtol=0)
+
+
+def test_every_edit_call_takes_the_shared_options():
+    """The README's claim: reconstruct, swap, interpolate and edit share output_type, generator, batch_size,
+    use_masks and guidance, with the same meaning."""
+    import inspect
+
+    from conftest import tiny_images, tiny_pipeline
+
+    pipe = tiny_pipeline(num_chunks=4)
+    shared = {"num_inference_steps", "output_type", "batch_size", "use_masks", "guidance", "generator", "return_dict"}
+    for name in ("reconstruct", "swap", "interpolate", "edit"):
+        assert shared <= set(inspect.signature(getattr(pipe, name)).parameters), name
+    a, b = tiny_images(2, seed=0), tiny_images(2, seed=1)
+    w = torch.randn(pipe.encoder.config.latent_dim, generator=torch.Generator().manual_seed(0))
+    opts = {"num_inference_steps": 2, "output_type": "pt", "generator": torch.Generator().manual_seed(0)}
+    calls = {
+        "reconstruct": lambda **kw: pipe.reconstruct(a, **opts, **kw),
+        "swap": lambda **kw: pipe.swap(a, b, timesteps=[(0, 250), (500, 1000)], **opts, **kw),
+        "interpolate": lambda **kw: pipe.interpolate(a, b, alphas=[0.0, 1.0], timesteps=(0, 500), **opts, **kw),
+        "edit": lambda **kw: pipe.edit(a, direction=w, scales=[-1.0, 1.0], **opts, **kw),
+    }
+    # guidance=False: the frozen DDPM alone, so every variant is the DDPM's own reconstruction of the source
+    x_t = pipe.invert(a, num_inference_steps=2, guidance=False).latents
+    ddpm = pipe(latents=x_t, guidance=False, num_inference_steps=2, output_type="pt").images
+    for name, call in calls.items():
+        out = call(guidance=False).images
+        variants = out.view(2, -1, *out.shape[1:])
+        for v in range(variants.shape[1]):
+            torch.testing.assert_close(variants[:, v], ddpm, msg=name)
+    # use_masks=False: PDAE's sampler (whole z at every step) in the inversion and the generation
+    inverted = pipe.invert(a, num_inference_steps=2, use_masks=False)
+    unmasked = pipe(z=inverted.z, latents=inverted.latents, num_inference_steps=2, output_type="pt", use_masks=False)
+    torch.testing.assert_close(calls["reconstruct"](use_masks=False).images, unmasked.images)
+    assert not torch.allclose(calls["reconstruct"]().images, unmasked.images)
+    # batch_size only changes how the variants are batched, never the result
+    for name, call in calls.items():
+        torch.testing.assert_close(call(batch_size=1).images, call().images, msg=name)
+
+
+def test_silent_coercions_are_announced():
+    import warnings
+
+    import PIL.Image
+
+    from conftest import tiny_images, tiny_pipeline
+
+    pipe = tiny_pipeline(num_chunks=4)  # chunks of 250 time-steps
+    a, b = tiny_images(1, seed=0), tiny_images(1, seed=1)
+    with pytest.warns(UserWarning, match=r"whole chunks 0\.\.0: the effective range is \[0, 250\)"):
+        pipe.swap(a, b, timesteps=(10, 20), num_inference_steps=2, output_type="pt")
+    with pytest.warns(UserWarning, match=r"effective range is \[250, 750\)"):
+        pipe.interpolate(a, b, alphas=[0.5], timesteps=(300, 600), num_inference_steps=2, output_type="pt")
+    with pytest.warns(UserWarning, match=r"no negative value .* pass `images \* 2 - 1`"):
+        pipe.encode((a + 1) / 2)
+    with pytest.warns(UserWarning, match=r"\(40, 24\).* resized and cropped to 16×16"):
+        pipe.encode([PIL.Image.new("RGB", (40, 24), (200, 10, 10))])
+    with warnings.catch_warnings():  # aligned ranges, [-1, 1] tensors and right-sized images say nothing
+        warnings.simplefilter("error")
+        pipe.swap(a, b, timesteps=[(0, 250), (500, 1000)], num_inference_steps=2, output_type="pt")
+        pipe.encode([PIL.Image.new("RGB", (16, 16))])

@@ -1,4 +1,4 @@
-"""Issue 8: bad input anywhere in the API gives a clear error; untrusted files are refused; weights load strictly.
+"""Bad input anywhere in the API gives a clear error; untrusted files are refused; weights load strictly.
 
 CLI and training-script bad arguments are collected in tests/test_cli.py and tests/test_training.py; this module
 covers the library API and files. `BAD_INPUTS` counts the distinct cases tried here.

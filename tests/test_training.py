@@ -192,6 +192,44 @@ def test_training_lowers_loss_and_keeps_unet_frozen(base_model, tmp_path, capsys
     assert "examples/train_diti.py --pretrained_unet" in card and "--max_train_steps 300" in card
 
 
+def test_partition_auto_records_the_fitted_staged_partition(base_model, tmp_path):
+    from diti_hf import DiTiPipeline
+
+    out = tmp_path / "auto"
+    argv = diti_argv(base_model, out, "--partition", "auto", "--partition_stages", "3", "--loss_profile_images", "16")
+    _run(train_diti, [*argv, "--max_train_steps", "2", "--checkpointing_steps", "1"])
+    recorded = json.loads((out / "loss_profile.json").read_text())
+    assert recorded["profile"]["num_images"] == 16 and len(recorded["profile"]["timesteps"]) == 25
+    assert (out / "loss_profile.png").stat().st_size > 0
+    config = json.loads((out / "encoder" / "config.json").read_text())
+    assert config["stages"] == recorded["partition"]["stages"] and config["stages"][-1] == 1000
+    assert config["dims_per_stage"] == recorded["partition"]["dims_per_stage"]
+    assert sum(config["dims_per_stage"]) == 16
+    assert 1 <= len(config["stages"]) <= 3
+    pipe = DiTiPipeline.from_pretrained(out)
+    assert pipe.partition.stages == config["stages"]
+    assert "ddpm/loss_profile" in logged_image_tags(out)
+    # a resumed launch takes the partition recorded at the start, not a new fit (here: an edited record)
+    recorded["partition"]["stages"], recorded["partition"]["dims_per_stage"] = [500, 1000], [8, 8]
+    (out / "loss_profile.json").write_text(json.dumps(recorded))
+    _run(train_diti, [*argv, "--max_train_steps", "3", "--resume_from_checkpoint", "latest"])
+    resumed = json.loads((out / "encoder" / "config.json").read_text())
+    assert resumed["stages"] == [500, 1000] and resumed["dims_per_stage"] == [8, 8]
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--partition", "auto", "--stages", "500", "1000", "--dims_per_stage", "8", "8"], "--partition auto"),
+        (["--partition", "auto", "--loss_profile_images", "0"], "--loss_profile_images"),
+    ],
+)
+def test_partition_flag_errors(base_model, tmp_path, capsys, extra, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        train_diti.parse_args(diti_argv(base_model, tmp_path / "x", *extra))
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("streaming", [False, True], ids=["map", "streaming"])
 def test_kill_and_resume_equals_straight_run(base_model, tmp_path, streaming):
     """2N steps straight == N steps, stop, --resume_from_checkpoint latest, N steps (with accumulation and flips)."""

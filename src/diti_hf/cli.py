@@ -1,4 +1,5 @@
-"""The `diti-hf` command line: `demo`, `encode`, `reconstruct`, `swap`, `interpolate`, `edit`, `evaluate`, `convert`.
+"""The `diti-hf` command line: `demo`, `encode`, `reconstruct`, `swap`, `interpolate`, `edit`, `evaluate`,
+`partition`, `convert`.
 
 The model commands share `--model` (Hub id or pipeline folder), `--device`, `--batch-size`, `--steps` (DDIM) and
 `--seed`; the image commands write PNG grids (`diti_hf.demo.image_grid`), `encode` writes features through
@@ -82,7 +83,25 @@ def _add_model_arguments(
         default=0,
         help="seed of the random generators and of diti-shapes data (DDIM inversion/generation are deterministic)",
     )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: all cores but one, so that another job on the cores does not stall them)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _set_threads(threads: int | None) -> int:
+    """`torch.set_num_threads(threads)`, by default all cores but one; returns the number set."""
+    import torch
+
+    # torch's own default, one thread per core, stalls whenever another job holds a core: a 20-step inversion took
+    # 62-69 s with 2 threads on 2 cores (one busy) and 2.7-2.9 s with 1 (benchmarks/RESULTS.md)
+    threads = threads or max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _seed(seed: int) -> None:
@@ -204,6 +223,15 @@ def _check_ranges(
                 f"inside [0, {T}))"
             )
         ranges.append(("timesteps", (lo, hi)))
+        effective = _effective_timesteps(pipe, lo, hi)
+        if effective != (lo, hi):
+            i, j = pipe.partition.chunks_for_timesteps(lo, hi)
+            which = f"chunk {i}" if j == i + 1 else f"chunks {i}..{j - 1}"
+            warnings.warn(
+                f"--timesteps {lo} {hi}: z is edited by whole chunks, so this range acts on t in "
+                f"[{effective[0]}, {effective[1]}) ({which}); give --timesteps {effective[0]} {effective[1]} to say so",
+                stacklevel=2,
+            )
     for i, j in chunks or []:
         if not 0 <= i < j <= k:
             raise _UsageError(f"--chunks {i} {j}: a chunk range must satisfy 0 <= I < J <= {k} (the model's chunks)")
@@ -213,6 +241,24 @@ def _check_ranges(
 
 def _range_label(kind: str, bounds: tuple[int, int]) -> str:
     return f"{'t' if kind == 'timesteps' else 'chunks'}{bounds[0]}-{bounds[1]}"
+
+
+def _effective_timesteps(pipe, lo: int, hi: int) -> tuple[int, int]:
+    """The time-steps of the chunks that `[lo, hi)` meets: what an edit of that range actually changes."""
+    i, j = pipe.partition.chunks_for_timesteps(lo, hi)
+    return pipe.partition.chunk_timesteps(i)[0], pipe.partition.chunk_timesteps(j - 1)[1]
+
+
+def _range_text(pipe, kind: str, bounds: tuple[int, int]) -> str:
+    """`t in [lo, hi) (chunks i..j)` for the grid captions, with the range widened to whole chunks."""
+    partition = pipe.partition
+    i, j = partition.chunks_for_timesteps(*bounds) if kind == "timesteps" else bounds
+    lo, hi = partition.chunk_timesteps(i)[0], partition.chunk_timesteps(j - 1)[1]
+    return f"t in [{lo}, {hi}) (chunk {i})" if j == i + 1 else f"t in [{lo}, {hi}) (chunks {i}..{j - 1})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _output_dir(name: str) -> Path:
@@ -243,13 +289,31 @@ def _shown(pipe, images: list):
     return pipe.postprocess(pipe.preprocess(images), "pil")
 
 
-def _save_grid(rows: list, path: Path, zoom: int) -> Path:
+def _save_grid(rows: list, path: Path, zoom: int, caption: str) -> Path:
+    """Saves the grid with `caption` (what its rows and columns are) under it, and prints both."""
     from .demo import image_grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(rows, zoom=zoom).save(path)
-    print(f"wrote {path}")
+    image_grid(rows, zoom=zoom, caption=caption).save(path)
+    print(f"wrote {path}: {' '.join(caption.split())}")
     return path
+
+
+def _warn_if_resized(pipe, files: Sequence[Path], images: list, flag: str) -> None:
+    # Tensors of the wrong size are refused, PIL images are resized: say so, unless the model's own preprocessing
+    # (a crop box) is what every raw image goes through anyway.
+    processor = pipe.image_processor
+    if processor is not None and processor.crop_box is not None:
+        return
+    size = int(pipe.encoder.config.sample_size)
+    other = [(f, im.size) for f, im in zip(files, images) if im.size != (size, size)]
+    if other:
+        (first, (w, h)), n = other[0], len(other)
+        warnings.warn(
+            f"{flag}: {n} of {len(images)} image(s) are not {size}×{size} (e.g. {first.name}, {w}×{h}); the model "
+            f"sees them resized (shorter side to {size}) and centre-cropped, as shown in the grid",
+            stacklevel=2,
+        )
 
 
 def _batches(items: Sequence, size: int):
@@ -364,7 +428,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         metadata["skipped"] = skipped
         has_paths = bool(paths) and all(p is not None for p in paths)
         written = write_features(args.output, features, kept_ids, metadata, paths if has_paths else None)
-        print(f"encoded {features.shape[0]} images → {', '.join(str(p) for p in written)}")
+        print(f"encoded {_count(features.shape[0], 'image')} → {', '.join(str(p) for p in written)}")
     else:
         result = extract_features(
             pipe,
@@ -383,7 +447,9 @@ def _run_encode(args: argparse.Namespace) -> int:
         )
         skipped = result.skipped
         resumed = f" (resumed after {result.resumed_shards} complete shards)" if result.resumed_shards else ""
-        print(f"encoded {result.num_features} images in {result.num_shards} shards{resumed} → {result.output}")
+        print(
+            f"encoded {_count(result.num_features, 'image')} in {_count(result.num_shards, 'shard')}{resumed} → {result.output}"
+        )
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s): " + ", ".join(str(s["path"] or s["id"]) for s in skipped))
     return 0
@@ -408,10 +474,12 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     out = _output_dir(args.output_dir)
     pipe = _load_pipeline(args.model, _check_device(args.device), progress=not args.no_progress)
     images = _read_images(files, "--images")
+    _warn_if_resized(pipe, files, images, "--images")
     recon = []
     for batch in _batches(images, args.batch_size):
         recon += pipe.reconstruct(batch, num_inference_steps=args.steps, output_type="pil").images
-    _save_grid([_shown(pipe, images), recon], out / "reconstruction.png", _zoom(args, recon[0].width))
+    caption = f"top: the inputs as the model sees them; bottom: their reconstructions ({args.steps} DDIM steps)"
+    _save_grid([_shown(pipe, images), recon], out / "reconstruction.png", _zoom(args, recon[0].width), caption)
     return 0
 
 
@@ -453,19 +521,26 @@ def _add_swap_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_swap(args: argparse.Namespace) -> int:
     from .demo import swap_grid_images
 
-    sources = _image_files(args.source, "--source")
-    targets = _image_files(args.target, "--target")
+    source_files = _image_files(args.source, "--source")
+    target_files = _image_files(args.target, "--target")
     out = _output_dir(args.output_dir)
     pipe = _load_pipeline(args.model, _check_device(args.device), progress=not args.no_progress)
     ranges = _check_ranges(pipe, args.timesteps, args.chunks)
-    sources, targets = _read_images(sources, "--source"), _read_images(targets, "--target")
+    sources, targets = _read_images(source_files, "--source"), _read_images(target_files, "--target")
+    _warn_if_resized(pipe, source_files, sources, "--source")
+    _warn_if_resized(pipe, target_files, targets, "--target")
     shown_s, shown_t = _shown(pipe, sources), _shown(pipe, targets)
     zoom = _zoom(args, shown_s[0].width)
     grids = swap_grid_images(pipe, sources, targets, ranges, args.steps, args.batch_size)
     n_t = len(targets)
     for (kind, bounds), images in zip(ranges, grids):
         rows = [[None, *shown_t]] + [[shown_s[i], *images[i * n_t : (i + 1) * n_t]] for i in range(len(sources))]
-        _save_grid(rows, out / f"swap_{_range_label(kind, bounds)}.png", zoom)
+        caption = (
+            f"swap of {_range_text(pipe, kind, bounds)}. First row: targets; first column: sources; each other "
+            f"image: its row's source with the z-chunks of {_range_text(pipe, kind, bounds)} taken from its "
+            f"column's target ({args.steps} DDIM steps)"
+        )
+        _save_grid(rows, out / f"swap_{_range_label(kind, bounds)}.png", zoom, caption)
     return 0
 
 
@@ -511,7 +586,10 @@ def _run_interpolate(args: argparse.Namespace) -> int:
     timesteps, chunks = [args.timesteps] if args.timesteps else None, [args.chunks] if args.chunks else None
     ranges = _check_ranges(pipe, timesteps, chunks, required=False, single=True)
     kwargs = {ranges[0][0]: ranges[0][1]} if ranges else {}
-    sources, targets = _read_images(sources, "--source"), _read_images(targets, "--target")
+    source_files, target_files = sources, targets
+    sources, targets = _read_images(source_files, "--source"), _read_images(target_files, "--target")
+    _warn_if_resized(pipe, source_files, sources, "--source")
+    _warn_if_resized(pipe, target_files, targets, "--target")
     n_a = len(args.alphas)
     images = []
     for lo in range(0, len(sources), args.batch_size):
@@ -527,7 +605,13 @@ def _run_interpolate(args: argparse.Namespace) -> int:
         ).images
     shown_s, shown_t = _shown(pipe, sources), _shown(pipe, targets)
     rows = [[shown_s[i], *images[i * n_a : (i + 1) * n_a], shown_t[i]] for i in range(len(sources))]
-    _save_grid(rows, out / "interpolation.png", _zoom(args, shown_s[0].width))
+    what = f"the z-dims of {_range_text(pipe, *ranges[0])}" if ranges else "all of z"
+    alphas = ", ".join(f"{a:g}" for a in args.alphas)
+    caption = (
+        f"each row: source | alpha = {alphas} | target; {what} moved from the source's value to the target's, "
+        f"generated from {'the slerp of both x_T' if args.slerp else 'the source x_T'} ({args.steps} DDIM steps)"
+    )
+    _save_grid(rows, out / "interpolation.png", _zoom(args, shown_s[0].width), caption)
     return 0
 
 
@@ -594,6 +678,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k > dim:
         raise _UsageError(f"--top-k {args.top_k}: must be at most the model's latent_dim {dim}")
     images = _read_images(files, "--images")
+    _warn_if_resized(pipe, files, images, "--images")
     edited = []
     for batch in _batches(images, args.batch_size):
         edited += pipe.edit(
@@ -608,7 +693,12 @@ def _run_edit(args: argparse.Namespace) -> int:
         ).images
     shown, n = _shown(pipe, images), len(args.scales)
     rows = [[shown[i], *edited[i * n : (i + 1) * n]] for i in range(len(images))]
-    _save_grid(rows, out / "edit.png", _zoom(args, shown[0].width))
+    dims = f"its {args.top_k} largest dims" if args.top_k is not None else "all dims"
+    caption = (
+        f"each row: the input | scale s = {', '.join(f'{s:g}' for s in args.scales)} along --direction "
+        f"({dims}; s = 0 is the reconstruction; {args.steps} DDIM steps)"
+    )
+    _save_grid(rows, out / "edit.png", _zoom(args, shown[0].width), caption)
     return 0
 
 
@@ -710,13 +800,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     info["models"] = {"model": args.model, "baseline": args.baseline}
     report = evaluate_pipeline(models, dataset, config, factors=args.factors, output_dir=out, dataset_info=info)
     for name in models:
-        entry = report["models"][name]
-        line = f"{name}: mean probe accuracy {entry['probe']['mean_accuracy']:.3f}"
-        if entry.get("alignment"):
-            line += f", alignment Spearman {entry['alignment'].get('spearman_timestep_vs_granularity')}"
-        print(line)
+        print(_evaluation_line(name, report["models"][name]))
     print(f"wrote {out / 'report.json'}" + (f" and {', '.join(report['plots'])}" if report.get("plots") else ""))
     return 0
+
+
+def _evaluation_line(name: str, entry: dict) -> str:
+    """One model's headline numbers, rounded as the README and the report print them (the JSON keeps full precision)."""
+    line = f"{name}: mean probe accuracy {entry['probe']['mean_accuracy']:.3f}"
+    spearman = (entry.get("alignment") or {}).get("spearman_timestep_vs_granularity")
+    if entry.get("alignment"):
+        line += ", alignment Spearman " + ("n/a" if spearman is None else f"{spearman:.2f}")
+    return line
 
 
 # --------------------------------------------------------------------------------------------------------- demo
@@ -948,6 +1043,168 @@ def _run_convert(args: argparse.Namespace) -> int:
     written = save_converted(models, args.output_dir, overwrite=args.overwrite)
     for name, path in written.items():
         print(f"{name}: {path}")
+    if models.encoder is None:
+        # unet/ + scheduler/ alone is not a pipeline folder: with model_index.json it is the same layout that
+        # train_ddpm.py writes, loadable with DDPMPipeline.from_pretrained (and usable as --pretrained_unet)
+        from diffusers import DDPMPipeline
+
+        DDPMPipeline(unet=models.unet, scheduler=models.scheduler).save_config(args.output_dir)
+        index = Path(args.output_dir) / "model_index.json"
+        print(f"pipeline: {index} (DDPMPipeline.from_pretrained loads the folder)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- partition
+def _add_partition_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .evaluation.loss_profile import PROFILE_SIGNALS
+
+    parser = subparsers.add_parser(
+        "partition",
+        help="fit a staged partition to a frozen DDPM's loss profile (what train_diti.py --partition auto does)",
+        description=(
+            "Measure where a frozen DDPM's error lies along the time axis on a dataset (the DiTi-weighted ε error and "
+            "the posterior-mean error per t) and fit a staged TimestepPartition to it: stages of equal error mass, "
+            "dims per stage proportional to its mass. Prints the partition and the train_diti.py flags that give it; "
+            "--output-dir also writes loss_profile.json and loss_profile.png (the profile with the chunk edges)."
+        ),
+    )
+    parser.add_argument(
+        "--pretrained-unet", "--pretrained_unet", dest="pretrained_unet", required=True, metavar="ID_OR_DIR",
+        help="the frozen DDPM: a Hub id or a folder with a UNet2DModel (e.g. pretrained/ddpm-shapes32)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dataset", "--dataset-name", "--dataset_name", dest="dataset", default="diti-shapes",
+        help="diti-shapes (default), diti-shapes-v2, a saved dataset folder or a Hub id",
+    )  # fmt: skip
+    parser.add_argument("--split", default="train", help="dataset split (default: train)")
+    parser.add_argument(
+        "--latent-dim", "--latent_dim", dest="latent_dim", type=_positive_int, required=True, metavar="D",
+        help="width d of z",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num-chunks", "--num_chunks", dest="num_chunks", type=_positive_int, required=True, metavar="K",
+        help="number of chunks k",
+    )  # fmt: skip
+    parser.add_argument("--num-stages", type=_positive_int, default=4, metavar="N", help="stages aimed at (default 4)")
+    parser.add_argument(
+        "--signal", default="weighted_eps_error", choices=PROFILE_SIGNALS,
+        help="the curve that sets where dims go (default: weighted_eps_error)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num-images", type=_positive_int, default=256, metavar="N", help="images profiled (default 256)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of diti-shapes data")
+    parser.add_argument("--output-dir", default=None, metavar="DIR", help="write loss_profile.json/png here")
+    parser.set_defaults(handler=_run_partition)
+
+
+def _run_partition(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .data import ImageTransform, load_image_dataset, validation_batch
+    from .evaluation.loss_profile import loss_profile, partition_from_profile, write_loss_profile
+    from .models import load_frozen_ddpm
+    from .schedule import DiffusionCoefficients
+
+    device = _check_device(args.device)
+    unet, scheduler_config = load_frozen_ddpm(args.pretrained_unet)
+    unet.to(device)
+    coefficients = DiffusionCoefficients.from_scheduler_config(scheduler_config)
+    T = coefficients.num_train_timesteps
+    resolution = int(unet.config.sample_size)
+    dataset = load_image_dataset(
+        dataset_name=args.dataset, split=args.split, num_images=args.num_images, seed=args.seed, resolution=resolution
+    )
+    images = validation_batch(
+        dataset, ImageTransform(resolution, num_channels=unet.config.in_channels), args.num_images
+    )
+
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return unet(x_t.to(device), t.to(device)).sample.float().cpu()
+
+    profile = loss_profile(eps_fn, images, coefficients, batch_size=args.batch_size, seed=args.seed)
+    partition = partition_from_profile(profile, args.latent_dim, args.num_chunks, args.num_stages, args.signal, T)
+    print(json.dumps(partition.to_dict()))
+    start = 0
+    for end, dims in zip(partition.stages, partition.dims_per_stage):
+        chunks = partition.chunks_for_timesteps(start, end)
+        print(f"stage t in [{start}, {end}): chunks {chunks[0]}..{chunks[1] - 1}, {dims} dims")
+        start = end
+    stages = " ".join(map(str, partition.stages))
+    dims = " ".join(map(str, partition.dims_per_stage))
+    print(f"train_diti.py flags: --stages {stages} --dims_per_stage {dims}")
+    if args.output_dir is not None:
+        out = _output_dir(args.output_dir)
+        files = write_loss_profile(profile, out, partition)
+        print(f"wrote {', '.join(str(out / f) for f in files)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------- app
+def _add_app_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .demo import DEFAULT_MODEL
+
+    parser = subparsers.add_parser(
+        "app",
+        help="the browser app (Gradio): two images, a time-step range; swap, interpolate, edit, reconstruct",
+        description=(
+            f"Serve the DiTi browser app for a pipeline (default {DEFAULT_MODEL}): upload two images or draw two "
+            "shapes, pick a time-step range on the partition, then swap, interpolate, edit (a probe trained on the "
+            "spot or an uploaded .npy direction) or reconstruct. Needs the extra diti_hf[app] (gradio); runs offline "
+            "(no analytics, no share link; set HF_HUB_OFFLINE=1 for a cached Hub model). Stop it with Ctrl-C."
+        ),
+    )
+    _add_model_arguments(parser, steps=20, batch_size=16, model_required=False)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1; 0.0.0.0: all)")
+    parser.add_argument("--port", type=_positive_int, default=None, help="port (default: 7860 or the next free one)")
+    parser.add_argument(
+        "--report", default=None, metavar="DIR",
+        help="an evaluation report folder whose alignment heatmap is shown (default with the default model: its report)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--probe-dataset", default="diti-shapes", metavar="NAME",
+        help="labelled dataset of the edit probes: diti-shapes (default), diti-shapes-v2 or a saved dataset folder",
+    )  # fmt: skip
+    parser.add_argument("--probe-images", type=_positive_int, default=512, metavar="N", help="images per probe (512)")
+    parser.set_defaults(handler=_run_app)  # --threads comes with the model flags
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    import torch
+
+    from .demo import DEFAULT_MODEL, resolve_default
+
+    if importlib.util.find_spec("gradio") is None:
+        raise _UsageError("the app needs gradio: pip install 'diti_hf[app]'")
+    from .app import DEFAULT_REPORT, DiTiApp, build_app, find_alignment_image, launch_app
+
+    device = _check_device(args.device)
+    default = resolve_default(DEFAULT_MODEL)
+    model = args.model or (None if default is None else str(default))
+    if model is None:
+        raise _UsageError(f"no model at {DEFAULT_MODEL}; pass --model FOLDER_OR_HUB_ID")
+    if args.report is not None and not Path(args.report).is_dir():
+        raise _UsageError(f"--report {args.report!r}: no such folder")
+    report = args.report or (resolve_default(DEFAULT_REPORT) if args.model is None else None)
+    pipe = _load_pipeline(model, device, progress=not args.no_progress)
+    # as in the demo: threads fighting another job for the cores slow every edit down several times
+    torch.set_num_threads(args.threads or max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1)))
+    app = DiTiApp(
+        pipe,
+        model_name=model,
+        batch_size=args.batch_size,
+        probe_dataset=args.probe_dataset,
+        probe_images=args.probe_images,
+        alignment_image=find_alignment_image(report, model if Path(model).is_dir() else None),
+    )
+    launch_app(build_app(app, steps=args.steps, seed=args.seed, device_label=device), host=args.host, port=args.port)
     return 0
 
 
@@ -955,12 +1212,14 @@ def _run_convert(args: argparse.Namespace) -> int:
 # In help order: the demo first, then the everyday commands, then the tools.
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_demo_parser,
+    _add_app_parser,
     _add_encode_parser,
     _add_reconstruct_parser,
     _add_swap_parser,
     _add_interpolate_parser,
     _add_edit_parser,
     _add_evaluate_parser,
+    _add_partition_parser,
     _add_convert_parser,
 )
 
@@ -1004,8 +1263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "seed", None) is not None:
             _seed(args.seed)
         reuse_freed_memory()  # CPU inference: no page faults for every new activation tensor (diti_hf.cpu_memory)
+        if hasattr(args, "threads"):
+            _set_threads(args.threads)
         with warnings.catch_warnings():
             warnings.showwarning = _print_warning
+            # the commands say these in terms of their own flags (_check_ranges, _read_images)
+            warnings.filterwarnings("ignore", message=".*acts on whole chunks")
+            warnings.filterwarnings("ignore", message=r"`images` of size .* are resized")
             return args.handler(args)
     except SystemExit as exit_:  # --help / --version
         return exit_.code if isinstance(exit_.code, int) else 0

@@ -1,6 +1,6 @@
 """Converting official PDAE/DiTi checkpoints to diti_hf models (`UNet2DModel`, encoder, decoder, scheduler).
 
-Written from `docs/conversion-notes.md` (config recipe and key layout) and `method.md`; no code of the official
+Written from `docs/conversion-notes.md` (config recipe and key layout) and `docs/method.md`; no code of the official
 implementation is used. Every conversion is strict: each source key is consumed and each target key is filled with
 the right shape, otherwise a `ValueError` lists what does not match.
 
@@ -88,7 +88,7 @@ _MAX_LISTED = 20
 
 # ----------------------------------------------------------------------------------------------------------- configs
 # The official CelebA-64 DDPM's `denoise_fn_config` (ADM: base 64, multipliers 1,2,2,2, 2 res-blocks, attention at
-# 16×16 and in the middle, 1 head, dropout 0.1): the paper's frozen model and issue 7's benchmark configuration.
+# 16×16 and in the middle, 1 head, dropout 0.1): the paper's frozen model and the 64×64 benchmark configuration.
 OFFICIAL_CELEBA64_DDPM: dict[str, Any] = {
     "input_channel": 3,
     "base_channel": 64,
@@ -900,7 +900,7 @@ def _resolve_image_size(image_size: int | None, *configs: Mapping[str, Any] | No
             raise ValueError(f"image_size={image_size} conflicts with the config: {conflicting}.")
         return image_size
     if not found:
-        raise ValueError("The image size is not in the configs; pass `image_size` (CLI: --image-size).")
+        raise ValueError("The image size is not in the configs; pass `--image-size` (Python: `image_size=`).")
     if len(set(found.values())) > 1:
         raise ValueError(f"The configs disagree on the image size: {found}.")
     return _positive_int(next(iter(found.values())), next(iter(found)))

@@ -262,7 +262,7 @@ def load_features(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         if problem:
             raise ValueError(
                 f"{path / MANIFEST_NAME}: the merged output does not verify ({problem}); resume the "
-                "extraction (resume=True, --resume) to merge it again."
+                "extraction (`--resume` on the command line, `resume=True` in Python) to merge it again."
             )
         path = path / manifest["output"]
     fmt = _output_format(path)
@@ -697,8 +697,8 @@ def _extract(
     manifest = _read_manifest(out)
     if manifest is not None and not resume:
         raise ValueError(
-            f"{str(out)!r} already holds a feature extraction ({MANIFEST_NAME}); pass resume=True (--resume) to "
-            "continue it, or choose another folder."
+            f"{str(out)!r} already holds a feature extraction ({MANIFEST_NAME}); continue it with `--resume` "
+            "(Python: `resume=True`), or choose another folder."
         )
     if manifest is not None:
         diff = _settings_diff(manifest["settings"], settings)
@@ -787,7 +787,7 @@ def _extract(
         except BadImageError as error:
             raise BadImageError(
                 f"{error} The {len(manifest['shards'])} completed shard(s) in {str(out)!r} are kept: continue with "
-                "resume=True (--resume)."
+                "`--resume` (Python: `resume=True`)."
             ) from error
         finally:
             bar.close()

@@ -1,4 +1,4 @@
-"""The time-step partition of DiTi (method.md §5): which chunk of `z` is tied to which diffusion time-steps."""
+"""The time-step partition of DiTi (docs/method.md §5): which chunk of `z` is tied to which diffusion time-steps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Coefficient tables of DiTi's loss and sampler, computed from the frozen DDPM's noise schedule (method.md §4)."""
+"""Coefficient tables of DiTi's loss and sampler, computed from the frozen DDPM's noise schedule (docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Column schemas of the paper's real-data attribute benchmarks (method.md §9): CelebA 40 and LFW 73 attributes.
+"""Column schemas of the paper's real-data attribute benchmarks (docs/method.md §9): CelebA 40 and LFW 73 attributes.
 
 A schema says which dataset columns hold the image and each attribute, how to read the labels, how to crop and
 resize the image, and which splits to use. Every field is configurable, so any 🤗 dataset with these attributes

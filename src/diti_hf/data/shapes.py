@@ -428,7 +428,7 @@ def attribute_loss_time(
             [`factor_granularity`] returns).
         resolution (`int`, defaults to 32): Unused by the formula; kept so callers state the image size measured.
         error (`float`, defaults to 0.4): Error rate (< 0.5) that counts as "lost".
-        betas (`np.ndarray`, *optional*): Noise schedule; default linear 1e-4 … 0.02 over 1000 steps (method.md §1).
+        betas (`np.ndarray`, *optional*): Noise schedule; default linear 1e-4 … 0.02 over 1000 steps (docs/method.md §1).
 
     Returns:
         `int`: The time-step (`T` if the attribute is never lost).

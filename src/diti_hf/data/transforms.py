@@ -67,7 +67,7 @@ class CropBox:
 
 
 # Named preprocessing recipes. "celeba64": the official CelebA-64 protocol — crop top=57, left=25, 128×128 of the
-# aligned 178×218 CelebA image, then resize to 64×64 (method.md §9).
+# aligned 178×218 CelebA image, then resize to 64×64 (docs/method.md §9).
 TRANSFORM_PRESETS: dict[str, dict[str, Any]] = {
     "celeba64": {"resolution": 64, "crop_box": CropBox(top=57, left=25, height=128, width=128)},
 }

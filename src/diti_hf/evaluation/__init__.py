@@ -1,5 +1,5 @@
 """Evaluation of time-step-modular representations: linear probes, time-step alignment, counterfactual score,
-reconstruction, the CelebA/LFW protocols and the report (issue 5)."""
+reconstruction, the CelebA/LFW protocols, the generation-control diagnostics and the report."""
 
 from .adapters import (
     ModelFunctions,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -93,10 +94,12 @@ def pipeline_functions(
     def pipeline_swap(inversion: str) -> SwapFn:
         def generate(source, target, ranges, dims):
             generator = next_generator(pipe.device)
-            return pipe.swap(
-                source, target, timesteps=ranges, num_inference_steps=num_inference_steps, output_type="pt",
-                inversion=inversion, generator=generator,
-            ).images  # fmt: skip
+            with warnings.catch_warnings():  # the report records its ranges; widening to chunks is expected here
+                warnings.filterwarnings("ignore", message=".*acts on whole chunks")
+                return pipe.swap(
+                    source, target, timesteps=ranges, num_inference_steps=num_inference_steps, output_type="pt",
+                    inversion=inversion, generator=generator,
+                ).images  # fmt: skip
 
         return deduplicated(generate)
 

@@ -1,4 +1,4 @@
-"""Linear probes on frozen features (method.md §9) and the metrics they report: accuracy, AP, Pearson r, MSE.
+"""Linear probes on frozen features (docs/method.md §9) and the metrics they report: accuracy, AP, Pearson r, MSE.
 
 Many probes are trained at once: a bank of `P` independent linear models, probe `p` seeing only the feature dims
 of `masks[p]`. Their losses are summed and Adam is element-wise, so each probe's updates are exactly those it would
@@ -103,7 +103,7 @@ def multiclass_average_precision(probs: torch.Tensor, target: torch.Tensor, num_
 @dataclass
 class ProbeConfig:
     r"""
-    Training of the linear probes (defaults: method.md §9 — Adam 1e-3, 15 epochs, batch 128).
+    Training of the linear probes (defaults: docs/method.md §9 — Adam 1e-3, 15 epochs, batch 128).
 
     Args:
         epochs (`int`, defaults to 15): Training epochs; the reported epoch is chosen on the validation split.

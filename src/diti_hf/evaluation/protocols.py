@@ -1,4 +1,4 @@
-"""The paper's real-data probe protocols (method.md §9): CelebA 40 attributes (AP) and LFW 73 attributes (r, MSE)."""
+"""The paper's real-data probe protocols (docs/method.md §9): CelebA 40 attributes (AP) and LFW 73 attributes (r, MSE)."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def attribute_protocol(
         encode_fn (`Callable`): `(B, 3, H, W)` images in [-1, 1] → `(B, d)` features.
         dataset: See [`load_attribute_splits`].
         schema ([`AttributeSchema`]): e.g. `CELEBA_SCHEMA` or `LFW_SCHEMA`.
-        config ([`ProbeConfig`], *optional*): Default: method.md §9 (Adam 1e-3, 15 epochs, batch 128, joint).
+        config ([`ProbeConfig`], *optional*): Default: docs/method.md §9 (Adam 1e-3, 15 epochs, batch 128, joint).
         batch_size (`int`, defaults to 128): Encoding batch size.
         seed (`int`, defaults to 0): Seed of carved-out splits.
         max_samples (`int`, *optional*): Rows per split (for quick runs).

@@ -36,7 +36,7 @@ def denoise(
     z: torch.Tensor | None = None,
 ) -> DenoiseOutput:
     r"""
-    Runs the frozen UNet's down path once and returns both ε_θ(x_t, t) and the shift G(x_t, t, z) (method.md §3).
+    Runs the frozen UNet's down path once and returns both ε_θ(x_t, t) and the shift G(x_t, t, z) (docs/method.md §3).
 
     The frozen half (down path, mid and up path of ε_θ) runs under `torch.no_grad()`, so it stores no activations;
     gradients flow only through `decoder` and `z`.

@@ -1,4 +1,4 @@
-"""The DiTi encoder: image → z, with the time-step partition of z recorded in its config (method.md §2, §5)."""
+"""The DiTi encoder: image → z, with the time-step partition of z recorded in its config (docs/method.md §2, §5)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         latent_dim (`int`, defaults to 512): Width `d` of `z`.
         num_chunks (`int`, defaults to 64): Number of partition chunks `k` (1 = PDAE).
         num_train_timesteps (`int`, defaults to 1000): `T` of the frozen DDPM.
-        stages, dims_per_stage (`list[int]`, *optional*): A staged partition (method.md §5).
+        stages, dims_per_stage (`list[int]`, *optional*): A staged partition (docs/method.md §5).
         latent_std (`list[float]`, *optional*): Per-dim std of `z` over the training data, recorded with
             `register_to_config(latent_std=...)` after training; used to scale classifier-direction edits.
 

@@ -1,4 +1,4 @@
-"""`DiTiPipeline`: representations and attribute edits from a frozen DDPM + a DiTi encoder/decoder (method.md §7–8)."""
+"""`DiTiPipeline`: representations and attribute edits from a frozen DDPM + a DiTi encoder/decoder (docs/method.md §7–8)."""
 
 from __future__ import annotations
 
@@ -209,6 +209,12 @@ class DiTiPipeline(DiffusionPipeline):
                         f"`images` tensors must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
                         "(for images in [0, 1] pass `images * 2 - 1`)."
                     )
+                if lo >= 0.0 and hi > 0.0:
+                    warnings.warn(
+                        f"`images` has no negative value (range [{lo:.3g}, {hi:.3g}]): the pipeline reads tensors as "
+                        "[-1, 1]; for images in [0, 1] pass `images * 2 - 1`.",
+                        stacklevel=3,
+                    )
         else:
             if isinstance(images, (PIL.Image.Image, np.ndarray)):
                 images = [images] if not (isinstance(images, np.ndarray) and images.ndim == 4) else list(images)
@@ -220,6 +226,13 @@ class DiTiPipeline(DiffusionPipeline):
                     f"{type(images).__name__}."
                 )
             processor = self.image_processor or self._default_image_processor()
+            size = int(self.encoder.config.sample_size)
+            resized = {im.size for im in images if isinstance(im, PIL.Image.Image) and im.size != (size, size)}
+            if resized:
+                warnings.warn(
+                    f"`images` of size {sorted(resized)} (width, height) are resized and cropped to {size}×{size}.",
+                    stacklevel=3,
+                )
             tensor = processor(list(images), return_tensors="pt")["pixel_values"]
         self.encoder.check_images(tensor)
         return tensor.to(device=self._execution_device, dtype=self.encoder.dtype)
@@ -233,7 +246,10 @@ class DiTiPipeline(DiffusionPipeline):
 
     def postprocess(self, images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
         """Maps a batch in [−1, 1] to `output_type` ("pil", "np" or "pt"), in [0, 1]."""
-        images = (images / 2 + 0.5).clamp(0, 1)
+        return self._format((images / 2 + 0.5).clamp(0, 1), output_type)
+
+    def _format(self, images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+        """A batch in [0, 1] as `output_type`."""
         if output_type == "pt":
             return images
         array = images.cpu().permute(0, 2, 3, 1).float().numpy()
@@ -261,8 +277,22 @@ class DiTiPipeline(DiffusionPipeline):
         if chunks is not None:
             return self.partition.dims_for_chunks(*_pair(chunks, "chunks"))
         if timesteps is not None:
-            return self.partition.dims_for_timesteps(*_pair(timesteps, "timesteps"))
+            return self.partition.dims_for_chunks(*self._chunks_of_timesteps(timesteps))
         return (0, self.encoder.config.latent_dim)
+
+    def _chunks_of_timesteps(self, timesteps: tuple[int, int]) -> tuple[int, int]:
+        """The chunk range `[i, j)` meeting a time-step range; warns when that widens the range."""
+        lo, hi = _pair(timesteps, "timesteps")
+        i, j = self.partition.chunks_for_timesteps(lo, hi)
+        if j > i:
+            start, end = self.partition.chunk_timesteps(i)[0], self.partition.chunk_timesteps(j - 1)[1]
+            if (start, end) != (lo, hi):
+                warnings.warn(
+                    f"`timesteps` ({lo}, {hi}) acts on whole chunks {i}..{j - 1}: the effective range is "
+                    f"[{start}, {end}).",
+                    stacklevel=4,
+                )
+        return i, j
 
     # ------------------------------------------------------------------ the sampler
     def _grid(self, num_inference_steps: int) -> list[int]:
@@ -364,7 +394,7 @@ class DiTiPipeline(DiffusionPipeline):
         return_dict: bool = True,
     ) -> DiTiInversionOutput | tuple:
         r"""
-        Deterministic masked DDIM inversion `x_0 → x_T` (method.md §7).
+        Deterministic masked DDIM inversion `x_0 → x_T` (docs/method.md §7).
 
         Args:
             images: The images to invert.
@@ -481,27 +511,74 @@ class DiTiPipeline(DiffusionPipeline):
             + c.sqrt_one_minus_alphas_cumprod[t].to(pixels.dtype) * noise
         )
 
+    # ------------------------------------------------------------------ edits
+    def _generate_variants(
+        self,
+        variants: Sequence[torch.Tensor],
+        latents: torch.Tensor | Sequence[torch.Tensor],
+        num_inference_steps: int,
+        output_type: str,
+        batch_size: int | None,
+        use_masks: bool,
+        guidance: bool,
+        return_dict: bool,
+        start_timesteps: Sequence[int] | None = None,
+    ) -> DiTiPipelineOutput | tuple:
+        r"""
+        The one seam behind every edit: `V` condition variants `(B, d)` of `B` sources, each generated from the
+        source's starting point (`latents`: one `(B, C, H, W)` tensor shared by the variants, or one per variant),
+        optionally from an intermediate time-step per variant. Returns `B × V` images, source-major.
+        """
+        count = len(variants)
+        starts = [latents] * count if isinstance(latents, torch.Tensor) else list(latents)
+        z = torch.stack(list(variants), 1).flatten(0, 1)
+        common = {
+            "num_inference_steps": num_inference_steps,
+            "use_masks": use_masks,
+            "guidance": guidance,
+            "batch_size": batch_size,
+        }
+        if start_timesteps is None or len(set(start_timesteps)) == 1:
+            return self(
+                z=z,
+                latents=torch.stack(starts, 1).flatten(0, 1),
+                output_type=output_type,
+                start_timestep=None if start_timesteps is None else start_timesteps[0],
+                return_dict=return_dict,
+                **common,
+            )
+        images = [
+            self(z=v, latents=x, start_timestep=t, output_type="pt", **common).images
+            for v, x, t in zip(variants, starts, start_timesteps)
+        ]
+        out = self._format(torch.stack(images, 1).flatten(0, 1), output_type)
+        return DiTiPipelineOutput(images=out, latents=None, z=z) if return_dict else (out,)
+
     @torch.no_grad()
     def reconstruct(
         self,
         images: ImageInput,
         num_inference_steps: int = 50,
         output_type: str = "pil",
-        use_masks: bool = True,
         batch_size: int | None = None,
+        use_masks: bool = True,
+        guidance: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> DiTiPipelineOutput | tuple:
-        r"""Autoencoding: `z = E(x_0)`, `x_T = invert(x_0, z)`, `x̂_0 = generate(x_T, z)`."""
+        r"""
+        Autoencoding: `z = E(x_0)`, `x_T = invert(x_0, z)`, `x̂_0 = generate(x_T, z)`.
+
+        Like every edit call, it takes `num_inference_steps` (DDIM steps of the inversion and of the generation),
+        `output_type` (`"pil"`, `"np"` or `"pt"`), `batch_size` (generation batch), `use_masks` (`False`: PDAE's
+        sampler, the whole `z` at every step), `guidance` (`False`: the frozen DDPM alone, for comparison),
+        `generator` (noise of stochastic starts; DDIM inversion itself is deterministic) and `return_dict`.
+        """
         self._check_output_type(output_type)
-        inverted = self.invert(images, num_inference_steps=num_inference_steps, use_masks=use_masks)
-        return self(
-            z=inverted.z,
-            latents=inverted.latents,
-            num_inference_steps=num_inference_steps,
-            output_type=output_type,
-            use_masks=use_masks,
-            batch_size=batch_size,
-            return_dict=return_dict,
+        inverted = self.invert(images, num_inference_steps=num_inference_steps, use_masks=use_masks, guidance=guidance)
+        z = inverted.z if guidance else self.encode(images).z
+        return self._generate_variants(
+            [z], inverted.latents, num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict
         )
 
     @torch.no_grad()
@@ -515,6 +592,8 @@ class DiTiPipeline(DiffusionPipeline):
         output_type: str = "pil",
         batch_size: int | None = None,
         inversion: str = "ddim",
+        use_masks: bool = True,
+        guidance: bool = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> DiTiPipelineOutput | tuple:
@@ -527,7 +606,6 @@ class DiTiPipeline(DiffusionPipeline):
             timesteps (`(lo, hi)` or a list of them): Half-open time-step ranges in [0, T]; every chunk whose
                 time-steps meet the range is swapped. An empty range `(t, t)` gives the reconstruction.
             chunks (`(i, j)` or a list of them): Half-open chunk ranges instead of time-steps.
-            num_inference_steps (`int`, defaults to 50): DDIM steps of the inversion and of the generation.
             inversion (`str`, defaults to `"ddim"`): Where generation starts. `"ddim"`: the source's deterministic
                 masked-DDIM inversion `x_T` (the official protocol; the source's `x_T` also carries its attributes).
                 `"stochastic"`: the source noised by the forward process to the top time-step of the swapped
@@ -535,6 +613,8 @@ class DiTiPipeline(DiffusionPipeline):
                 those of the range from the swapped chunks (with the source's own chunks below it).
             generator (`torch.Generator` or list of them, *optional*): Noise of `inversion="stochastic"` (one per
                 source for a list); unused by `"ddim"`.
+            num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict: As in
+                [`~DiTiPipeline.reconstruct`].
 
         Returns:
             [`DiTiPipelineOutput`] with `B × R` images, source-major: image `b * R + r` is source `b` with range `r`.
@@ -545,40 +625,33 @@ class DiTiPipeline(DiffusionPipeline):
             raise ValueError(f"`inversion` must be one of {SWAP_INVERSIONS}, got {inversion!r}.")
         ranges = _ranges(timesteps if chunks is None else chunks, "timesteps" if chunks is None else "chunks")
         if chunks is None:
-            chunk_ranges = [self.partition.chunks_for_timesteps(*_pair(r, "timesteps")) for r in ranges]
+            chunk_ranges = [self._chunks_of_timesteps(r) for r in ranges]
         else:
             chunk_ranges = [_pair(r, "chunks") for r in ranges]
-        dims = [self._dims(None, r) for r in chunk_ranges]
         z_target = self.encode(target).z
         if inversion == "ddim":
-            inverted = self.invert(source, num_inference_steps=num_inference_steps)
-            z_source = inverted.z
+            inverted = self.invert(
+                source, num_inference_steps=num_inference_steps, use_masks=use_masks, guidance=guidance
+            )
+            z_source = inverted.z if guidance else self.encode(source).z
         else:
             z_source = self.encode(source).z
         _check_same_batch(z_source, z_target, "source", "target")
         variants = []
-        for start, end in dims:
+        for start, end in (self._dims(None, r) for r in chunk_ranges):
             z = z_source.clone()
             z[:, start:end] = z_target[:, start:end]
             variants.append(z)
-        common = {"num_inference_steps": num_inference_steps, "use_masks": True, "batch_size": batch_size}
+        options = (num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict)
         if inversion == "ddim":
-            z = torch.stack(variants, 1).flatten(0, 1)
-            latents = inverted.latents.repeat_interleave(len(dims), 0)
-            return self(z=z, latents=latents, output_type=output_type, return_dict=return_dict, **common)
+            return self._generate_variants(variants, inverted.latents, *options)
         # one noise per source, shared by its ranges; each range starts at the top time-step of its chunks
         pixels = self.preprocess(source)
         noise = randn_tensor(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
         c = self.coefficients(pixels.device)
-        images = []
-        for (i, j), z in zip(chunk_ranges, variants):
-            top = self.partition.chunk_timesteps(j - 1)[1] - 1 if j > i else 0
-            x_t = c.sqrt_alphas_cumprod[top] * pixels + c.sqrt_one_minus_alphas_cumprod[top] * noise
-            images.append(self(z=z, latents=x_t, start_timestep=top, output_type="pt", **common).images)
-        stacked = torch.stack(images, 1).flatten(0, 1)
-        out = self.postprocess(stacked * 2 - 1, output_type)
-        z = torch.stack(variants, 1).flatten(0, 1)
-        return DiTiPipelineOutput(images=out, latents=None, z=z) if return_dict else (out,)
+        tops = [self.partition.chunk_timesteps(j - 1)[1] - 1 if j > i else 0 for i, j in chunk_ranges]
+        starts = [c.sqrt_alphas_cumprod[t] * pixels + c.sqrt_one_minus_alphas_cumprod[t] * noise for t in tops]
+        return self._generate_variants(variants, starts, *options, start_timesteps=tops)
 
     @torch.no_grad()
     def interpolate(
@@ -592,6 +665,9 @@ class DiTiPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         output_type: str = "pil",
         batch_size: int | None = None,
+        use_masks: bool = True,
+        guidance: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> DiTiPipelineOutput | tuple:
         r"""
@@ -603,6 +679,8 @@ class DiTiPipeline(DiffusionPipeline):
             alphas (`Sequence[float]`): Interpolation weights; α = 0 is A's reconstruction.
             timesteps / chunks (`(lo, hi)`, *optional*): The range to interpolate; all dims when both are None.
             slerp_latents (`bool`, defaults to `False`): Also interpolate `x_T` spherically (official figures).
+            num_inference_steps, output_type, batch_size, use_masks, guidance, generator, return_dict: As in
+                [`~DiTiPipeline.reconstruct`].
 
         Returns:
             [`DiTiPipelineOutput`] with `B × len(alphas)` images, pair-major.
@@ -612,31 +690,23 @@ class DiTiPipeline(DiffusionPipeline):
         if not alphas or not all(math.isfinite(a) for a in alphas):
             raise ValueError(f"`alphas` must be a non-empty list of finite numbers, got {alphas}.")
         start, end = self._dims(timesteps, chunks)
-        inverted_a = self.invert(image_a, num_inference_steps=num_inference_steps)
+        invert = {"num_inference_steps": num_inference_steps, "use_masks": use_masks, "guidance": guidance}
+        inverted_a = self.invert(image_a, **invert)
+        z_a = inverted_a.z if guidance else self.encode(image_a).z
         if slerp_latents:
-            inverted_b = self.invert(image_b, num_inference_steps=num_inference_steps)
-            z_b = inverted_b.z
-        else:
-            z_b = self.encode(image_b).z
-        _check_same_batch(inverted_a.z, z_b, "image_a", "image_b")
-        zs, latents = [], []
+            inverted_b = self.invert(image_b, **invert)
+        z_b = inverted_b.z if slerp_latents and guidance else self.encode(image_b).z
+        _check_same_batch(z_a, z_b, "image_a", "image_b")
+        variants, latents = [], []
         for alpha in alphas:
-            z = inverted_a.z.clone()
-            z[:, start:end] = torch.lerp(inverted_a.z[:, start:end], z_b[:, start:end], alpha)
-            zs.append(z)
+            z = z_a.clone()
+            z[:, start:end] = torch.lerp(z_a[:, start:end], z_b[:, start:end], alpha)
+            variants.append(z)
             latents.append(
                 _slerp(inverted_a.latents, inverted_b.latents, alpha) if slerp_latents else inverted_a.latents
             )
-        z = torch.stack(zs, 1).flatten(0, 1)
-        latents = torch.stack(latents, 1).flatten(0, 1)
-        return self(
-            z=z,
-            latents=latents,
-            num_inference_steps=num_inference_steps,
-            output_type=output_type,
-            use_masks=True,
-            batch_size=batch_size,
-            return_dict=return_dict,
+        return self._generate_variants(
+            variants, latents, num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict
         )
 
     @torch.no_grad()
@@ -650,10 +720,13 @@ class DiTiPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         output_type: str = "pil",
         batch_size: int | None = None,
+        use_masks: bool = True,
+        guidance: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> DiTiPipelineOutput | tuple:
         r"""
-        Manipulation along a linear classifier direction `w` (method.md §8): in z-normalised space,
+        Manipulation along a linear classifier direction `w` (docs/method.md §8): in z-normalised space,
         `z' = σ·((z − μ)/σ + s·√d·w/‖w‖) + μ = z + s·√d·σ ⊙ w/‖w‖`, generated from the image's own `x_T`.
 
         Args:
@@ -664,6 +737,8 @@ class DiTiPipeline(DiffusionPipeline):
                 `latent_std` if recorded there, else ones.
             top_k (`int`, *optional*): Keep only the `top_k` largest-|w| dims of the direction (a simple stand-in for
                 the paper's learned sparse mask).
+            num_inference_steps, output_type, batch_size, use_masks, guidance, generator, return_dict: As in
+                [`~DiTiPipeline.reconstruct`].
 
         Returns:
             [`DiTiPipelineOutput`] with `B × len(scales)` images, image-major.
@@ -692,17 +767,11 @@ class DiTiPipeline(DiffusionPipeline):
         scales = [float(scales)] if isinstance(scales, (int, float)) else [float(s) for s in scales]
         if not all(math.isfinite(s) for s in scales):
             raise ValueError(f"`scales` must be finite numbers, got {scales}.")
-        inverted = self.invert(images, num_inference_steps=num_inference_steps)
-        z = torch.stack([inverted.z + s * step.to(inverted.z.dtype) for s in scales], 1).flatten(0, 1)
-        latents = inverted.latents.repeat_interleave(len(scales), 0)
-        return self(
-            z=z,
-            latents=latents,
-            num_inference_steps=num_inference_steps,
-            output_type=output_type,
-            use_masks=True,
-            batch_size=batch_size,
-            return_dict=return_dict,
+        inverted = self.invert(images, num_inference_steps=num_inference_steps, use_masks=use_masks, guidance=guidance)
+        z = inverted.z if guidance else self.encode(images).z
+        variants = [z + s * step.to(z.dtype) for s in scales]
+        return self._generate_variants(
+            variants, inverted.latents, num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict
         )
 
 

@@ -225,7 +225,7 @@ def _legacy_message(checkpoint_dir: Path) -> str:
     return (
         f"{checkpoint_dir} was written by an earlier diti_hf: its {LEGACY_PROCESS_STATE_NAME.format('*')} and "
         f"{LEGACY_CUSTOM_STATE_NAME.format('*')} files are pickles, which can run code when loaded, and it records "
-        "no content hashes. If you wrote it yourself, resume with trust_checkpoint=True (--trust_checkpoint); the "
+        "no content hashes. If you wrote it yourself, resume with `--trust_checkpoint` (Python: `trust_checkpoint=True`); the "
         "checkpoints saved from then on hold no pickles."
     )
 

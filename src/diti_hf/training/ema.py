@@ -1,4 +1,4 @@
-"""Exponential moving average of the trained weights, as in the official DiTi/PDAE training (method.md §6)."""
+"""Exponential moving average of the trained weights, as in the official DiTi/PDAE training (docs/method.md §6)."""
 
 from __future__ import annotations
 

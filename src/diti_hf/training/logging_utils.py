@@ -1,4 +1,4 @@
-"""Training diagnostics: the per-t loss histogram (method.md §6), image grids, throughput and peak memory."""
+"""Training diagnostics: the per-t loss histogram (docs/method.md §6), image grids, throughput and peak memory."""
 
 from __future__ import annotations
 

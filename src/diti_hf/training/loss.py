@@ -1,4 +1,4 @@
-"""The DiTi training loss (method.md §6): PDAE's weighted ε-matching with a time-step-masked condition."""
+"""The DiTi training loss (docs/method.md §6): PDAE's weighted ε-matching with a time-step-masked condition."""
 
 from __future__ import annotations
 

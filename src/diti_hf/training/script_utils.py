@@ -4,13 +4,14 @@ end-of-run summary and the Hub upload. The training loops themselves live in the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,30 @@ class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a NaN/inf loss; reported as one line with exit code 3."""
 
 
+class TrainingInterrupted(Exception):
+    """Ctrl-C (SIGINT) stopped a launch; reported as one line (the step, the last checkpoint) with exit code 130."""
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Ends every flag's help with its default, except `None`/`False` defaults (which mean "not set")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if unset or not action.option_strings or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose errors are one line (`prog: error: ...`) on stderr, with exit code 2."""
+    r"""
+    An `ArgumentParser` whose errors are one line (`prog: error: ...`) on stderr, with exit code 2, and whose `--help`
+    shows each flag's default.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
         print(f"{self.prog}: error: {' '.join(message.split())}", file=sys.stderr)
@@ -42,7 +65,8 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 def run_script(main: Callable[[argparse.Namespace], Any], parse_args: Callable, argv: Sequence[str] | None = None):
     """
     `main(parse_args(argv))`, turning argument and data errors ([`ScriptArgumentError`], `BadImageError`) into one
-    line on stderr and exit code 2. Other exceptions propagate with their traceback (they are bugs).
+    line on stderr and exit code 2, and Ctrl-C into one line and exit code 130. Other exceptions propagate with their
+    traceback (they are bugs).
     """
     from ..data.loading import BadImageError
 
@@ -56,6 +80,38 @@ def run_script(main: Callable[[argparse.Namespace], Any], parse_args: Callable, 
     except NonFiniteLossError as error:
         print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(3)
+    except TrainingInterrupted as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:  # outside the training loop (loading, the final save): nothing half-done is reused
+        print(f"{prog}: interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def stop_cleanly_on_interrupt(run: RunState, output_dir: str | os.PathLike, progress: Any = None) -> Iterator[None]:
+    r"""
+    Turns Ctrl-C inside the training loop into [`TrainingInterrupted`], whose one-line message names the step reached
+    and the newest complete checkpoint (checkpoints are written atomically, so an interrupted save never replaces
+    one). No checkpoint is written on the way out: the interrupt can land inside an optimizer step.
+
+    Args:
+        run ([`RunState`]): The run, for its step.
+        output_dir (`str` or `os.PathLike`): Where the checkpoints are.
+        progress (*optional*): A tqdm bar, closed first so that the message starts on its own line.
+    """
+    from .checkpointing import latest_checkpoint
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        last = latest_checkpoint(output_dir)
+        saved = f"last checkpoint: {last.name}" if last is not None else "no checkpoint saved yet"
+        raise TrainingInterrupted(
+            f"interrupted at step {run.global_step} ({saved}); resume with --resume_from_checkpoint latest"
+        ) from None
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
@@ -100,12 +156,21 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
         choices=("no", "fp16", "bf16"),
         help="Autocast precision (default: the accelerate config's). Weights and EMA stay float32.",
     )
-    group.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay of the trained weights.")
+    group.add_argument(
+        "--ema_decay",
+        type=float,
+        default=0.9999,
+        help="EMA decay of the trained weights (the exported ones); with --ema_warmup, the decay's upper bound.",
+    )
     group.add_argument(
         "--ema_warmup",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="Ramp the EMA decay up (diffusers' 1-(1+step)^(-2/3)) instead of using it from the first step.",
+        default=True,
+        help=(
+            "Ramp the EMA decay up from 0 as diffusers' EMAModel does, 1-(1+step)^(-2/3) capped at --ema_decay, so that "
+            "a run of any length exports trained weights. --no-ema_warmup applies --ema_decay from the first step, as "
+            "the official code (0.9999 then needs ~10k steps before the EMA forgets the initial weights)."
+        ),
     )
     group.add_argument("--num_threads", type=int, default=None, help="torch CPU threads per process.")
     group.add_argument(
@@ -115,13 +180,24 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
     group = parser.add_argument_group("checkpoints")
     group.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N steps.")
     group.add_argument(
-        "--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints (oldest go)."
+        "--checkpoints_total_limit",
+        type=int,
+        default=None,
+        help="Keep at most this many checkpoints, deleting the oldest (unset: keep every one).",
     )
     group.add_argument(
         "--resume_from_checkpoint",
         type=str,
         default=None,
         help="`latest` (newest complete checkpoint in --output_dir; a fresh start if none) or a checkpoint folder.",
+    )
+    group.add_argument(
+        "--trust_checkpoint",
+        action="store_true",
+        help=(
+            "Resume a checkpoint written by an earlier diti_hf, whose pickled state files can run code when loaded "
+            "(only for checkpoints you wrote yourself); checkpoints saved from then on hold no pickles."
+        ),
     )
     group.add_argument(
         "--stop_after_steps",
@@ -148,14 +224,6 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
         type=int,
         default=None,
         help="Log the per-t loss histogram every N steps (default: 10×logging).",
-    )
-    group.add_argument(
-        "--trust_checkpoint",
-        action="store_true",
-        help=(
-            "Resume a checkpoint written by an earlier diti_hf, whose pickled state files can run code when loaded "
-            "(only for checkpoints you wrote yourself); checkpoints saved from then on hold no pickles."
-        ),
     )
     group.add_argument(
         "--validation_steps",
@@ -214,7 +282,52 @@ def check_training_arguments(args: argparse.Namespace) -> list[str]:
         problems.append(f"--report_to: expected tensorboard, wandb, all or none, got {args.report_to!r}")
     if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
         problems.append(f"--resume_from_checkpoint: {args.resume_from_checkpoint!r} is neither `latest` nor a folder")
+    problems += _output_dir_problems(args)
+    problems += _hub_problems(args)
     return problems
+
+
+def _output_dir_problems(args: argparse.Namespace) -> list[str]:
+    # Found now rather than after training: a file in the way, no write permission, or an earlier run's results that a
+    # fresh start would mix its checkpoints with (and whose model it would overwrite at the end).
+    from .checkpointing import list_checkpoints
+
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        return [f"--output_dir: {str(out)!r} exists and is not a folder"]
+    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return [f"--output_dir: {str(out)!r} is not writable (no write permission on {str(existing)!r})"]
+    if args.resume_from_checkpoint is None and out.is_dir():
+        held = [p.name for p in list_checkpoints(out)]
+        if (out / "model_index.json").is_file():
+            held.append("model_index.json")
+        if held:
+            shown = ", ".join(held[:3] + (["..."] if len(held) > 3 else []))
+            return [
+                f"--output_dir: {str(out)!r} already holds an earlier run ({shown}); pass --resume_from_checkpoint "
+                "latest to continue it, or choose an empty folder"
+            ]
+    return []
+
+
+def _hub_problems(args: argparse.Namespace) -> list[str]:
+    # The upload happens after training: a missing login would otherwise surface only then.
+    if not args.push_to_hub:
+        return []
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if constants.HF_HUB_OFFLINE:
+        return ["--push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or drop --push_to_hub"]
+    if args.hub_model_id is not None:
+        try:
+            validate_repo_id(args.hub_model_id)
+        except HFValidationError as error:
+            return [f"--hub_model_id: {args.hub_model_id!r} is not a Hub repo id ({error})"]
+    if not (args.hub_token or get_token()):
+        return ["--push_to_hub: no Hub token; log in with `hf auth login` (or set HF_TOKEN) or pass --hub_token"]
+    return []
 
 
 def total_train_steps(args: argparse.Namespace, global_batch: int, batches_per_epoch: int | None) -> int:
@@ -269,6 +382,37 @@ def make_accelerator(args: argparse.Namespace):
     if accelerator.device.type == "cpu":
         reuse_freed_memory()  # no page faults for every new activation tensor (diti_hf.cpu_memory)
     return accelerator
+
+
+def check_resumed_ema(ema, args: argparse.Namespace) -> None:
+    r"""
+    Raises [`ScriptArgumentError`] when the EMA restored from a checkpoint ramps its decay differently from what
+    `--ema_warmup`/`--no-ema_warmup` asks for: the restored state would silently win and change the exported average.
+    """
+    restored = bool(ema.use_ema_warmup)
+    if restored != bool(args.ema_warmup):
+        kind, flag = ("a warm-up", "--ema_warmup") if restored else ("a constant-decay", "--no-ema_warmup")
+        raise ScriptArgumentError(
+            f"--ema_warmup: the checkpoint's EMA is {kind} EMA; resume it with {flag} (or start a new --output_dir)"
+        )
+
+
+def ema_summary(ema, args: argparse.Namespace, max_train_steps: int, logger: logging.Logger) -> str:
+    r"""
+    The EMA phrase of the start-up line (from the EMA itself, so a resumed run shows the checkpoint's decay), with a
+    warning when a constant decay would leave the exported weights mostly the initial ones.
+    """
+    from .ema import describe_ema, initial_weight_share
+
+    decay, warmup = float(ema.decay), bool(args.ema_warmup)
+    share = initial_weight_share(max_train_steps, decay, warmup)
+    if share > 0.5:
+        logger.warning(
+            "--ema_decay %g without warm-up over %d steps: the exported (EMA) weights will be %.0f%% the initial ones; "
+            "drop --no-ema_warmup or lower --ema_decay",
+            decay, max_train_steps, 100 * share,
+        )  # fmt: skip
+    return describe_ema(decay, warmup, max_train_steps)
 
 
 def make_optimizer(
