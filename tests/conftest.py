@@ -100,3 +100,37 @@ def tiny_pipeline(seed: int = 0, latent_dim: int = 16, num_chunks: int = 4):
 
 def tiny_images(n: int, seed: int = 0, size: int = 16) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def reset_accelerate() -> None:
+    """Each in-process run of a training script builds a new Accelerator; accelerate keeps process-wide singletons."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def run_script_main(module, argv: list[str]) -> dict:
+    """Runs a training script's `main` in this process, between two accelerate resets."""
+    reset_accelerate()
+    try:
+        return module.main(module.parse_args(argv))
+    finally:
+        reset_accelerate()
+
+
+def script_fails(module, argv: list[str], capsys) -> str:
+    """Runs a training script's entry point, which must exit 2 with exactly one line on stderr; returns that line."""
+    from diti_hf.training.script_utils import run_script
+
+    capsys.readouterr()
+    reset_accelerate()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_script(module.main, module.parse_args, argv)
+    finally:
+        reset_accelerate()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2, err
+    assert len(err) == 1, err
+    return err[0]

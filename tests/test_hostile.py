@@ -24,7 +24,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import FIXTURE_DIR, tiny_images, tiny_pipeline
+from conftest import FIXTURE_DIR, run_script_main, script_fails, tiny_images, tiny_pipeline
+from conftest import reset_accelerate as _reset_accelerate
 from diti_hf import DiTiPipeline
 from diti_hf.cli import main as cli_main
 from diti_hf.data.loading import BadImageError
@@ -46,37 +47,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import train_ddpm  # noqa: E402
-from diti_hf.training.script_utils import run_script  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _train(argv: list[str]) -> dict:
-    _reset_accelerate()
-    try:
-        return train_ddpm.main(train_ddpm.parse_args(argv))
-    finally:
-        _reset_accelerate()
+    return run_script_main(train_ddpm, argv)
 
 
 def _train_fails(argv: list[str], capsys) -> str:
     """Runs train_ddpm.py's entry point; it must exit 2 with one line on stderr, which is returned."""
-    capsys.readouterr()
-    _reset_accelerate()
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            run_script(train_ddpm.main, train_ddpm.parse_args, argv)
-    finally:
-        _reset_accelerate()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1, err
-    return err[0]
+    return script_fails(train_ddpm, argv, capsys)
 
 
 COMMON = ("--max_train_steps", "6", "--checkpointing_steps", "2", "--learning_rate", "1e-3")

@@ -35,24 +35,10 @@ sys.path.insert(0, str(EXAMPLES))
 
 import train_ddpm  # noqa: E402
 import train_diti  # noqa: E402
+from conftest import reset_accelerate as _reset_accelerate  # noqa: E402
+from conftest import run_script_main as _run  # noqa: E402
 
 RESOLUTION = 16
-
-
-def _reset_accelerate() -> None:
-    # Each in-process run builds a new Accelerator; accelerate keeps process-wide singletons.
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def _run(module, argv: list[str]) -> dict:
-    _reset_accelerate()
-    try:
-        return module.main(module.parse_args(argv))
-    finally:
-        _reset_accelerate()
 
 
 def tiny_base_unet(seed: int = 0) -> UNet2DModel:

@@ -29,40 +29,10 @@ sys.path.insert(0, str(EXAMPLES))
 
 import train_ddpm  # noqa: E402
 import train_diti  # noqa: E402
+from conftest import run_script_main as _run  # noqa: E402
+from conftest import script_fails as _fails  # noqa: E402
 
 RESOLUTION = 16
-
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def _run(module, argv: list[str]) -> dict:
-    _reset_accelerate()
-    try:
-        return module.main(module.parse_args(argv))
-    finally:
-        _reset_accelerate()
-
-
-def _fails(module, argv: list[str], capsys) -> str:
-    """Runs the script's entry point, which must exit 2 with exactly one line on stderr; returns that line."""
-    from diti_hf.training.script_utils import run_script
-
-    capsys.readouterr()
-    _reset_accelerate()
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            run_script(module.main, module.parse_args, argv)
-    finally:
-        _reset_accelerate()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2, err
-    assert len(err) == 1, err
-    return err[0]
 
 
 def _save_base(path: Path, out_channels: int = 3) -> Path:
