@@ -90,7 +90,7 @@ def test_read_image_refuses_what_the_model_cannot_take(tmp_path):
     random_png(tmp_path / "whole.png", 2, size=(64, 64))
     (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:300])
     expected = {
-        "notes.txt": "image A ('notes.txt') is not an image file that PIL can read (UnidentifiedImageError); "
+        "notes.txt": "image A ('notes.txt') could not be decoded: not an image file that PIL can read (UnidentifiedImageError); "
         "expected a PNG, JPEG, WebP, BMP or TIFF image.",
         "anim.gif": "image A ('anim.gif') is animated (3 frames); expected a still image (save one frame).",
         "deep.png": "image A ('deep.png') has mode 'I;16'; expected an 8-bit image",

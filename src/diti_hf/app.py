@@ -28,7 +28,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .data.transforms import check_image_mode
+from .data.images import BadImageError, has_transparency, open_image
 from .partition import TimestepPartition
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class AppInputError(ValueError):
 # ---------------------------------------------------------------------------------------------------- inputs
 def read_image(path: str | os.PathLike, label: str = "the image") -> tuple[PIL.Image.Image, str | None]:
     r"""
-    Reads an uploaded image file and checks it the way the package's data loading does ([`check_image_mode`]).
+    Reads an uploaded image file with the package's image decoder ([`~diti_hf.data.open_image`]).
 
     The header is read first, so that an oversized or animated file is refused before its pixels are decoded.
 
@@ -94,34 +94,11 @@ def read_image(path: str | os.PathLike, label: str = "the image") -> tuple[PIL.I
             f"{what} is {path.stat().st_size / 2**20:.1f} MB; expected at most {MAX_UPLOAD_BYTES // 2**20} MB."
         )
     try:
-        with PIL.Image.open(path) as probe:
-            width, height = probe.size
-            frames = int(getattr(probe, "n_frames", 1))
-    except PIL.Image.DecompressionBombError as error:
-        raise AppInputError(f"{what} is far too large to decode ({error}).") from None
-    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise AppInputError(
-            f"{what} is not an image file that PIL can read ({type(error).__name__}); expected a PNG, JPEG, WebP, "
-            "BMP or TIFF image."
-        ) from None
-    if width * height > MAX_IMAGE_PIXELS:
-        raise AppInputError(
-            f"{what} is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels); expected at most "
-            f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels (e.g. 4096×4096). Shrink it first: the model sees small images."
-        )
-    if frames > 1:
-        raise AppInputError(f"{what} is animated ({frames} frames); expected a still image (save one frame).")
-    try:
-        image = PIL.Image.open(path)
-        image.load()
-    except Exception as error:  # PIL raises many types on corrupt data; all mean "cannot decode"
-        raise AppInputError(f"{what} could not be decoded ({type(error).__name__}: {error}).") from None
-    try:
-        check_image_mode(image, what)
-    except (TypeError, ValueError) as error:
+        image = open_image(path, what, max_pixels=MAX_IMAGE_PIXELS, still=True)
+    except BadImageError as error:
         raise AppInputError(str(error)) from None
     note = None
-    if image.mode in ("RGBA", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if has_transparency(image):
         note = f"{what} has transparency (mode {image.mode}): transparent pixels are composited on white."
     return image, note
 

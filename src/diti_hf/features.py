@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.loading import BadImageError
+from .data.images import BadImageError, open_image
 from .safe_io import MAX_CONFIG_BYTES, FolderLock, file_record, read_json, record_problem, short_repr
 
 logger = logging.getLogger(__name__)
@@ -295,14 +295,6 @@ class _Item:
     path: str | None = None
 
 
-def _open_image_file(path: str | os.PathLike):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image.load()
-        return image.copy()
-
-
 def _decode(index: int, item_id: str, value: Any, root: Path | None = None) -> _Item:
     path = None
     if isinstance(value, (str, os.PathLike)):
@@ -312,9 +304,9 @@ def _decode(index: int, item_id: str, value: Any, root: Path | None = None) -> _
             target = printable_name(str(Path(path).resolve()))
             return _Item(index, item_id, error=f"it resolves to {target!r}, outside {str(root)!r}", path=shown)
         try:
-            value = _open_image_file(path)
-        except Exception as error:  # PIL raises many types on corrupt files; each is reported by the caller
-            return _Item(index, item_id, error=printable_name(f"{type(error).__name__}: {error}"), path=shown)
+            value = open_image(path, "the file")
+        except BadImageError as error:  # reported by the caller, with the item's index
+            return _Item(index, item_id, error=printable_name(str(error)), path=shown)
         path = shown
     return _Item(index, item_id, image=value, path=path)
 
@@ -329,7 +321,8 @@ def _iter_items(
         return printable_name(str(ids[index]) if ids is not None else default)
 
     if isinstance(images, datasets.Dataset):
-        from .data.loading import BadImageError, decode_image, resolve_image_column
+        from .data.images import decode_image
+        from .data.loading import resolve_image_column
 
         column = resolve_image_column(images, image_column)
         raw = images.select_columns([column])

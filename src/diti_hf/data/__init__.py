@@ -1,7 +1,7 @@
-"""Data for DiTi: 🤗 datasets loading (Hub name, imagefolder, streaming), preprocessing, the procedural shapes."""
+"""Data for DiTi: the image decoder, 🤗 datasets loading (Hub name, imagefolder, streaming), preprocessing, the procedural shapes."""
 
+from .images import BadImageError, decode_image, has_transparency, image_label, open_image
 from .loading import (
-    BadImageError,
     DataPosition,
     EpochBatchSampler,
     ImageDataset,
@@ -10,7 +10,6 @@ from .loading import (
     add_data_arguments,
     check_data_arguments,
     dataset_from_args,
-    decode_image,
     load_image_dataset,
     resolve_image_column,
     training_images_from_args,
@@ -49,7 +48,10 @@ __all__ = [
     "dataset_from_args",
     "decode_image",
     "generate_shapes",
+    "has_transparency",
+    "image_label",
     "load_image_dataset",
+    "open_image",
     "resolve_image_column",
     "tensor_to_pil",
     "training_images_from_args",

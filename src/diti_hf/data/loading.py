@@ -19,15 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .transforms import TRANSFORM_PRESETS, CropBox, ImageTransform, check_image_mode
+from .images import BadImageError, decode_image
+from .transforms import TRANSFORM_PRESETS, CropBox, ImageTransform
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_SHAPES = 10_000
-
-
-class BadImageError(ValueError):
-    """An image of the dataset could not be decoded or has an unsupported mode. The message names its index."""
 
 
 def load_image_dataset(
@@ -156,40 +153,6 @@ def _undecoded(dataset, column: str):
     if dataset.features is not None and isinstance(dataset.features[column], datasets.Image):
         dataset = dataset.cast_column(column, datasets.Image(decode=False))
     return dataset
-
-
-def decode_image(value: Any, index: int | str, column: str = "image"):
-    r"""
-    Decodes one stored image (a `{"bytes", "path"}` dict, a PIL image or a path) and checks its mode.
-
-    Raises:
-        [`BadImageError`] naming `index` (and the file) when the image is missing, unreadable, truncated or of an
-        unsupported mode.
-    """
-    import datasets
-    from PIL import Image
-
-    where = f"image {index} (column {column!r}"
-    if isinstance(value, dict) and value.get("path"):
-        where += f", file {value['path']!r}"
-    where += ")"
-    if value is None:
-        raise BadImageError(f"{where} is missing (None).")
-    try:
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, (str, os.PathLike)):
-            image = Image.open(value)
-            image.load()
-        else:
-            image = datasets.Image().decode_example(value)  # handles bytes, local and remote paths
-            image.load()
-    except Exception as error:  # PIL raises many types on corrupt data; each is reported, never swallowed
-        raise BadImageError(f"{where} could not be decoded: {type(error).__name__}: {error}") from error
-    try:
-        return check_image_mode(image, where)
-    except (TypeError, ValueError) as error:
-        raise BadImageError(str(error)) from error
 
 
 def _augmentation_rng(seed: int, *key: int) -> np.random.Generator:

@@ -85,11 +85,16 @@ def check_image_mode(image: Any, what: str = "image") -> Image.Image:
     return image
 
 
+def has_transparency(image: Image.Image) -> bool:
+    """Whether [`convert_channels`] composites `image` on white (it has an alpha channel or a transparent colour)."""
+    return image.mode in ("RGBA", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
 def convert_channels(image: Image.Image, num_channels: int) -> Image.Image:
     """Converts a supported-mode image to RGB (`num_channels=3`) or L (1), compositing transparency on white."""
     if num_channels not in (1, 3):
         raise ValueError(f"`num_channels` must be 1 or 3, got {num_channels}.")
-    if image.mode in ("RGBA", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if has_transparency(image):
         # Transparent pixels have arbitrary colour underneath; white is the usual rendering of "nothing".
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
