@@ -27,7 +27,8 @@ import torch
 
 from diti_hf.data.shapes import SHAPES_DATASETS
 from diti_hf.evaluation.control import SWAP_PROTOCOLS
-from diti_hf.training.script_utils import OneLineArgumentParser, ScriptArgumentError, run_script
+from diti_hf.training.args import OneLineArgumentParser, ScriptArgumentError
+from diti_hf.training.run import run_script
 
 logger = logging.getLogger("evaluate")
 

@@ -21,14 +21,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diti_hf.data import add_data_arguments, check_data_arguments
-from diti_hf.training.script_utils import (
+from diti_hf.training.args import (
     OneLineArgumentParser,
     ScriptArgumentError,
+    add_data_arguments,
     add_training_arguments,
+    check_data_arguments,
     check_training_arguments,
-    run_script,
 )
+from diti_hf.training.run import run_script
 
 logger = logging.getLogger("train_ddpm")
 
@@ -179,7 +180,7 @@ def log_validation(accelerator, model, ema, noise_scheduler, args, step: int, nu
     from diffusers import DDIMPipeline, DDIMScheduler
 
     from diti_hf.training.logging_utils import image_grid
-    from diti_hf.training.script_utils import log_image
+    from diti_hf.training.run import log_image
 
     unet = accelerator.unwrap_model(model).unet
     ema.store(unet.parameters())
@@ -207,27 +208,10 @@ def main(args: argparse.Namespace) -> dict:
     """Trains and returns the run summary (also written to `output_dir/training_summary.json`)."""
     from accelerate.utils import set_seed
     from diffusers import DDPMPipeline, DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
 
-    from diti_hf.data import TRANSFORM_PRESETS, dataset_from_args, training_images_from_args, transform_from_args
-    from diti_hf.training.checkpointing import save_checkpoint
-    from diti_hf.training.ema import make_ema
-    from diti_hf.training.logging_utils import ThroughputMeter
-    from diti_hf.training.script_utils import (
-        RunState,
-        check_resumed_ema,
-        ema_summary,
-        finish_run,
-        log_periodic,
-        make_accelerator,
-        make_optimizer,
-        resume_run,
-        setup_logging,
-        stop_cleanly_on_interrupt,
-        total_train_steps,
-        tracker_config,
-    )
+    from diti_hf.data import TRANSFORM_PRESETS
+    from diti_hf.training.args import training_data_from_args
+    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging, tracker_config
 
     accelerator = make_accelerator(args)
     setup_logging(accelerator, logger)
@@ -246,123 +230,36 @@ def main(args: argparse.Namespace) -> dict:
         clip_sample=True,
     )
     unet = build_unet(args, resolution, num_channels)
+    _, _, data = training_data_from_args(args, accelerator, resolution, num_channels)
     model = DDPMTrainingModel(unet).train()
-
-    try:
-        with accelerator.main_process_first():
-            raw = dataset_from_args(args, resolution)
-        transform = transform_from_args(args, resolution, num_channels)
-        data = training_images_from_args(
-            args,
-            raw,
-            transform,
-            args.train_batch_size,
-            accelerator.num_processes,
-            accelerator.process_index,
-            pin_memory=accelerator.device.type == "cuda",
-        )
-    except (ValueError, FileNotFoundError) as error:
-        from diti_hf.data import BadImageError
-
-        if isinstance(error, BadImageError):
-            raise
-        raise ScriptArgumentError(f"data: {error}") from error
-
-    global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    max_train_steps = total_train_steps(args, global_batch, data.batches_per_epoch)
-    optimizer = make_optimizer(model.parameters(), args, accelerator.device)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-    )
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    trainer = accelerator.unwrap_model(model)
-    ema = make_ema(trainer.parameters(), args.ema_decay, warmup=args.ema_warmup)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
-
-    run = RunState(args.seed, accelerator.process_index, args.num_train_timesteps)
-    resume_run(accelerator, args, run, data.batches_per_epoch)
-    ema.to(accelerator.device)  # accelerate restores custom states on the CPU
-    check_resumed_ema(ema, args)
-    start_step = run.global_step
+    loop = TrainingLoop(accelerator, args, model, args.num_train_timesteps, data.batches_per_epoch)
     if accelerator.is_main_process:
         accelerator.init_trackers(args.tracker_project_name or "train_ddpm", config=tracker_config(args))
     keep = f"the last {args.checkpoints_total_limit}" if args.checkpoints_total_limit else "all"
     logger.info(
         "training %d steps of %d images, UNet %.2fM parameters, from step %d into %s; lr %g (%s, %d warm-up steps); "
         "%s; a checkpoint every %d steps, keeping %s",
-        max_train_steps, global_batch, sum(p.numel() for p in trainer.parameters()) / 1e6, start_step,
-        args.output_dir, args.learning_rate, args.lr_scheduler, args.lr_warmup_steps,
-        ema_summary(ema, args, max_train_steps, logger), args.checkpointing_steps, keep,
+        loop.max_train_steps, loop.global_batch, sum(p.numel() for p in loop.trainer.parameters()) / 1e6,
+        loop.start_step, args.output_dir, args.learning_rate, args.lr_scheduler, args.lr_warmup_steps,
+        loop.ema_summary(logger), args.checkpointing_steps, keep,
     )  # fmt: skip
 
-    meter = ThroughputMeter()
-    progress = tqdm(
-        total=max_train_steps, initial=start_step, desc="train_ddpm", disable=not accelerator.is_local_main_process
-    )
-    stop_at = start_step + args.stop_after_steps if args.stop_after_steps else None
-    last_logged: dict[str, float] = {}
-    saved_at = start_step if start_step else None
-    batches = data(run.position)
-    with stop_cleanly_on_interrupt(run, args.output_dir, progress):
-        while run.global_step < max_train_steps and (stop_at is None or run.global_step < stop_at):
-            run.position, batch = next(batches)
-            images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            with accelerator.accumulate(model):
-                loss, per_sample, timesteps = model(images, noise_scheduler, run.generator)
-                if not run.loss_is_finite(accelerator, loss, args.max_nonfinite_steps):
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            run.histogram.update(timesteps, per_sample)
-            run.add_loss(loss)
-            meter.add(images.shape[0] * accelerator.num_processes)
-            if not accelerator.sync_gradients:
-                continue
-            ema.step(trainer.parameters())
-            run.global_step += 1
-            progress.update(1)
-            step = run.global_step
+    def validate(step: int) -> None:
+        log_validation(accelerator, loop.model, loop.ema, noise_scheduler, args, step, args.num_validation_images)
 
-            with meter.paused():
-                ema_decay = {"train/ema_decay": float(ema.cur_decay_value or 0.0)}
-                last_logged = log_periodic(accelerator, args, run, meter, lr_scheduler, ema_decay) or last_logged
-                if last_logged:
-                    progress.set_postfix(loss=f"{last_logged['train/loss']:.4g}")
-                if step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, args.output_dir, step, run.state_dict(), args.checkpoints_total_limit)
-                    saved_at = step
-                if args.validation_steps and step % args.validation_steps == 0 and accelerator.is_main_process:
-                    log_validation(accelerator, model, ema, noise_scheduler, args, step, args.num_validation_images)
-    progress.close()
+    def step_loss(model, images: torch.Tensor, generator: torch.Generator):
+        return model(images, noise_scheduler, generator)
+
+    loop.train(data, step_loss, validate, desc="train_ddpm")
 
     def save_final() -> dict:
         """Final samples, then the DDPMPipeline folder (unet/ + scheduler/) with the EMA weights."""
-        log_validation(accelerator, model, ema, noise_scheduler, args, run.global_step, args.num_validation_images)
-        ema.copy_to(trainer.parameters())
-        DDPMPipeline(unet=trainer.unet, scheduler=noise_scheduler).to("cpu").save_pretrained(args.output_dir)
+        validate(loop.run.global_step)
+        loop.ema.copy_to(loop.trainer.parameters())
+        DDPMPipeline(unet=loop.trainer.unet, scheduler=noise_scheduler).to("cpu").save_pretrained(args.output_dir)
         return {}
 
-    return finish_run(
-        accelerator,
-        args,
-        run,
-        meter,
-        trainer.parameters(),
-        max_train_steps,
-        global_batch,
-        last_logged,
-        saved_at,
-        save_final,
-    )
+    return loop.finish(save_final)
 
 
 if __name__ == "__main__":

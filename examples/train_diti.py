@@ -23,18 +23,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diti_hf.data import add_data_arguments, check_data_arguments
 from diti_hf.evaluation.loss_profile import PROFILE_SIGNALS
 from diti_hf.models.encoder import ENCODER_PRESETS
 from diti_hf.partition import TimestepPartition
-from diti_hf.training.loss import LOSS_MODES
-from diti_hf.training.script_utils import (
+from diti_hf.training.args import (
     OneLineArgumentParser,
     ScriptArgumentError,
+    add_data_arguments,
     add_training_arguments,
+    check_data_arguments,
     check_training_arguments,
-    run_script,
 )
+from diti_hf.training.loss import LOSS_MODES
+from diti_hf.training.run import run_script
 
 logger = logging.getLogger("train_diti")
 
@@ -424,7 +425,7 @@ def log_validation(accelerator, model, ema, unet, scheduler, images, args, step:
     """
     from diti_hf import DiTiPipeline
     from diti_hf.training.logging_utils import image_grid
-    from diti_hf.training.script_utils import log_image
+    from diti_hf.training.run import log_image
 
     trainer = accelerator.unwrap_model(model)
     ema.store(trainer.parameters())
@@ -449,34 +450,75 @@ def log_validation(accelerator, model, ema, unet, scheduler, images, args, step:
 
 
 # ------------------------------------------------------------------------------------------------------ training
+def resolution_for(args: argparse.Namespace, unet) -> int:
+    """The training resolution: `--resolution`, else the `--preprocessing` preset's, else the UNet's `sample_size`."""
+    from diti_hf.data import TRANSFORM_PRESETS
+
+    resolution = args.resolution
+    if resolution is None:
+        preset = TRANSFORM_PRESETS.get(args.preprocessing or "", {})
+        resolution = preset.get("resolution") or unet.config.sample_size
+    if not isinstance(resolution, int):
+        raise ScriptArgumentError("--resolution: the UNet config has no integer sample_size; pass --resolution")
+    return resolution
+
+
+def build_model(
+    args: argparse.Namespace, unet, scheduler_config: dict, resolution: int, transform
+) -> DiTiTrainingModel:
+    """Encoder + decoder (the decoder initialised from the frozen UNet), checked by the pipeline they will form."""
+    from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiPipeline
+    from diti_hf.schedule import noise_schedule_of
+
+    T = DiffusionCoefficients.from_scheduler_config(scheduler_config).num_train_timesteps
+    encoder = build_encoder(args, resolution, T, unet.config.in_channels)
+    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=args.latent_dim, dropout=args.decoder_dropout)
+    decoder.register_to_config(noise_schedule=noise_schedule_of(scheduler_config))
+    if args.init_decoder_from_unet:
+        init_decoder_from_unet(decoder, unet)
+    if args.gradient_checkpointing:
+        decoder.enable_gradient_checkpointing()
+    try:  # the final pipeline's own consistency checks, now instead of after training
+        DiTiPipeline(unet, encoder, decoder, ddim_scheduler(scheduler_config), image_processor_for(transform))
+    except (TypeError, ValueError) as error:
+        raise ScriptArgumentError(f"the pipeline this run would save: {error}") from error
+    return DiTiTrainingModel(encoder, decoder).train()
+
+
+def log_start(loop, args: argparse.Namespace, partition, profile: dict | None) -> None:
+    """The trackers (with the loss profile figure on a fresh run) and the start-up line."""
+    from diti_hf.training.run import log_figure, tracker_config
+
+    accelerator = loop.accelerator
+    if accelerator.is_main_process:
+        accelerator.init_trackers(args.tracker_project_name or "train_diti", config=tracker_config(args))
+        if profile is not None and loop.start_step == 0:
+            from diti_hf.evaluation.loss_profile import loss_profile_figure
+
+            log_figure(accelerator, "ddpm/loss_profile", loss_profile_figure(profile["profile"], partition), 0)
+    layout = (
+        f"uniform partition ({partition.latent_dim // partition.num_chunks} dims per chunk)"
+        if partition.stages is None
+        else f"staged partition (stages {list(partition.stages)}, dims per stage {list(partition.dims_per_stage)})"
+    )
+    logger.info(
+        "training %d steps of %d images (%d per process × %d processes × %d accumulation) from step %d into %s; "
+        "lr %g (%s, %d warm-up steps); %s; z: d=%d in k=%d chunks, %s; mode %s",
+        loop.max_train_steps, loop.global_batch, args.train_batch_size, accelerator.num_processes,
+        args.gradient_accumulation_steps, loop.start_step, args.output_dir, args.learning_rate, args.lr_scheduler,
+        args.lr_warmup_steps, loop.ema_summary(logger), partition.latent_dim, partition.num_chunks, layout, args.mode,
+    )  # fmt: skip
+
+
 def main(args: argparse.Namespace) -> dict:
     """Trains and returns the run summary (also written to `output_dir/training_summary.json`)."""
     from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
 
-    from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiPipeline
-    from diti_hf.data import dataset_from_args, training_images_from_args, transform_from_args, validation_batch
+    from diti_hf import DiffusionCoefficients, DiTiPipeline
+    from diti_hf.data import validation_batch
     from diti_hf.hub import save_model_card
-    from diti_hf.schedule import noise_schedule_of
-    from diti_hf.training.checkpointing import save_checkpoint
-    from diti_hf.training.ema import make_ema
-    from diti_hf.training.logging_utils import ThroughputMeter
-    from diti_hf.training.script_utils import (
-        RunState,
-        check_resumed_ema,
-        ema_summary,
-        finish_run,
-        log_figure,
-        log_periodic,
-        make_accelerator,
-        make_optimizer,
-        resume_run,
-        setup_logging,
-        stop_cleanly_on_interrupt,
-        total_train_steps,
-        tracker_config,
-    )
+    from diti_hf.training.args import training_data_from_args
+    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging
 
     accelerator = make_accelerator(args)
     setup_logging(accelerator, logger)
@@ -490,39 +532,14 @@ def main(args: argparse.Namespace) -> dict:
         raise ScriptArgumentError(f"--stages: must end at the DDPM's T={T}, got {args.stages}")
     if args.num_chunks > T:
         raise ScriptArgumentError(f"--num_chunks (k): must be <= T={T}, got {args.num_chunks}")
-    resolution = args.resolution
-    if resolution is None:
-        from diti_hf.data import TRANSFORM_PRESETS
-
-        preset = TRANSFORM_PRESETS.get(args.preprocessing or "", {})
-        resolution = preset.get("resolution") or unet.config.sample_size
-    if not isinstance(resolution, int):
-        raise ScriptArgumentError("--resolution: the UNet config has no integer sample_size; pass --resolution")
+    resolution = resolution_for(args, unet)
     check_against_ddpm(args, unet, resolution, T)
 
     # ---- data: each process reads its own share, in a seeded order that a resumed run replays
-    try:
-        with accelerator.main_process_first():
-            raw = dataset_from_args(args, resolution)
-        transform = transform_from_args(args, resolution, unet.config.in_channels)
-        data = training_images_from_args(
-            args,
-            raw,
-            transform,
-            args.train_batch_size,
-            accelerator.num_processes,
-            accelerator.process_index,
-            pin_memory=accelerator.device.type == "cuda",
-        )
-        validation_images = None
-        if accelerator.is_main_process:
-            validation_images = validation_batch(raw, transform, args.num_validation_images, args.image_column)
-    except (ValueError, FileNotFoundError) as error:
-        from diti_hf.data import BadImageError
-
-        if isinstance(error, BadImageError):
-            raise
-        raise ScriptArgumentError(f"data: {error}") from error
+    raw, transform, data = training_data_from_args(args, accelerator, resolution, unet.config.in_channels)
+    validation_images = None
+    if accelerator.is_main_process:
+        validation_images = validation_batch(raw, transform, args.num_validation_images, args.image_column)
 
     # ---- where the frozen DDPM's error lies (and, with --partition auto, the partition fitted to it)
     profile = None
@@ -530,148 +547,44 @@ def main(args: argparse.Namespace) -> dict:
         profile_images = validation_batch(raw, transform, args.loss_profile_images, args.image_column)
         profile = profile_and_partition(args, accelerator, unet.to(accelerator.device), coefficients, profile_images)
 
-    # ---- trainable encoder + decoder
-    encoder = build_encoder(args, resolution, T, unet.config.in_channels)
-    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=args.latent_dim, dropout=args.decoder_dropout)
-    decoder.register_to_config(noise_schedule=noise_schedule_of(scheduler_config))
-    if args.init_decoder_from_unet:
-        init_decoder_from_unet(decoder, unet)
-    if args.gradient_checkpointing:
-        decoder.enable_gradient_checkpointing()
-    model = DiTiTrainingModel(encoder, decoder).train()
-    try:  # the final pipeline's own consistency checks, now instead of after training
-        DiTiPipeline(unet, encoder, decoder, ddim_scheduler(scheduler_config), image_processor_for(transform))
-    except (TypeError, ValueError) as error:
-        raise ScriptArgumentError(f"the pipeline this run would save: {error}") from error
-
-    global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    max_train_steps = total_train_steps(args, global_batch, data.batches_per_epoch)
-
-    # ---- optimisation (official: Adam 1e-4, β 0.9/0.999, ε 1e-8, no weight decay, no warm-up, EMA 0.9999 from the
-    # first step, i.e. --no-ema_warmup; the default EMA warms up so that short runs export trained weights)
-    optimizer = make_optimizer(model.parameters(), args, accelerator.device)
-    # The prepared scheduler steps once per process per optimizer step, hence the × num_processes.
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-    )
-    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    # ---- trainable encoder + decoder; the optimisation (official: Adam 1e-4, β 0.9/0.999, ε 1e-8, no weight decay,
+    # no warm-up, EMA 0.9999 from the first step, i.e. --no-ema_warmup; the default EMA warms up so that short runs
+    # export trained weights)
+    model = build_model(args, unet, scheduler_config, resolution, transform)
+    loop = TrainingLoop(accelerator, args, model, T, data.batches_per_epoch)
     unet.to(accelerator.device)  # frozen: device placement only, no DDP wrapper
     coefficients = coefficients.to(accelerator.device)
-    trainer = accelerator.unwrap_model(model)
-    ema = make_ema(trainer.parameters(), args.ema_decay, warmup=args.ema_warmup)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
     sampling_scheduler = ddim_scheduler(scheduler_config)
+    log_start(loop, args, loop.trainer.encoder.partition, profile)
 
-    run = RunState(args.seed, accelerator.process_index, T)
-    resume_run(accelerator, args, run, data.batches_per_epoch)
-    ema.to(accelerator.device)  # accelerate restores custom states on the CPU
-    check_resumed_ema(ema, args)
-    start_step = run.global_step
+    def validate(step: int) -> dict[str, float]:
+        return log_validation(
+            accelerator, loop.model, loop.ema, unet, sampling_scheduler, validation_images, args, step
+        )
 
-    if accelerator.is_main_process:
-        accelerator.init_trackers(args.tracker_project_name or "train_diti", config=tracker_config(args))
-        if profile is not None and start_step == 0:
-            from diti_hf.evaluation.loss_profile import loss_profile_figure
+    def step_loss(model, images: torch.Tensor, generator: torch.Generator):
+        return model(images, unet, coefficients, args.mode, generator)
 
-            figure = loss_profile_figure(profile["profile"], encoder.partition)
-            log_figure(accelerator, "ddpm/loss_profile", figure, 0)
-    partition = encoder.partition
-    layout = (
-        f"uniform partition ({partition.latent_dim // partition.num_chunks} dims per chunk)"
-        if partition.stages is None
-        else f"staged partition (stages {list(partition.stages)}, dims per stage {list(partition.dims_per_stage)})"
-    )
-    logger.info(
-        "training %d steps of %d images (%d per process × %d processes × %d accumulation) from step %d into %s; "
-        "lr %g (%s, %d warm-up steps); %s; z: d=%d in k=%d chunks, %s; mode %s",
-        max_train_steps, global_batch, args.train_batch_size, accelerator.num_processes,
-        args.gradient_accumulation_steps, start_step, args.output_dir, args.learning_rate, args.lr_scheduler,
-        args.lr_warmup_steps, ema_summary(ema, args, max_train_steps, logger), partition.latent_dim,
-        partition.num_chunks, layout, args.mode,
-    )  # fmt: skip
-
-    meter = ThroughputMeter()
-    progress = tqdm(
-        total=max_train_steps, initial=start_step, desc="train_diti", disable=not accelerator.is_local_main_process
-    )
-    stop_at = start_step + args.stop_after_steps if args.stop_after_steps else None
-    last_logged: dict[str, float] = {}
-    saved_at = start_step if start_step else None
-    batches = data(run.position)
-    with stop_cleanly_on_interrupt(run, args.output_dir, progress):
-        while run.global_step < max_train_steps and (stop_at is None or run.global_step < stop_at):
-            run.position, batch = next(batches)
-            images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            with accelerator.accumulate(model):
-                loss, per_sample, timesteps = model(images, unet, coefficients, args.mode, run.generator)
-                if not run.loss_is_finite(accelerator, loss, args.max_nonfinite_steps):
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            run.histogram.update(timesteps, per_sample)
-            run.add_loss(loss)
-            meter.add(images.shape[0] * accelerator.num_processes)
-            if not accelerator.sync_gradients:
-                continue
-            ema.step(trainer.parameters())
-            run.global_step += 1
-            progress.update(1)
-            step = run.global_step
-
-            with meter.paused():
-                last_logged = log_periodic(accelerator, args, run, meter, lr_scheduler) or last_logged
-                if last_logged:
-                    progress.set_postfix(loss=f"{last_logged['train/loss']:.4g}")
-                if step % args.checkpointing_steps == 0:
-                    save_checkpoint(accelerator, args.output_dir, step, run.state_dict(), args.checkpoints_total_limit)
-                    saved_at = step
-                if args.validation_steps and step % args.validation_steps == 0 and accelerator.is_main_process:
-                    metrics = log_validation(
-                        accelerator, model, ema, unet, sampling_scheduler, validation_images, args, step
-                    )
-                    accelerator.log(metrics, step=step)
-    progress.close()
+    loop.train(data, step_loss, validate, desc="train_diti")
 
     def save_final() -> dict:
         """The complete pipeline folder with the EMA weights, then the final validation (a failure there loses
         nothing)."""
-        ema.copy_to(trainer.parameters())
+        loop.ema.copy_to(loop.trainer.parameters())
         pipe = DiTiPipeline(
             unet=unet,
-            encoder=trainer.encoder,
-            decoder=trainer.decoder,
+            encoder=loop.trainer.encoder,
+            decoder=loop.trainer.decoder,
             scheduler=sampling_scheduler,
             image_processor=image_processor_for(transform),
         )
         pipe.save_pretrained(args.output_dir)
         save_model_card(pipe, args.output_dir, **card_kwargs(args))
-        metrics = log_validation(
-            accelerator, model, ema, unet, sampling_scheduler, validation_images, args, run.global_step
-        )
-        accelerator.log(metrics, step=run.global_step)
+        metrics = validate(loop.run.global_step)
+        accelerator.log(metrics, step=loop.run.global_step)
         return metrics
 
-    return finish_run(
-        accelerator,
-        args,
-        run,
-        meter,
-        trainer.parameters(),
-        max_train_steps,
-        global_batch,
-        last_logged,
-        saved_at,
-        save_final,
-    )
+    return loop.finish(save_final)
 
 
 if __name__ == "__main__":

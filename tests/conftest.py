@@ -121,7 +121,7 @@ def run_script_main(module, argv: list[str]) -> dict:
 
 def script_fails(module, argv: list[str], capsys) -> str:
     """Runs a training script's entry point, which must exit 2 with exactly one line on stderr; returns that line."""
-    from diti_hf.training.script_utils import run_script
+    from diti_hf.training.run import run_script
 
     capsys.readouterr()
     reset_accelerate()

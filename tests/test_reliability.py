@@ -237,7 +237,7 @@ def test_training_script_bad_arguments(extra, match, capsys, tmp_path):
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     import train_diti
-    from diti_hf.training.script_utils import run_script
+    from diti_hf.training.run import run_script
 
     argv = ["--pretrained_unet", str(tmp_path), "--dataset_name", "diti-shapes", "--output_dir", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as exit_info:

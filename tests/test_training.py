@@ -377,7 +377,7 @@ def test_argument_errors_exit_2_with_one_line(tmp_path, capsys, extra, expected)
 
 
 def test_data_errors_exit_2_with_one_line(base_model, tmp_path, capsys):
-    from diti_hf.training.script_utils import run_script
+    from diti_hf.training.run import run_script
 
     _reset_accelerate()
     with pytest.raises(SystemExit) as exit_info:
@@ -564,7 +564,7 @@ def test_nonfinite_loss_batches_are_skipped_and_counted(base_model, tmp_path, mo
 
 
 def test_too_many_nonfinite_losses_abort_with_a_message(base_model, tmp_path, monkeypatch, capsys):
-    from diti_hf.training.script_utils import run_script
+    from diti_hf.training.run import run_script
 
     _nan_on_calls(monkeypatch, set(range(2, 100)))
     argv = diti_argv(base_model, tmp_path / "run", "--max_train_steps", "50", "--max_nonfinite_steps", "3")

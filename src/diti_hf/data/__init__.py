@@ -7,13 +7,8 @@ from .loading import (
     ImageDataset,
     StreamingImageDataset,
     TrainingImages,
-    add_data_arguments,
-    check_data_arguments,
-    dataset_from_args,
     load_image_dataset,
     resolve_image_column,
-    training_images_from_args,
-    transform_from_args,
     validation_batch,
 )
 from .shapes import SHAPES_DATASET_NAME, generate_shapes
@@ -41,11 +36,8 @@ __all__ = [
     "ImageTransform",
     "StreamingImageDataset",
     "TrainingImages",
-    "add_data_arguments",
-    "check_data_arguments",
     "check_image_mode",
     "convert_channels",
-    "dataset_from_args",
     "decode_image",
     "generate_shapes",
     "has_transparency",
@@ -54,7 +46,5 @@ __all__ = [
     "open_image",
     "resolve_image_column",
     "tensor_to_pil",
-    "training_images_from_args",
-    "transform_from_args",
     "validation_batch",
 ]

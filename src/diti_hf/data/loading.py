@@ -7,7 +7,6 @@ or, when the user opts in with `skip_bad_images=True`, are skipped with a logged
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .images import BadImageError, decode_image
-from .transforms import TRANSFORM_PRESETS, CropBox, ImageTransform
+from .transforms import ImageTransform
 
 logger = logging.getLogger(__name__)
 
@@ -464,195 +463,13 @@ def validation_batch(dataset, transform: ImageTransform, num_images: int, image_
     return torch.stack(images)
 
 
-# ------------------------------------------------------------------------------------------- command-line flags
-def add_data_arguments(parser: argparse.ArgumentParser, default_resolution: int | None = None) -> None:
-    """Adds the data flags shared by the training scripts (a group "data")."""
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset_name",
-        type=str,
-        default=None,
-        help=(
-            "A 🤗 Hub dataset id, a folder saved with `Dataset.save_to_disk`, or `diti-shapes` (the built-in "
-            "procedural shapes, generated in memory). Exclusive with --train_data_dir."
-        ),
-    )
-    group.add_argument("--dataset_config", type=str, default=None, help="Configuration name of the Hub dataset.")
-    group.add_argument("--dataset_revision", type=str, default=None, help="Hub revision (branch, tag, commit).")
-    group.add_argument("--split", type=str, default="train", help="Dataset split to train on.")
-    group.add_argument(
-        "--train_data_dir",
-        type=str,
-        default=None,
-        help="A local folder of images (any nesting; read with the `imagefolder` builder).",
-    )
-    group.add_argument(
-        "--streaming",
-        action="store_true",
-        help="Stream the dataset instead of downloading it first (for datasets too big for the disk).",
-    )
-    group.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of --streaming.")
-    group.add_argument("--cache_dir", type=str, default=None, help="Cache folder of 🤗 datasets and models.")
-    group.add_argument(
-        "--image_column", type=str, default=None, help="Column holding the images (default: `image`, or the only one)."
-    )
-    group.add_argument(
-        "--num_train_images",
-        type=int,
-        default=None,
-        help=f"Use only the first N images; with `diti-shapes`, the number generated (default {DEFAULT_NUM_SHAPES}).",
-    )
-    group.add_argument(
-        "--resolution",
-        type=int,
-        default=default_resolution,
-        help="Training image side (default: the preprocessing preset's, else the UNet's sample_size).",
-    )
-    group.add_argument(
-        "--preprocessing",
-        type=str,
-        default=None,
-        choices=sorted(TRANSFORM_PRESETS),
-        help="A named preprocessing recipe; `celeba64`: crop top=57, left=25, 128×128 of aligned CelebA, resize 64.",
-    )
-    group.add_argument(
-        "--crop_box",
-        type=int,
-        nargs=4,
-        default=None,
-        metavar=("TOP", "LEFT", "HEIGHT", "WIDTH"),
-        help="A fixed crop applied before resizing (overrides the preset's).",
-    )
-    group.add_argument(
-        "--random_crop",
-        action="store_true",
-        help="Crop the resized image at a random position instead of the centre (non-square images only).",
-    )
-    group.add_argument("--random_flip", action="store_true", help="Flip images horizontally with probability 1/2.")
-    group.add_argument(
-        "--interpolation",
-        type=str,
-        default="bilinear",
-        choices=("nearest", "bilinear", "bicubic", "lanczos", "box"),
-        help="Resampling filter of the resize.",
-    )
-    group.add_argument(
-        "--skip_bad_images",
-        action="store_true",
-        help="Skip corrupt or unreadable images (each is reported with its index) instead of stopping with an error.",
-    )
-    group.add_argument("--dataloader_num_workers", type=int, default=0, help="Data-loading worker processes.")
-
-
-def check_data_arguments(args: argparse.Namespace) -> list[str]:
-    """Problems with the data flags, as `--flag: message` strings (empty if none)."""
-    problems = []
-    if (args.dataset_name is None) == (args.train_data_dir is None):
-        problems.append("--dataset_name/--train_data_dir: give exactly one of them")
-    if args.resolution is not None and args.resolution < 8:
-        problems.append(f"--resolution: must be >= 8, got {args.resolution}")
-    if args.preprocessing is not None and args.resolution is not None:
-        preset = TRANSFORM_PRESETS[args.preprocessing]["resolution"]
-        if preset != args.resolution:
-            problems.append(
-                f"--resolution: {args.resolution} contradicts --preprocessing {args.preprocessing} (resolution {preset})"
-            )
-    if args.crop_box is not None:
-        try:
-            CropBox(*args.crop_box)
-        except ValueError as error:
-            problems.append(f"--crop_box: {error}")
-    if args.num_train_images is not None and args.num_train_images < 1:
-        problems.append(f"--num_train_images: must be >= 1, got {args.num_train_images}")
-    if args.dataloader_num_workers < 0:
-        problems.append(f"--dataloader_num_workers: must be >= 0, got {args.dataloader_num_workers}")
-    return problems
-
-
-def transform_from_args(args: argparse.Namespace, resolution: int, num_channels: int = 3) -> ImageTransform:
-    """The [`ImageTransform`] described by the data flags, at `resolution`."""
-    fields: dict[str, Any] = dict(TRANSFORM_PRESETS[args.preprocessing]) if args.preprocessing else {}
-    if args.crop_box is not None:
-        fields["crop_box"] = CropBox(*args.crop_box)
-    fields.update(
-        resolution=resolution,
-        crop="random" if args.random_crop else "center",
-        random_flip=args.random_flip,
-        num_channels=num_channels,
-        interpolation=args.interpolation,
-    )
-    return ImageTransform(**fields)
-
-
-def dataset_from_args(args: argparse.Namespace, resolution: int):
-    """The raw dataset described by the data flags (see [`load_image_dataset`])."""
-    return load_image_dataset(
-        dataset_name=args.dataset_name,
-        dataset_config=args.dataset_config,
-        split=args.split,
-        train_data_dir=args.train_data_dir,
-        streaming=args.streaming,
-        cache_dir=args.cache_dir,
-        num_images=args.num_train_images,
-        seed=args.seed,
-        resolution=resolution,
-        revision=args.dataset_revision,
-    )
-
-
-def training_images_from_args(
-    args: argparse.Namespace,
-    raw_dataset,
-    transform: ImageTransform,
-    batch_size: int,
-    num_processes: int = 1,
-    process_index: int = 0,
-    pin_memory: bool = False,
-) -> TrainingImages:
-    """The per-process [`TrainingImages`] for `raw_dataset` and the data flags."""
-    import datasets
-
-    common = {
-        "transform": transform,
-        "image_column": args.image_column,
-        "seed": args.seed,
-        "skip_bad_images": args.skip_bad_images,
-    }
-    if isinstance(raw_dataset, datasets.IterableDataset):
-        dataset = StreamingImageDataset(
-            raw_dataset,
-            shuffle_buffer_size=args.shuffle_buffer_size,
-            process_index=process_index,
-            num_processes=num_processes,
-            **common,
-        )
-    else:
-        dataset = ImageDataset(raw_dataset, **common)
-    return TrainingImages(
-        dataset,
-        batch_size,
-        num_processes=num_processes,
-        process_index=process_index,
-        seed=args.seed,
-        num_workers=args.dataloader_num_workers,
-        pin_memory=pin_memory,
-    )
-
-
 __all__: Sequence[str] = (
-    "BadImageError",
     "DataPosition",
     "EpochBatchSampler",
     "ImageDataset",
     "StreamingImageDataset",
     "TrainingImages",
-    "add_data_arguments",
-    "check_data_arguments",
-    "dataset_from_args",
-    "decode_image",
     "load_image_dataset",
     "resolve_image_column",
-    "training_images_from_args",
-    "transform_from_args",
     "validation_batch",
 )

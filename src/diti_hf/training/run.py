@@ -1,5 +1,6 @@
-"""Pieces shared by `examples/train_ddpm.py` and `examples/train_diti.py`: flags, the accelerator, trackers, the
-end-of-run summary and the Hub upload. The training loops themselves live in the scripts."""
+"""One training launch of the example scripts: the accelerator, the optimizer and EMA, resuming, the training loop
+both scripts share ([`TrainingLoop`]), periodic logging, Ctrl-C, the end-of-run summary and the Hub upload. What
+differs between the scripts (the model, its loss, validation, the saved folder) is passed in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,13 +19,8 @@ import torch
 
 from ..cpu_memory import reuse_freed_memory
 from ..safe_io import LOCK_NAME, FolderInUseError, FolderLock
+from .args import ScriptArgumentError, total_train_steps
 from .checkpointing import CHECKPOINT_PREFIX, DAMAGED_PREFIX, OLD_PREFIX, TMP_PREFIX
-
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-
-
-class ScriptArgumentError(ValueError):
-    """A flag or a combination of flags is impossible; reported as one line with exit code 2."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,39 +31,13 @@ class TrainingInterrupted(Exception):
     """Ctrl-C (SIGINT) stopped a launch; reported as one line (the step, the last checkpoint) with exit code 130."""
 
 
-class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Ends every flag's help with its default, except `None`/`False` defaults (which mean "not set")."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
-        if unset or not action.option_strings or "%(default)" in text:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    r"""
-    An `ArgumentParser` whose errors are one line (`prog: error: ...`) on stderr, with exit code 2, and whose `--help`
-    shows each flag's default.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:
-        print(f"{self.prog}: error: {' '.join(message.split())}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run_script(main: Callable[[argparse.Namespace], Any], parse_args: Callable, argv: Sequence[str] | None = None):
     """
     `main(parse_args(argv))`, turning argument and data errors ([`ScriptArgumentError`], `BadImageError`) into one
     line on stderr and exit code 2, and Ctrl-C into one line and exit code 130. Other exceptions propagate with their
     traceback (they are bugs).
     """
-    from ..data.loading import BadImageError
+    from ..data.images import BadImageError
 
     args = parse_args(argv)
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train"
@@ -112,238 +81,6 @@ def stop_cleanly_on_interrupt(run: RunState, output_dir: str | os.PathLike, prog
         raise TrainingInterrupted(
             f"interrupted at step {run.global_step} ({saved}); resume with --resume_from_checkpoint latest"
         ) from None
-
-
-def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
-    """Adds the optimisation, checkpointing, logging and Hub flags; `defaults` override flag defaults by name."""
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--output_dir", type=str, required=True, help="Folder of checkpoints, logs and the result.")
-    group.add_argument("--seed", type=int, default=0, help="Seed of initialisation, data order, t and noise.")
-    group.add_argument("--train_batch_size", type=int, default=16, help="Batch size per process (device).")
-    group.add_argument(
-        "--gradient_accumulation_steps",
-        type=int,
-        default=1,
-        help="Batches accumulated per optimizer step; global batch = train_batch_size × processes × this.",
-    )
-    group.add_argument("--max_train_steps", type=int, default=None, help="Total optimizer steps (overrides the rest).")
-    group.add_argument(
-        "--max_train_images",
-        type=int,
-        default=None,
-        help="Total training images (e.g. 38_000_000 for the paper's CelebA-64); steps = ceil(images / global batch).",
-    )
-    group.add_argument(
-        "--num_train_epochs", type=int, default=1, help="Epochs, if neither --max_train_steps nor --max_train_images."
-    )
-    group.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate (Adam).")
-    group.add_argument("--lr_scheduler", type=str, default="constant", choices=LR_SCHEDULERS, help="LR schedule.")
-    group.add_argument("--lr_warmup_steps", type=int, default=0, help="Linear warm-up steps of the schedule.")
-    group.add_argument("--adam_beta1", type=float, default=0.9, help="Adam β1.")
-    group.add_argument("--adam_beta2", type=float, default=0.999, help="Adam β2.")
-    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam ε.")
-    group.add_argument("--adam_weight_decay", type=float, default=0.0, help="Decoupled weight decay (0 = Adam).")
-    group.add_argument(
-        "--max_grad_norm",
-        type=float,
-        default=None,
-        help="Clip the gradient norm to this value (default: no clipping).",
-    )
-    group.add_argument(
-        "--mixed_precision",
-        type=str,
-        default=None,
-        choices=("no", "fp16", "bf16"),
-        help="Autocast precision (default: the accelerate config's). Weights and EMA stay float32.",
-    )
-    group.add_argument(
-        "--ema_decay",
-        type=float,
-        default=0.9999,
-        help="EMA decay of the trained weights (the exported ones); with --ema_warmup, the decay's upper bound.",
-    )
-    group.add_argument(
-        "--ema_warmup",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help=(
-            "Ramp the EMA decay up from 0 as diffusers' EMAModel does, 1-(1+step)^(-2/3) capped at --ema_decay, so that "
-            "a run of any length exports trained weights. --no-ema_warmup applies --ema_decay from the first step, as "
-            "the official code (0.9999 then needs ~10k steps before the EMA forgets the initial weights)."
-        ),
-    )
-    group.add_argument("--num_threads", type=int, default=None, help="torch CPU threads per process.")
-    group.add_argument(
-        "--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs (faster, slightly less exact)."
-    )
-
-    group = parser.add_argument_group("checkpoints")
-    group.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N steps.")
-    group.add_argument(
-        "--checkpoints_total_limit",
-        type=int,
-        default=None,
-        help="Keep at most this many checkpoints, deleting the oldest (unset: keep every one).",
-    )
-    group.add_argument(
-        "--resume_from_checkpoint",
-        type=str,
-        default=None,
-        help="`latest` (newest complete checkpoint in --output_dir; a fresh start if none) or a checkpoint folder.",
-    )
-    group.add_argument(
-        "--trust_checkpoint",
-        action="store_true",
-        help=(
-            "Resume a checkpoint written by an earlier diti_hf, whose pickled state files can run code when loaded "
-            "(only for checkpoints you wrote yourself); checkpoints saved from then on hold no pickles."
-        ),
-    )
-    group.add_argument(
-        "--stop_after_steps",
-        type=int,
-        default=None,
-        help=(
-            "Stop this launch after N more optimizer steps as if interrupted (after a checkpoint, no final model); "
-            "for time-limited jobs that resume with --resume_from_checkpoint latest."
-        ),
-    )
-
-    group = parser.add_argument_group("logging")
-    group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
-    group.add_argument(
-        "--report_to",
-        type=str,
-        default="tensorboard",
-        help="`tensorboard`, `wandb`, `all` or `none`.",
-    )
-    group.add_argument("--tracker_project_name", type=str, default=None, help="Tracker run name.")
-    group.add_argument("--logging_steps", type=int, default=10, help="Log loss, lr and throughput every N steps.")
-    group.add_argument(
-        "--histogram_steps",
-        type=int,
-        default=None,
-        help="Log the per-t loss histogram every N steps (default: 10×logging).",
-    )
-    group.add_argument(
-        "--validation_steps",
-        type=int,
-        default=500,
-        help="Log validation image grids every N steps (0: only at the end).",
-    )
-    group.add_argument("--num_validation_images", type=int, default=8, help="Images in the validation grids.")
-
-    group = parser.add_argument_group("hub")
-    group.add_argument("--push_to_hub", action="store_true", help="Upload the final folder to the Hub at the end.")
-    group.add_argument("--hub_model_id", type=str, default=None, help="Hub repo id (default: the output folder name).")
-    group.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
-    group.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repo as private.")
-    group.add_argument(
-        "--max_nonfinite_steps",
-        type=int,
-        default=10,
-        help="Skip a batch whose loss is NaN/inf; abort after this many such batches in a row.",
-    )
-    parser.set_defaults(**defaults)
-
-
-def check_training_arguments(args: argparse.Namespace) -> list[str]:
-    """Problems with the shared flags, as `--flag: message` strings."""
-    problems = []
-    positive = ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "logging_steps")
-    for name in positive:
-        if getattr(args, name) < 1:
-            problems.append(f"--{name}: must be >= 1, got {getattr(args, name)}")
-    for name in (
-        "max_train_steps",
-        "max_train_images",
-        "num_train_epochs",
-        "checkpoints_total_limit",
-        "stop_after_steps",
-        "histogram_steps",
-        "num_threads",
-    ):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            problems.append(f"--{name}: must be >= 1, got {value}")
-    if args.validation_steps < 0:
-        problems.append(f"--validation_steps: must be >= 0, got {args.validation_steps}")
-    if args.num_validation_images < 2:
-        problems.append(f"--num_validation_images: must be >= 2 (swaps need pairs), got {args.num_validation_images}")
-    if not 0.0 <= args.ema_decay < 1.0:
-        problems.append(f"--ema_decay: must lie in [0, 1), got {args.ema_decay}")
-    if args.learning_rate <= 0:
-        problems.append(f"--learning_rate: must be > 0, got {args.learning_rate}")
-    if args.lr_warmup_steps < 0:
-        problems.append(f"--lr_warmup_steps: must be >= 0, got {args.lr_warmup_steps}")
-    if args.max_grad_norm is not None and args.max_grad_norm <= 0:
-        problems.append(f"--max_grad_norm: must be > 0, got {args.max_grad_norm}")
-    if args.report_to not in ("tensorboard", "wandb", "all", "none"):
-        problems.append(f"--report_to: expected tensorboard, wandb, all or none, got {args.report_to!r}")
-    if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
-        problems.append(f"--resume_from_checkpoint: {args.resume_from_checkpoint!r} is neither `latest` nor a folder")
-    problems += _output_dir_problems(args)
-    problems += _hub_problems(args)
-    return problems
-
-
-def _output_dir_problems(args: argparse.Namespace) -> list[str]:
-    # Found now rather than after training: a file in the way, no write permission, or an earlier run's results that a
-    # fresh start would mix its checkpoints with (and whose model it would overwrite at the end).
-    from .checkpointing import list_checkpoints
-
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        return [f"--output_dir: {str(out)!r} exists and is not a folder"]
-    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        return [f"--output_dir: {str(out)!r} is not writable (no write permission on {str(existing)!r})"]
-    if args.resume_from_checkpoint is None and out.is_dir():
-        held = [p.name for p in list_checkpoints(out)]
-        if (out / "model_index.json").is_file():
-            held.append("model_index.json")
-        if held:
-            shown = ", ".join(held[:3] + (["..."] if len(held) > 3 else []))
-            return [
-                f"--output_dir: {str(out)!r} already holds an earlier run ({shown}); pass --resume_from_checkpoint "
-                "latest to continue it, or choose an empty folder"
-            ]
-    return []
-
-
-def _hub_problems(args: argparse.Namespace) -> list[str]:
-    # The upload happens after training: a missing login would otherwise surface only then.
-    if not args.push_to_hub:
-        return []
-    from huggingface_hub import constants, get_token
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if constants.HF_HUB_OFFLINE:
-        return ["--push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or drop --push_to_hub"]
-    if args.hub_model_id is not None:
-        try:
-            validate_repo_id(args.hub_model_id)
-        except HFValidationError as error:
-            return [f"--hub_model_id: {args.hub_model_id!r} is not a Hub repo id ({error})"]
-    if not (args.hub_token or get_token()):
-        return ["--push_to_hub: no Hub token; log in with `hf auth login` (or set HF_TOKEN) or pass --hub_token"]
-    return []
-
-
-def total_train_steps(args: argparse.Namespace, global_batch: int, batches_per_epoch: int | None) -> int:
-    r"""
-    Optimizer steps of the run: `--max_train_steps`, else `ceil(--max_train_images / global_batch)`, else
-    `--num_train_epochs` × steps per epoch (a map-style dataset is needed for the last).
-    """
-    if args.max_train_steps is not None:
-        return args.max_train_steps
-    if args.max_train_images is not None:
-        return math.ceil(args.max_train_images / global_batch)
-    if batches_per_epoch is None:
-        raise ScriptArgumentError(
-            "--max_train_steps/--max_train_images: a streamed dataset has no known length; give one of them."
-        )
-    return max(1, args.num_train_epochs * batches_per_epoch // args.gradient_accumulation_steps)
 
 
 def make_accelerator(args: argparse.Namespace):
@@ -685,56 +422,190 @@ def log_periodic(
     return logged
 
 
-def finish_run(
-    accelerator,
-    args: argparse.Namespace,
-    run: RunState,
-    meter,
-    parameters,
-    max_train_steps: int,
-    global_batch: int,
-    last_logged: dict[str, float],
-    saved_at: int | None,
-    save_final: Callable[[], dict[str, Any]],
-) -> dict[str, Any]:
-    r"""
-    Ends a launch on every process: a checkpoint if the launch stopped early (`--stop_after_steps`), peak memory,
-    throughput, a fingerprint of each process's weights (they must agree), then on the main process `save_final()`
-    (final validation and model folder; skipped when stopped early), the summary file and line, and the Hub upload.
-    """
-    from .checkpointing import save_checkpoint
-    from .logging_utils import parameter_fingerprint, peak_memory_mb
+StepLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
-    interrupted = run.global_step < max_train_steps
-    if interrupted and saved_at != run.global_step:
-        save_checkpoint(accelerator, args.output_dir, run.global_step, run.state_dict(), args.checkpoints_total_limit)
-    memory, memory_kind = peak_memory_mb(accelerator.device)
-    fingerprints = accelerator.gather(parameter_fingerprint(parameters).to(accelerator.device)[None])
-    summary = {
-        "global_step": run.global_step,
-        "max_train_steps": max_train_steps,
-        "interrupted": interrupted,
-        "num_processes": accelerator.num_processes,
-        "global_batch_size": global_batch,
-        "images_this_launch": meter.images,
-        "train_seconds_this_launch": round(meter.seconds, 3),
-        "throughput_images_per_s": round(meter.images_per_second(), 3),
-        "peak_memory_mb": round(memory, 1),
-        "peak_memory_kind": memory_kind,
-        "skipped_nonfinite_batches": run.nonfinite_total,
-        "last_logged": last_logged,
-        "rank_weight_fingerprints": fingerprints.cpu().tolist(),
-    }
-    if accelerator.is_main_process:
+
+class TrainingLoop:
+    r"""
+    One launch of a training script after its model is built: the AdamW optimizer and lr schedule, the EMA of the
+    weights, `accelerator.prepare`, resuming (`--resume_from_checkpoint`), the optimisation loop with its periodic
+    logs, checkpoints and validation, and the end of the run ([`TrainingLoop.finish`]).
+
+    Args:
+        accelerator (`accelerate.Accelerator`): From [`make_accelerator`].
+        args (`argparse.Namespace`): The script's flags ([`~diti_hf.training.args.add_training_arguments`]).
+        model (`torch.nn.Module`): Everything trainable, as one module (DDP wraps it once).
+        num_train_timesteps (`int`): `T`, for the per-t loss histogram.
+        batches_per_epoch (`int`, *optional*): This process's batches per epoch (`None` for a stream).
+    """
+
+    def __init__(
+        self, accelerator, args: argparse.Namespace, model: torch.nn.Module, num_train_timesteps: int,
+        batches_per_epoch: int | None,
+    ):  # fmt: skip
+        from diffusers.optimization import get_scheduler
+
+        from .ema import make_ema
+        from .logging_utils import ThroughputMeter
+
+        self.accelerator, self.args = accelerator, args
+        self.global_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+        self.max_train_steps = total_train_steps(args, self.global_batch, batches_per_epoch)
+        optimizer = make_optimizer(model.parameters(), args, accelerator.device)
+        # The prepared scheduler steps once per process per optimizer step, hence the × num_processes.
+        lr_scheduler = get_scheduler(
+            args.lr_scheduler,
+            optimizer,
+            num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=self.max_train_steps * accelerator.num_processes,
+        )
+        self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+        self.trainer = accelerator.unwrap_model(self.model)
+        self.ema = make_ema(self.trainer.parameters(), args.ema_decay, warmup=args.ema_warmup)
+        self.ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(self.ema)
+        self.run = RunState(args.seed, accelerator.process_index, num_train_timesteps)
+        resume_run(accelerator, args, self.run, batches_per_epoch)
+        self.ema.to(accelerator.device)  # accelerate restores custom states on the CPU
+        check_resumed_ema(self.ema, args)
+        self.start_step = self.run.global_step
+        self.meter = ThroughputMeter()
+        self.last_logged: dict[str, float] = {}
+        self.saved_at = self.start_step or None
+
+    def ema_summary(self, logger: logging.Logger) -> str:
+        """The EMA phrase of the start-up line ([`ema_summary`])."""
+        return ema_summary(self.ema, self.args, self.max_train_steps, logger)
+
+    def train(
+        self, data, step_loss: StepLoss, validate: Callable[[int], dict[str, float] | None] | None = None,
+        desc: str = "train",
+    ) -> None:  # fmt: skip
+        r"""
+        Optimizer steps until `--max_train_steps` (or `--stop_after_steps` more), resumable at every checkpoint.
+
+        Args:
+            data ([`~diti_hf.data.TrainingImages`]): This process's batches.
+            step_loss (`Callable`): `(prepared model, images, generator) → (loss, per-sample loss, timesteps)`.
+            validate (`Callable`, *optional*): `step → metrics or None`, every `--validation_steps` on the main
+                process (the metrics are logged).
+            desc (`str`, defaults to `"train"`): The progress bar's label.
+        """
+        from tqdm.auto import tqdm
+
+        accelerator, args, run = self.accelerator, self.args, self.run
+        progress = tqdm(
+            total=self.max_train_steps, initial=self.start_step, desc=desc,
+            disable=not accelerator.is_local_main_process,
+        )  # fmt: skip
+        stop_at = self.start_step + args.stop_after_steps if args.stop_after_steps else None
+        batches = data(run.position)
+        with stop_cleanly_on_interrupt(run, args.output_dir, progress):
+            while run.global_step < self.max_train_steps and (stop_at is None or run.global_step < stop_at):
+                run.position, batch = next(batches)
+                images = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+                if self._optimize(images, step_loss):
+                    progress.update(1)
+                    with self.meter.paused():
+                        self._after_step(progress, validate)
+        progress.close()
+
+    def _optimize(self, images: torch.Tensor, step_loss: StepLoss) -> bool:
+        """One forward/backward (and optimizer step when the accumulation completes); whether a step completed."""
+        accelerator, run = self.accelerator, self.run
+        with accelerator.accumulate(self.model):
+            loss, per_sample, timesteps = step_loss(self.model, images, run.generator)
+            if not run.loss_is_finite(accelerator, loss, self.args.max_nonfinite_steps):
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and self.args.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        run.histogram.update(timesteps, per_sample)
+        run.add_loss(loss)
+        self.meter.add(images.shape[0] * accelerator.num_processes)
+        if not accelerator.sync_gradients:
+            return False
+        self.ema.step(self.trainer.parameters())
+        run.global_step += 1
+        return True
+
+    def _after_step(self, progress, validate: Callable[[int], dict[str, float] | None] | None) -> None:
+        """Periodic logs, the checkpoint and validation after optimizer step `run.global_step`."""
+        from .checkpointing import save_checkpoint
+
+        accelerator, args, step = self.accelerator, self.args, self.run.global_step
+        ema_decay = {"train/ema_decay": float(self.ema.cur_decay_value or 0.0)}
+        self.last_logged = log_periodic(accelerator, args, self.run, self.meter, self.lr_scheduler, ema_decay) or (
+            self.last_logged
+        )
+        if self.last_logged:
+            progress.set_postfix(loss=f"{self.last_logged['train/loss']:.4g}")
+        if step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args.output_dir, step, self.run.state_dict(), args.checkpoints_total_limit)
+            self.saved_at = step
+        due = validate is not None and args.validation_steps and step % args.validation_steps == 0
+        if due and accelerator.is_main_process and (metrics := validate(step)):
+            accelerator.log(metrics, step=step)
+
+    def finish(self, save_final: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        r"""
+        Ends the launch on every process: a checkpoint if it stopped early (`--stop_after_steps`), peak memory,
+        throughput, a fingerprint of each process's weights (they must agree), then on the main process
+        `save_final()` (the model folder and final validation, with the EMA weights; skipped when stopped early),
+        the summary file and line, and the Hub upload. Returns the summary.
+        """
+        from .checkpointing import save_checkpoint
+        from .logging_utils import parameter_fingerprint, peak_memory_mb
+
+        accelerator, args, run, meter = self.accelerator, self.args, self.run, self.meter
+        interrupted = run.global_step < self.max_train_steps
+        if interrupted and self.saved_at != run.global_step:
+            save_checkpoint(
+                accelerator, args.output_dir, run.global_step, run.state_dict(), args.checkpoints_total_limit
+            )
+        memory, memory_kind = peak_memory_mb(accelerator.device)
+        fingerprints = accelerator.gather(
+            parameter_fingerprint(self.trainer.parameters()).to(accelerator.device)[None]
+        )
+        summary = {
+            "global_step": run.global_step,
+            "max_train_steps": self.max_train_steps,
+            "interrupted": interrupted,
+            "num_processes": accelerator.num_processes,
+            "global_batch_size": self.global_batch,
+            "images_this_launch": meter.images,
+            "train_seconds_this_launch": round(meter.seconds, 3),
+            "throughput_images_per_s": round(meter.images_per_second(), 3),
+            "peak_memory_mb": round(memory, 1),
+            "peak_memory_kind": memory_kind,
+            "skipped_nonfinite_batches": run.nonfinite_total,
+            "last_logged": self.last_logged,
+            "rank_weight_fingerprints": fingerprints.cpu().tolist(),
+        }
+        if accelerator.is_main_process:
+            self._report(summary, save_final, memory, memory_kind, interrupted)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        if accelerator.is_main_process:
+            FolderLock(args.output_dir, "training run").release()
+        return summary
+
+    def _report(self, summary: dict, save_final: Callable, memory: float, memory_kind: str, interrupted: bool) -> None:
+        """Main process: the final save, the summary (tracker, file, line) and the Hub upload."""
+        accelerator, args, meter = self.accelerator, self.args, self.meter
         if not interrupted:
             summary.update(save_final())
         accelerator.log(
             {"final/throughput_images_per_s": summary["throughput_images_per_s"], "final/peak_memory_mb": memory},
-            step=run.global_step,
+            step=self.run.global_step,
         )
         write_summary(args.output_dir, summary)
         print(
-            f"{'stopped' if interrupted else 'finished'} at step {run.global_step}/{max_train_steps}: "
+            f"{'stopped' if interrupted else 'finished'} at step {self.run.global_step}/{self.max_train_steps}: "
             f"{meter.images} images in {meter.seconds:.1f} s = {summary['throughput_images_per_s']:.1f} images/s "
             f"(global); peak memory {memory:.0f} MiB ({memory_kind}, main process)",
             flush=True,
@@ -742,8 +613,3 @@ def finish_run(
         if args.push_to_hub and not interrupted:
             repo = push_folder_to_hub(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private_repo)
             print(f"pushed to https://huggingface.co/{repo}", flush=True)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        FolderLock(args.output_dir, "training run").release()
-    return summary
