@@ -18,6 +18,7 @@ from .counterfactual import (
     summarise_flips,
     train_oracle,
 )
+from .plots import write_plots
 from .probes import (
     ProbeConfig,
     ProbeResult,
@@ -30,7 +31,8 @@ from .probes import (
 )
 from .protocols import attribute_protocol, celeba_protocol, lfw_protocol, load_attribute_splits, preprocess_images
 from .reconstruction import compare_images, mse, psnr, reconstruct, reconstruction_metrics, ssim
-from .report import EvaluationConfig, Targets, check_targets, dataset_arrays, evaluate_pipeline, json_safe, write_plots
+from .suite import EvaluationConfig, dataset_arrays, evaluate_pipeline, json_safe
+from .targets import Targets, check_targets
 
 __all__ = [
     "AlignmentResult",
