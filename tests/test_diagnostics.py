@@ -210,6 +210,24 @@ def test_sample_validity_counts_confident_reads_and_compares_histograms():
     assert a["sample_frequency"] == [0.0, 1.0, 0.0, 0.0]
     data = torch.bincount(labels[:, 0], minlength=4).double() / 100
     assert a["max_frequency_gap"] == pytest.approx(float((torch.tensor([0.0, 1.0, 0.0, 0.0]) - data).abs().max()))
+    assert "data_valid_fraction" not in result and "data_confident_fraction" not in a
+
+
+def test_sample_validity_reads_real_images_for_the_ceiling():
+    _, labels = _dataset(n=100)
+    real = torch.zeros(8, 3, 4, 4)
+    real[:6, 0, 0, 1] = 1.0  # factor a confident on 6 of 8 images
+    real[:3, 1:, 0, 1] = 1.0  # factors b and c confident on 3 of them: all three on images 0-2 only
+
+    def sampler(n, seed):
+        return torch.zeros(n, 3, 4, 4)  # never confident
+
+    result = sample_validity(sampler, _ReadOracle(), labels, [4, 4, 4], ["a", "b", "c"], num_samples=4,
+                             reference_images=real)  # fmt: skip
+    assert result["valid_fraction"] == 0.0
+    assert result["num_reference_images"] == 8 and result["data_valid_fraction"] == pytest.approx(3 / 8)
+    assert result["factors"]["a"]["data_confident_fraction"] == pytest.approx(6 / 8)
+    assert result["factors"]["b"]["data_confident_fraction"] == pytest.approx(3 / 8)
 
 
 def test_clean_control_hand_computed():

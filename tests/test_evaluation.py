@@ -480,6 +480,8 @@ def test_evaluate_pipeline_on_a_perfectly_modular_model(easy_shapes, tmp_path):
     assert entry["reconstruction"]["mse"] == 0.0 and entry["reconstruction"]["psnr"] is None  # inf → null
     assert entry["reconstruction"]["oracle_accuracy"] == dict.fromkeys(("bg", "size", "x", "pattern"), 1.0)
     assert report["oracle"]["test_accuracy"]["bg"] == 1.0
+    weak = sorted(n for n, acc in report["oracle"]["test_accuracy"].items() if acc < 0.95)
+    assert report["oracle"]["weak_factors"] == weak
     targets = report["targets"]["modular"]  # no single-chunk model in the run: no probe comparison
     assert targets["all_met"] is True and targets["swaps_met"] == 4 and "probe" not in targets
     assert targets["swaps"]["bg"] == {

@@ -163,11 +163,16 @@ def sample_validity(
     confidence: float = 0.9,
     batch_size: int = 32,
     seed: int = 0,
+    reference_images: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     r"""
     Unconditional samples of the frozen DDPM read by the oracle: the share whose every factor is read with
     probability ≥ `confidence` (`valid_fraction`), each factor's confident share, and each factor's class histogram
     next to the data's (`max_frequency_gap`: the largest absolute difference of class frequencies).
+
+    With `reference_images` (held-out real images), the same reads of them (`data_valid_fraction`, each factor's
+    `data_confident_fraction`): the ceiling the oracle allows. A sample score far above the ceiling's complement
+    cannot be reached by any generator, and a low ceiling means the oracle needs more training images.
 
     Args:
         sample_fn (`Callable`): `(num_images, seed) → images in [0, 1]`.
@@ -179,6 +184,7 @@ def sample_validity(
         confidence (`float`, defaults to 0.9): Probability that counts as a confident read.
         batch_size (`int`, defaults to 32): Samples per `sample_fn` call.
         seed (`int`, defaults to 0): Seed of the first batch (batch `i` uses `seed + i`).
+        reference_images (`torch.Tensor`, *optional*): `(N, C, H, W)` real images in [-1, 1], read the same way.
     """
     if not 0.0 < confidence <= 1.0:
         raise ValueError(f"`confidence` must lie in (0, 1], got {confidence}.")
@@ -191,8 +197,10 @@ def sample_validity(
         ]
     )
     probs = oracle.predict_proba(samples * 2 - 1)
-    top = torch.stack([p.max(1).values for p in probs], 1)  # (N, F)
-    confident = top >= confidence
+    confident = _confident_reads(probs, confidence)
+    reference = (
+        None if reference_images is None else _confident_reads(oracle.predict_proba(reference_images), confidence)
+    )
     labels = torch.as_tensor(labels).long()
     per_factor = {}
     for f, (name, n) in enumerate(zip(factor_names, num_classes)):
@@ -204,9 +212,20 @@ def sample_validity(
             "data_frequency": data.tolist(),
             "max_frequency_gap": float((sampled - data).abs().max()),
         }
-    return {
+        if reference is not None:
+            per_factor[name]["data_confident_fraction"] = float(reference[:, f].double().mean())
+    result = {
         "num_samples": int(len(samples)),
         "confidence": confidence,
         "valid_fraction": float(confident.all(1).double().mean()),
         "factors": per_factor,
     }
+    if reference is not None:
+        result["num_reference_images"] = int(len(reference))
+        result["data_valid_fraction"] = float(reference.all(1).double().mean())
+    return result
+
+
+def _confident_reads(probs: Sequence[torch.Tensor], confidence: float) -> torch.Tensor:
+    """`(N, F)`: whether each factor of each image is read with probability ≥ `confidence`."""
+    return torch.stack([p.max(1).values for p in probs], 1) >= confidence
