@@ -133,8 +133,10 @@ def write_plots(
         `list[str]`: The file names written, in order.
     """
     out = Path(output_dir)
-    files = ["probes.png"]
-    plot_probes(report, out / files[0])
+    files = []
+    if any(entry.get("probe") for entry in report["models"].values()):  # a bare DDPM without baselines has none
+        files.append("probes.png")
+        plot_probes(report, out / files[0])
     section = report.get("loss_profile")
     if section:
         from ..partition import TimestepPartition
