@@ -1,16 +1,20 @@
 """The `diti-hf demo` job (`make demo`): what a DiTi model does, end to end, on CPU, without network.
 
-With a trained pipeline (the shipped `pretrained/diti-shapes32/`, optionally against the PDAE baseline
-`pretrained/pdae-shapes32/`) it writes reconstructions, coarse and fine attribute swaps, an interpolation strip, a
-classifier-direction edit, the time-step alignment heatmap and a report of the evaluation metrics. Until a trained
-model is shipped, the interim mode runs the official fixture checkpoint (random weights) instead: it proves parity
-with the official implementation and exercises the same pipeline calls, but its images mean nothing.
+It runs a trained pipeline — by default the shipped `pretrained/diti-shapes32/` with its PDAE baseline
+`pretrained/pdae-shapes32/` side by side, both trained against the frozen DDPM `pretrained/ddpm-shapes32/` — and
+writes reconstructions, coarse and fine attribute swaps, an interpolation strip, a classifier-direction edit, the
+time-step alignment heatmap and a report of the evaluation metrics. These are small demonstration models: their swaps
+change the image, but not yet one attribute group at a time (README.md, "Results", has the measured numbers).
+
+The interim mode (`--official-fixture DIR`, or the fallback where no trained model is found) runs the official
+fixture checkpoint (random weights) instead: it checks parity with the official implementation and makes the same
+pipeline calls, but its images mean nothing. The default paths are looked up in the working directory, then in the
+source checkout this package runs from (a wheel install has neither `pretrained/` nor the fixture).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +25,23 @@ from typing import Any
 import PIL.Image
 import torch
 
+# the grid helpers live in diti_hf.visualization; these names stay importable from here
+from .visualization import (
+    caption_strip,
+    default_zoom,
+    grid_cell_box,
+    image_grid,
+    save_grid,
+    swap_caption,
+    swap_grid_images,
+    swap_grid_rows,
+    variant_rows,
+)
+
 INTERIM_NOTICE = (
-    "INTERIM DEMO: no trained model is shipped yet; this runs the official fixture checkpoint (random weights), so "
-    "the images are not meaningful — it shows the pipeline end to end and the parity numbers."
+    "INTERIM DEMO: this runs the official fixture checkpoint (random weights), not a trained model, so the images are "
+    "not meaningful — it shows the pipeline end to end and the parity numbers. The trained models are in the source "
+    "checkout's pretrained/ (diti-shapes32, pdae-shapes32, ddpm-shapes32): pass --model DIR to run one."
 )
 DEFAULT_MODEL = "pretrained/diti-shapes32"
 DEFAULT_BASELINE = "pretrained/pdae-shapes32"
@@ -49,142 +67,7 @@ FIXTURE_FILES = (
 PARITY_TOLERANCES = {"eps": 1e-4, "shift_G": 1e-4, "encoder": 1e-4, "ddim_inversion": 2e-4, "ddim_generation": 1e-4}
 
 
-# ---------------------------------------------------------------------------------------------------- grids
-def image_grid(
-    rows: Sequence[Sequence[PIL.Image.Image | None]],
-    pad: int = 2,
-    zoom: int = 1,
-    background: tuple[int, int, int] = (255, 255, 255),
-    caption: str | None = None,
-) -> PIL.Image.Image:
-    r"""
-    Pastes equally sized images into a grid (`None` leaves a cell empty), `pad` pixels apart and around.
-
-    Args:
-        rows (`list[list[PIL.Image.Image | None]]`): The cells, row by row (rows may be shorter than the widest).
-        pad (`int`, defaults to 2): Gap between cells and border, in output pixels.
-        zoom (`int`, defaults to 1): Nearest-neighbour upscaling of every cell.
-        background (`tuple[int, int, int]`, defaults to white): Colour of gaps and empty cells.
-        caption (`str`, *optional*): Text printed under the cells (wrapped to the grid's width; `\n` starts a new
-            line), e.g. what the rows and columns are. The cells stay where [`grid_cell_box`] says.
-
-    Returns:
-        `PIL.Image.Image`: RGB, `cols·w·zoom + (cols+1)·pad` wide and `rows·h·zoom + (rows+1)·pad` high, plus the
-        caption's height.
-    """
-    cells = [im for row in rows for im in row if im is not None]
-    if not cells:
-        raise ValueError("`rows` holds no image.")
-    w, h = cells[0].size
-    if any(im.size != (w, h) for im in cells):
-        raise ValueError(f"every grid cell must be {w}×{h}, got sizes {sorted({im.size for im in cells})}.")
-    n_cols = max(len(row) for row in rows)
-    cw, ch = w * zoom, h * zoom
-    grid = PIL.Image.new("RGB", (n_cols * cw + (n_cols + 1) * pad, len(rows) * ch + (len(rows) + 1) * pad), background)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            if image is not None:
-                cell = image.convert("RGB").resize((cw, ch), PIL.Image.NEAREST) if zoom != 1 else image.convert("RGB")
-                grid.paste(cell, grid_cell_box(r, c, (w, h), pad, zoom)[:2])
-    if caption:
-        strip = caption_strip(caption, grid.width, pad, background)
-        captioned = PIL.Image.new("RGB", (grid.width, grid.height + strip.height), background)
-        captioned.paste(grid, (0, 0))
-        captioned.paste(strip, (0, grid.height))
-        grid = captioned
-    return grid
-
-
-def caption_strip(
-    text: str, width: int, pad: int = 2, background: tuple[int, int, int] = (255, 255, 255)
-) -> PIL.Image.Image:
-    """`text` in black on `background`, word-wrapped to `width` pixels (PIL's default font)."""
-    from PIL import ImageDraw, ImageFont
-
-    font = ImageFont.load_default()
-    measure = ImageDraw.Draw(PIL.Image.new("RGB", (1, 1)))
-    lines = []
-    for paragraph in text.split("\n"):
-        line = ""
-        for word in paragraph.split():
-            trial = f"{line} {word}".strip()
-            if line and measure.textlength(trial, font=font) > width - 2 * pad:
-                lines.append(line)
-                line = word
-            else:
-                line = trial
-        lines.append(line)
-    if hasattr(font, "getmetrics"):
-        ascent, descent = font.getmetrics()
-        line_height = ascent + descent + 2
-    else:  # PIL's bitmap font, without FreeType
-        line_height = font.getbbox("Ag")[3] + 3
-    strip = PIL.Image.new("RGB", (width, len(lines) * line_height + pad), background)
-    draw = ImageDraw.Draw(strip)
-    for k, line in enumerate(lines):
-        draw.text((pad, k * line_height), line, fill=(0, 0, 0), font=font)
-    return strip
-
-
-def grid_cell_box(
-    row: int, col: int, cell_size: tuple[int, int], pad: int = 2, zoom: int = 1
-) -> tuple[int, int, int, int]:
-    """The `(left, top, right, bottom)` box of cell `(row, col)` in an [`image_grid`]."""
-    cw, ch = cell_size[0] * zoom, cell_size[1] * zoom
-    left, top = pad + col * (cw + pad), pad + row * (ch + pad)
-    return left, top, left + cw, top + ch
-
-
 # ---------------------------------------------------------------------------------------------------- helpers
-def swap_grid_images(
-    pipe: Any,
-    sources: Any,
-    targets: Any,
-    ranges: Sequence[tuple[str, tuple[int, int]]],
-    num_inference_steps: int,
-    batch_size: int,
-    output_type: str = "pil",
-) -> list:
-    r"""
-    Every source with the chunks of each range taken from every target, inverting each source only once.
-
-    Args:
-        pipe ([`~diti_hf.DiTiPipeline`]): The pipeline.
-        sources, targets: Images (anything [`~diti_hf.DiTiPipeline.preprocess`] accepts).
-        ranges (`list[tuple[str, tuple[int, int]]]`): `("timesteps", (lo, hi))` or `("chunks", (i, j))` entries.
-        num_inference_steps (`int`): DDIM steps of inversion and generation.
-        batch_size (`int`): Images per inversion / generation batch.
-        output_type (`str`, defaults to `"pil"`): As in the pipeline.
-
-    Returns:
-        `list`: Per range, `len(sources) × len(targets)` images, source-major (image `s·T + t`).
-    """
-    pixels_s, pixels_t = pipe.preprocess(sources), pipe.preprocess(targets)
-    latents, z_source = [], []
-    for i in range(0, pixels_s.shape[0], batch_size):
-        inverted = pipe.invert(pixels_s[i : i + batch_size], num_inference_steps=num_inference_steps)
-        latents.append(inverted.latents)
-        z_source.append(inverted.z)
-    latents, z_source = torch.cat(latents), torch.cat(z_source)
-    z_target = pipe.encode(pixels_t, batch_size=batch_size).z
-    n_t = pixels_t.shape[0]
-    results = []
-    for kind, (lo, hi) in ranges:
-        partition = pipe.partition
-        start, end = partition.dims_for_timesteps(lo, hi) if kind == "timesteps" else partition.dims_for_chunks(lo, hi)
-        z = z_source[:, None].repeat(1, n_t, 1)
-        z[:, :, start:end] = z_target[None, :, start:end]
-        out = pipe(
-            z=z.flatten(0, 1),
-            latents=latents.repeat_interleave(n_t, 0),
-            num_inference_steps=num_inference_steps,
-            batch_size=batch_size,
-            output_type=output_type,
-        )
-        results.append(out.images)
-    return results
-
-
 def partition_ranges(partition: Any) -> dict[str, tuple[int, int]]:
     """The coarse (last third of the chunks, late t) and fine (first third, early t) time-step ranges."""
     k, T = partition.num_chunks, partition.num_train_timesteps
@@ -199,13 +82,17 @@ def train_logistic_probe(
     z: torch.Tensor, labels: torch.Tensor, seed: int = 0, steps: int = 300, weight_decay: float = 1e-3
 ) -> dict[str, Any]:
     r"""
-    A binary logistic-regression probe on standardised `z` (full batch, Adam), trained on 80 % and tested on 20 %.
+    A binary logistic-regression probe on standardised `z` (full batch, Adam), trained on 80 % and tested on 20 %,
+    scored with the metrics of [`~diti_hf.evaluation.probes`].
+
+    Its weight is the edit direction, which [`~diti_hf.evaluation.fit_linear_probes`] does not return (it reports
+    the metrics of a bank of probes), hence this small trainer of one probe.
 
     Returns:
         `dict` with `weight` `(d,)` (in standardised space, the direction [`~diti_hf.DiTiPipeline.edit`] expects
         with `z_std=std`), `mean`, `std`, `train_accuracy`, `test_accuracy` and `test_average_precision`.
     """
-    from .evaluation import average_precision
+    from .evaluation.probes import accuracy, average_precision
 
     z, y = z.float(), labels.float()
     order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
@@ -228,7 +115,7 @@ def train_logistic_probe(
         scores = x @ w + b
 
     def acc(idx: torch.Tensor) -> float | None:
-        return float(((scores[idx] > 0).float() == y[idx]).float().mean()) if len(idx) else None
+        return float(accuracy((scores[idx] > 0).float(), y[idx])) if len(idx) else None
 
     ap = float(average_precision(scores[test], y[test])) if len(test) and y[test].any() else None
     return {
@@ -322,7 +209,7 @@ class DemoConfig:
         eval_steps (`int`, defaults to 10): DDIM steps of the evaluation's swaps and reconstructions (its many
             generations dominate the run time).
         evaluate_counterfactual (`bool`, defaults to `True`): Run the counterfactual score (oracle + swaps).
-        zoom (`int`, *optional*): Grid cell upscaling (default: cells of at least 96 px).
+        zoom (`int`, *optional*): Grid cell upscaling (default: cells of at least `DEFAULT_MIN_CELL` = 96 px).
         interim (`bool`, defaults to `False`): The fixture run (notice everywhere, no counterfactual score).
         model, baseline (`str`, *optional*): Where the pipelines came from (recorded in the report).
     """
@@ -343,6 +230,52 @@ class DemoConfig:
     interim: bool = False
     model: str | None = None
     baseline: str | None = None
+
+
+class _Stages:
+    """Times the demo's steps into `seconds` and shows them as one progress bar."""
+
+    NAMES = ("data", "reconstruction", "swaps", "interpolation", "edit", "evaluation", "report")
+
+    def __init__(self, seconds: dict[str, float], progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.seconds = seconds
+        self.bar = tqdm(total=len(self.NAMES), desc="demo", unit="step", disable=not progress)
+        self.current: tuple[str, float] | None = None
+
+    def start(self, name: str) -> None:
+        self._finish()
+        self.current = (name, time.perf_counter())
+        self.bar.set_description(f"demo: {name}")
+
+    def close(self) -> None:
+        self._finish()
+        self.bar.close()
+
+    def _finish(self) -> None:
+        if self.current is not None:
+            name, started = self.current
+            self.seconds[name] = time.perf_counter() - started
+            self.bar.update(1)
+            self.current = None
+
+
+@dataclass
+class _DemoRun:
+    """What every step of the demo works on: the pipelines, the example images and where the files go."""
+
+    models: dict[str, Any]  # "diti" (the pipeline of the grids) and optionally "pdae"
+    config: DemoConfig
+    out: Path
+    zoom: int
+    images: list  # the example images, as given
+    shown01: torch.Tensor  # ... as the model sees them, in [0, 1]
+    shown: list[PIL.Image.Image]  # ... and as PIL, the grids' first row or column
+
+    @property
+    def pipe(self) -> Any:
+        return self.models["diti"]
 
 
 def run_demo(
@@ -372,173 +305,26 @@ def run_demo(
     Returns:
         `dict`: The report (also `report.json`).
     """
-    from tqdm.auto import tqdm
-
-    from .data.shapes import SHAPES_DATASET_NAME, generate_shapes
-    from .evaluation import EvaluationConfig, ProbeConfig, compare_images, evaluate_pipeline
-
     start = time.perf_counter() - setup_seconds
     seconds: dict[str, float] = {"setup": setup_seconds}
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    resolution = int(pipe.encoder.config.sample_size)
-    zoom = config.zoom or max(1, math.ceil(96 / resolution))
-    steps, bs = config.steps, config.batch_size
     models = {"diti": pipe} if baseline is None else {"diti": pipe, "pdae": baseline}
     for p in models.values():
         p.set_progress_bar_config(disable=True)
-
-    stages = ["data", "reconstruction", "swaps", "interpolation", "edit", "evaluation", "report"]
-    bar = tqdm(total=len(stages), desc="demo", unit="step", disable=not progress)
-    current: list[tuple[str, float]] = []
-
-    def stage(name: str) -> None:
-        now = time.perf_counter()
-        if current:
-            seconds[current[-1][0]] = now - current[-1][1]
-            bar.update(1)
-        current.append((name, now))
-        bar.set_description(f"demo: {name}")
-
-    # --------------------------------------------------------------- data
-    stage("data")
-    labelled = generate_shapes(config.num_images, seed=config.seed, resolution=resolution)
-    if images is None:
-        images = list(generate_shapes(config.num_examples, seed=config.seed + 1, resolution=resolution)["image"])
-    images = list(images)
-    if len(images) < 2:
-        raise ValueError(f"the demo needs at least 2 example images, got {len(images)}.")
-    shown01 = _to01(pipe, images)
-    shown = _pil(pipe, shown01)
-
-    # --------------------------------------------------------------- reconstruction
-    stage("reconstruction")
-    reconstruction: dict[str, Any] = {}
-    recon01 = None
-    for name, p in models.items():
-        rec = p.reconstruct(images, num_inference_steps=steps, batch_size=bs, output_type="pt").images.float().cpu()
-        reconstruction[name] = {
-            "num_images": len(images),
-            "num_inference_steps": steps,
-            **compare_images(shown01, rec),
-        }
-        recon01 = rec if recon01 is None else recon01
-    caption = f"top: the inputs; bottom: their DiTi reconstructions ({steps} + {steps} DDIM steps)"
-    image_grid([shown, _pil(pipe, recon01)], zoom=zoom, caption=caption).save(out / "reconstruction.png")
-
-    # --------------------------------------------------------------- swaps
-    stage("swaps")
+    stages = _Stages(seconds, progress)
+    stages.start("data")
+    run, labelled = _demo_data(models, config, images)
+    stages.start("reconstruction")
+    reconstruction = _reconstruction_grid(run)
+    stages.start("swaps")
     ranges = partition_ranges(pipe.partition)
-    swapped = swap_grid_images(
-        pipe, images, images, [("timesteps", ranges["coarse"]), ("timesteps", ranges["fine"])], steps, bs
-    )
-    n = len(images)
-    for label, grid_images in zip(("coarse", "fine"), swapped):
-        rows = [[None, *shown]] + [[shown[i], *grid_images[i * n : (i + 1) * n]] for i in range(n)]
-        lo, hi = ranges[label]
-        caption = (
-            f"{label} swap, t in [{lo}, {hi}). First row: targets; first column: sources; each other image: its "
-            f"row's source with the z-chunks of t in [{lo}, {hi}) taken from its column's target"
-        )
-        image_grid(rows, zoom=zoom, caption=caption).save(out / f"swap_{label}.png")
-
-    # --------------------------------------------------------------- interpolation
-    stage("interpolation")
-    alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
-    rows = []
-    for label in ("coarse", "fine"):
-        strip = pipe.interpolate(
-            images[:1], images[1:2], alphas=alphas, timesteps=ranges[label], num_inference_steps=steps, batch_size=bs
-        ).images
-        rows.append([shown[0], *strip, shown[1]])
-    (c_lo, c_hi), (f_lo, f_hi) = ranges["coarse"], ranges["fine"]
-    caption = (
-        f"source | alpha = {', '.join(f'{a:g}' for a in alphas)} | target. Top row: the z-chunks of t in "
-        f"[{c_lo}, {c_hi}) (coarse) interpolated; bottom row: those of t in [{f_lo}, {f_hi}) (fine)"
-    )
-    image_grid(rows, zoom=zoom, caption=caption).save(out / "interpolation.png")
-
-    # --------------------------------------------------------------- edit
-    stage("edit")
-    import datasets
-
-    factor = config.edit_factor
-    if not isinstance(labelled.features.get(factor), datasets.ClassLabel):
-        raise ValueError(
-            f"`edit_factor` {factor!r} is not a factor of {SHAPES_DATASET_NAME} ({labelled.column_names[1:]})."
-        )
-    class_names = labelled.features[factor].names
-    class_name = config.edit_class or class_names[0]
-    if class_name not in class_names:
-        raise ValueError(f"`edit_class` {class_name!r} is not a class of {factor!r} ({class_names}).")
-    labelled_pixels = torch.cat(
-        [pipe.preprocess(labelled[i : i + 256]["image"]) for i in range(0, len(labelled), 256)]
-    )
-    z = pipe.encode(labelled_pixels, batch_size=max(bs, 64)).z.float().cpu()
-    target = torch.tensor(list(labelled[factor])) == class_names.index(class_name)
-    probe = train_logistic_probe(z, target, seed=config.seed)
-    edited = pipe.edit(
-        images,
-        direction=probe["weight"],
-        scales=config.edit_scales,
-        z_std=probe["std"],
-        num_inference_steps=steps,
-        batch_size=bs,
-    ).images
-    k = len(config.edit_scales)
-    caption = (
-        f"each row: the input | scale = {', '.join(f'{s:g}' for s in config.edit_scales)} along a linear probe's "
-        f"direction for {factor} = {class_name} (scale 0: the reconstruction)"
-    )
-    rows = [[shown[i], *edited[i * k : (i + 1) * k]] for i in range(n)]
-    image_grid(rows, zoom=zoom, caption=caption).save(out / "edit.png")
-    edit_report = {
-        "factor": factor,
-        "class": class_name,
-        "scales": list(config.edit_scales),
-        "probe": {key: v for key, v in probe.items() if key not in ("weight", "mean", "std")},
-        "num_positive": int(target.sum()),
-    }
-
-    # --------------------------------------------------------------- evaluation
-    stage("evaluation")
-    eval_config = EvaluationConfig(
-        seed=config.seed,
-        probe=ProbeConfig(epochs=10 if config.interim else 15, seed=config.seed),
-        counterfactual=config.evaluate_counterfactual and not config.interim,
-        num_swap_ranges=3,
-        num_swap_pairs=config.num_swap_pairs,
-        swap_batch_size=bs,
-        oracle_epochs=8,
-        # the frozen DDPM's attribute-loss time per factor: meaningless with random weights and 64×64 forwards
-        attribute_loss=not config.interim,
-        num_attribute_loss_images=64,
-        reconstruction=not config.interim,
-        num_reconstruction_images=min(16, max(1, config.num_images // 5)),
-        num_inference_steps=config.eval_steps,
-        granularity_pairs=64 if config.interim else 128,
-        encode_batch_size=max(bs, 64),
-        pixel_baseline=not config.interim,  # 12,288-dim pixels of the 64×64 fixture: slow and beside the point
-        # the cheap diagnostics only: the full set (examples/evaluate.py) takes minutes on a CPU
-        loss_profile=not config.interim,
-        num_loss_profile_images=32,
-        sample_validity=not config.interim,
-        num_validity_samples=16,
-        regeneration=False,
-        swap_protocols=[],
-    )
-    info = {"name": SHAPES_DATASET_NAME, "seed": config.seed, "resolution": resolution}
-    evaluation = evaluate_pipeline(models, labelled, eval_config, output_dir=out / "evaluation", dataset_info=info)
-    heatmap = out / "evaluation" / "alignment_diti.png"
-    if heatmap.is_file():
-        shutil.copyfile(heatmap, out / "alignment_heatmap.png")
-    else:  # a model with a single chunk (PDAE) has no time-step alignment to show
-        _text_image(f"no time-step alignment: the model has num_chunks={pipe.partition.num_chunks}").save(
-            out / "alignment_heatmap.png"
-        )
-
-    # --------------------------------------------------------------- report
-    stage("report")
+    _swap_grids(run, ranges)
+    stages.start("interpolation")
+    _interpolation_grid(run, ranges)
+    stages.start("edit")
+    edit = _edit_grid(run, labelled)
+    stages.start("evaluation")
+    evaluation = _evaluation(run, labelled)
+    stages.start("report")
     report: dict[str, Any] = {
         "mode": "interim" if config.interim else "trained",
         "notice": INTERIM_NOTICE if config.interim else None,
@@ -549,22 +335,200 @@ def run_demo(
         "swap_ranges": {label: list(r) for label, r in ranges.items()},
         "parity": parity,
         "reconstruction": reconstruction,
-        "edit": edit_report,
+        "edit": edit,
         "summary": _summary(evaluation, reconstruction, list(models)),
         "evaluation": evaluation,
         "files": list(OUTPUT_FILES),
         "seconds": seconds,
     }
-    seconds["report"] = time.perf_counter() - current[-1][1]
+    stages.close()
     seconds["total"] = time.perf_counter() - start
-    bar.update(1)
-    bar.close()
+    return _write_report(report, run.out, log)
+
+
+def _demo_data(models: dict[str, Any], config: DemoConfig, images: Sequence | None) -> tuple[_DemoRun, Any]:
+    """The labelled procedural images (for the edit probe and the evaluation) and the example images of the grids."""
+    from .data.shapes import generate_shapes
+
+    pipe = models["diti"]
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolution = int(pipe.encoder.config.sample_size)
+    labelled = generate_shapes(config.num_images, seed=config.seed, resolution=resolution)
+    if images is None:
+        images = generate_shapes(config.num_examples, seed=config.seed + 1, resolution=resolution)["image"]
+    images = list(images)
+    if len(images) < 2:
+        raise ValueError(f"the demo needs at least 2 example images, got {len(images)}.")
+    shown01 = _to01(pipe, images)
+    zoom = config.zoom or default_zoom(resolution)
+    return _DemoRun(models, config, out, zoom, images, shown01, _pil(pipe, shown01)), labelled
+
+
+def _reconstruction_grid(run: _DemoRun) -> dict[str, Any]:
+    """Reconstructs the examples with every model (metrics of each) and writes the first model's grid."""
+    from .evaluation import compare_images
+
+    steps = run.config.steps
+    reconstruction: dict[str, Any] = {}
+    first = None
+    for name, p in run.models.items():
+        rec = p.reconstruct(run.images, num_inference_steps=steps, batch_size=run.config.batch_size, output_type="pt")
+        rec = rec.images.float().cpu()
+        reconstruction[name] = {
+            "num_images": len(run.images),
+            "num_inference_steps": steps,
+            **compare_images(run.shown01, rec),
+        }
+        first = rec if first is None else first
+    caption = f"top: the inputs; bottom: their DiTi reconstructions ({steps} + {steps} DDIM steps)"
+    save_grid([run.shown, _pil(run.pipe, first)], run.out / "reconstruction.png", run.zoom, caption)
+    return reconstruction
+
+
+def _swap_grids(run: _DemoRun, ranges: dict[str, tuple[int, int]]) -> None:
+    """Every example with the coarse, then the fine chunks of every other: swap_coarse.png and swap_fine.png."""
+    labels = ("coarse", "fine")
+    swapped = swap_grid_images(
+        run.pipe,
+        run.images,
+        run.images,
+        [("timesteps", ranges[label]) for label in labels],
+        run.config.steps,
+        run.config.batch_size,
+    )
+    for label, cells in zip(labels, swapped):
+        lo, hi = ranges[label]
+        what = f"t in [{lo}, {hi})"
+        rows = swap_grid_rows(run.shown, run.shown, cells)
+        save_grid(rows, run.out / f"swap_{label}.png", run.zoom, swap_caption(f"{label} swap, {what}", what))
+
+
+def _interpolation_grid(run: _DemoRun, ranges: dict[str, tuple[int, int]]) -> None:
+    """The first example moved to the second along the coarse (top row) and the fine chunks: interpolation.png."""
+    alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
+    rows = []
+    for label in ("coarse", "fine"):
+        strip = run.pipe.interpolate(
+            run.images[:1],
+            run.images[1:2],
+            alphas=alphas,
+            timesteps=ranges[label],
+            num_inference_steps=run.config.steps,
+            batch_size=run.config.batch_size,
+        ).images
+        rows += variant_rows(run.shown[:1], strip, after=run.shown[1:2])
+    (c_lo, c_hi), (f_lo, f_hi) = ranges["coarse"], ranges["fine"]
+    caption = (
+        f"source | alpha = {', '.join(f'{a:g}' for a in alphas)} | target. Top row: the z-chunks of t in "
+        f"[{c_lo}, {c_hi}) (coarse) interpolated; bottom row: those of t in [{f_lo}, {f_hi}) (fine)"
+    )
+    save_grid(rows, run.out / "interpolation.png", run.zoom, caption)
+
+
+def _edit_grid(run: _DemoRun, labelled: Any) -> dict[str, Any]:
+    """Trains the edit probe on the labelled images' z, edits the examples along it: edit.png and the edit report."""
+    import datasets
+
+    from .data.shapes import SHAPES_DATASET_NAME
+
+    config, pipe = run.config, run.pipe
+    factor = config.edit_factor
+    if not isinstance(labelled.features.get(factor), datasets.ClassLabel):
+        raise ValueError(
+            f"`edit_factor` {factor!r} is not a factor of {SHAPES_DATASET_NAME} ({labelled.column_names[1:]})."
+        )
+    class_names = labelled.features[factor].names
+    class_name = config.edit_class or class_names[0]
+    if class_name not in class_names:
+        raise ValueError(f"`edit_class` {class_name!r} is not a class of {factor!r} ({class_names}).")
+    pixels = torch.cat([pipe.preprocess(labelled[i : i + 256]["image"]) for i in range(0, len(labelled), 256)])
+    z = pipe.encode(pixels, batch_size=max(config.batch_size, 64)).z.float().cpu()
+    target = torch.tensor(list(labelled[factor])) == class_names.index(class_name)
+    probe = train_logistic_probe(z, target, seed=config.seed)
+    edited = pipe.edit(
+        run.images,
+        direction=probe["weight"],
+        scales=config.edit_scales,
+        z_std=probe["std"],
+        num_inference_steps=config.steps,
+        batch_size=config.batch_size,
+    ).images
+    caption = (
+        f"each row: the input | scale = {', '.join(f'{s:g}' for s in config.edit_scales)} along a linear probe's "
+        f"direction for {factor} = {class_name} (scale 0: the reconstruction)"
+    )
+    save_grid(variant_rows(run.shown, edited), run.out / "edit.png", run.zoom, caption)
+    return {
+        "factor": factor,
+        "class": class_name,
+        "scales": list(config.edit_scales),
+        "probe": {key: v for key, v in probe.items() if key not in ("weight", "mean", "std")},
+        "num_positive": int(target.sum()),
+    }
+
+
+def _evaluation_config(config: DemoConfig) -> Any:
+    """The demo's evaluation: the cheap parts of `examples/evaluate.py`, and on random weights only what means
+    something there."""
+    from .evaluation import EvaluationConfig, ProbeConfig
+
+    return EvaluationConfig(
+        seed=config.seed,
+        probe=ProbeConfig(epochs=10 if config.interim else 15, seed=config.seed),
+        counterfactual=config.evaluate_counterfactual and not config.interim,
+        num_swap_ranges=3,
+        num_swap_pairs=config.num_swap_pairs,
+        swap_batch_size=config.batch_size,
+        oracle_epochs=8,
+        # the frozen DDPM's attribute-loss time per factor: meaningless with random weights and 64×64 forwards
+        attribute_loss=not config.interim,
+        num_attribute_loss_images=64,
+        reconstruction=not config.interim,
+        num_reconstruction_images=min(16, max(1, config.num_images // 5)),
+        num_inference_steps=config.eval_steps,
+        granularity_pairs=64 if config.interim else 128,
+        encode_batch_size=max(config.batch_size, 64),
+        pixel_baseline=not config.interim,  # 12,288-dim pixels of the 64×64 fixture: slow and beside the point
+        # the cheap diagnostics only: the full set (examples/evaluate.py) takes minutes on a CPU
+        loss_profile=not config.interim,
+        num_loss_profile_images=32,
+        sample_validity=not config.interim,
+        num_validity_samples=16,
+        regeneration=False,
+        swap_protocols=[],
+    )
+
+
+def _evaluation(run: _DemoRun, labelled: Any) -> dict[str, Any]:
+    """The evaluation report of every model (files in `evaluation/`) and alignment_heatmap.png."""
+    from .data.shapes import SHAPES_DATASET_NAME
+    from .evaluation import evaluate_pipeline
+
+    config, out = run.config, run.out
+    resolution = int(run.pipe.encoder.config.sample_size)
+    info = {"name": SHAPES_DATASET_NAME, "seed": config.seed, "resolution": resolution}
+    evaluation = evaluate_pipeline(
+        run.models, labelled, _evaluation_config(config), output_dir=out / "evaluation", dataset_info=info
+    )
+    heatmap = out / "evaluation" / "alignment_diti.png"
+    if heatmap.is_file():
+        shutil.copyfile(heatmap, out / "alignment_heatmap.png")
+    else:  # a model with a single chunk (PDAE) has no time-step alignment to show
+        _text_image(f"no time-step alignment: the model has num_chunks={run.pipe.partition.num_chunks}").save(
+            out / "alignment_heatmap.png"
+        )
+    return evaluation
+
+
+def _write_report(report: dict[str, Any], out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Writes report.json and report.md; returns the report as written (JSON-safe)."""
     from .evaluation import json_safe
 
     report = json_safe(report)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_markdown(report))
-    log(f"wrote {', '.join(OUTPUT_FILES)} to {out} in {seconds['total']:.0f} s")
+    log(f"wrote {', '.join(OUTPUT_FILES)} to {out} in {report['seconds']['total']:.0f} s")
     return report
 
 
@@ -694,13 +658,33 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _source_checkout() -> Path | None:
+    """The root of the source checkout this package runs from (`src/diti_hf/` next to a `pyproject.toml`), or `None`
+    for an installed wheel, whose package folder sits in `site-packages/`."""
+    package = Path(__file__).resolve().parent
+    root = package.parent.parent
+    return root if package.parent.name == "src" and (root / "pyproject.toml").is_file() else None
+
+
+def search_roots() -> list[Path]:
+    """Where [`resolve_default`] looks: the working directory, then the source checkout (if any, and another)."""
+    roots = [Path.cwd()]
+    checkout = _source_checkout()
+    if checkout is not None and checkout != roots[0].resolve():
+        roots.append(checkout)
+    return roots
+
+
 def resolve_default(path: str) -> Path | None:
-    """`path` relative to the working directory, else to the source checkout this package runs from."""
+    """`path` relative to the working directory, else to the source checkout this package runs from; `None` where
+    neither has it (the caller names the flag to pass instead)."""
     here = Path(path)
     if here.exists():
         return here
-    checkout = Path(__file__).resolve().parents[2] / path
-    return checkout if checkout.exists() else None
+    checkout = _source_checkout()
+    if checkout is not None and (checkout / path).exists():
+        return checkout / path
+    return None
 
 
 __all__ = [
@@ -710,12 +694,14 @@ __all__ = [
     "INTERIM_NOTICE",
     "OUTPUT_FILES",
     "DemoConfig",
+    "caption_strip",
     "grid_cell_box",
     "image_grid",
     "official_fixture_pipeline",
     "partition_ranges",
     "resolve_default",
     "run_demo",
+    "search_roots",
     "swap_grid_images",
     "train_logistic_probe",
 ]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
+
+from ..visualization import tensor_grid
 
 
 class TimestepLossHistogram:
@@ -88,32 +90,8 @@ class TimestepLossHistogram:
         return figure
 
 
-def image_grid(rows: Sequence[torch.Tensor], padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
-    r"""
-    Stacks image rows into one grid image.
-
-    Args:
-        rows (`Sequence[torch.Tensor]`): Each `(N, C, H, W)` in [0, 1], the same `C, H, W`; rows may differ in `N`.
-        padding (`int`, defaults to 2): Pixels between images.
-        pad_value (`float`, defaults to 1.0): Value of the padding.
-
-    Returns:
-        `torch.Tensor`: `(C, H_grid, W_grid)` in [0, 1].
-    """
-    if not rows:
-        raise ValueError("`rows` is empty.")
-    c, h, w = rows[0].shape[1:]
-    columns = max(r.shape[0] for r in rows)
-    grid = torch.full(
-        (c, len(rows) * (h + padding) + padding, columns * (w + padding) + padding), pad_value, dtype=torch.float32
-    )
-    for i, row in enumerate(rows):
-        if row.shape[1:] != (c, h, w):
-            raise ValueError(f"row {i} has images of shape {tuple(row.shape[1:])}, expected {(c, h, w)}.")
-        for j, image in enumerate(row.detach().float().cpu().clamp(0, 1)):
-            top, left = padding + i * (h + padding), padding + j * (w + padding)
-            grid[:, top : top + h, left : left + w] = image
-    return grid
+# The validation grids logged to tensorboard share the PNG grids' layout.
+image_grid = tensor_grid
 
 
 def peak_memory_mb(device: torch.device | str) -> tuple[float, str]:
