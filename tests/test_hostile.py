@@ -594,6 +594,7 @@ def test_nan_encoder_weights_stop_encode_with_one_line(model_dir, tmp_path, caps
 
 def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys, tmp_path):
     import diti_hf.cli as cli
+    from diti_hf.commands import encode
 
     for error, code in ((RuntimeError("boom\nsecond line"), 1), (ZeroDivisionError("division by zero"), 1),
                         (MemoryError("cannot allocate"), 2), (KeyError("shards"), 1)):  # fmt: skip
@@ -601,7 +602,7 @@ def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys, tm
         def fail(args, error=error):
             raise error
 
-        monkeypatch.setattr(cli, "_run_encode", fail)
+        monkeypatch.setattr(encode, "run", fail)
         argv = ["encode", "--model", "m", "--images", str(tmp_path), "--output", "z.npy"]
         assert cli.main(argv) == code
         err = capsys.readouterr().err.strip().splitlines()

@@ -1,0 +1,385 @@
+"""What the `diti-hf` subcommands share: argument types, the model / device / threads / seed flags, pipeline loading,
+reading image files, range checks in terms of the flags, the grid flags and writing the grids.
+
+Every failure the user can fix is raised as `UsageError` naming the flag; `diti_hf.cli.main` prints it as one line
+with exit code 2 (as it does the library's `ValueError`s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PROG = "diti-hf"
+
+
+class UsageError(Exception):
+    """A command-line mistake, reported like a library error (one line, exit code 2)."""
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# ------------------------------------------------------------------------------------------------- argument types
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def add_numbers_argument(
+    parser: argparse.ArgumentParser, flag: str, default: list[float], metavar: str, what: str
+) -> None:
+    """A list of finite numbers, e.g. `--alphas 0 0.5 1`; the help ends with the default."""
+    shown = " ".join(f"{value:g}" for value in default)
+    parser.add_argument(
+        flag, nargs="+", type=finite_float, default=default, metavar=metavar, help=f"{what} (default {shown})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the model flags
+def add_model_arguments(
+    parser: argparse.ArgumentParser, steps: int | None = 50, batch_size: int = 16, model_required: bool = True
+) -> None:
+    """The flags every model command shares: --model, --device, --batch-size, --steps, --seed, --threads,
+    --no-progress."""
+    parser.add_argument(
+        "--model",
+        required=model_required,
+        metavar="ID_OR_DIR",
+        help="a Hub repo id or a local pipeline folder (loaded with DiTiPipeline.from_pretrained)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps (default: cpu)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=batch_size, metavar="N", help=f"batch size (default {batch_size})"
+    )
+    if steps is not None:
+        parser.add_argument(
+            "--steps", type=positive_int, default=steps, metavar="N", help=f"DDIM steps (default {steps})"
+        )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random generators and of diti-shapes data (DDIM inversion/generation are deterministic)",
+    )
+    add_runtime_arguments(parser)
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--threads (set by `main` before the command runs) and --no-progress."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: all cores but one, so that another job on the cores does not stall them)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def set_threads(threads: int | None) -> int:
+    """`torch.set_num_threads(threads)`, by default all cores but one; returns the number set."""
+    import torch
+
+    # torch's own default, one thread per core, stalls whenever another job holds a core: a 20-step inversion took
+    # 62-69 s with 2 threads on 2 cores (one busy) and 2.7-2.9 s with 1 (benchmarks/RESULTS.md)
+    threads = threads or max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_device(name: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f"--device {name!r} is not a torch device ({one_line(error)})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name!r}: MPS is not available on this machine; use --device cpu")
+    return name
+
+
+def _looks_like_path(name: str) -> bool:
+    # a Hub id is "name" or "org/name"; anything else the user typed is meant as a folder
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/")
+
+
+def load_pipeline(model: str, device: str, flag: str = "--model", progress: bool = True):
+    """Loads a DiTiPipeline from a folder or Hub id; every failure is one `UsageError` naming the flag."""
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    from ..pipelines import DiTiPipeline
+
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"{flag} {model!r} is a file; expected a pipeline folder or a Hub repo id")
+        model_or_path = str(path)
+    elif _looks_like_path(model):
+        raise UsageError(f"{flag} {model!r}: no such folder")
+    else:
+        model_or_path = model
+    was_active = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # the loader's bar would break one-line error output
+    try:
+        pipe = DiTiPipeline.from_pretrained(model_or_path)
+    except (ValueError, TypeError, OSError) as error:
+        if model_or_path == model and not path.exists():  # a typo'd local folder ends up here too
+            raise UsageError(
+                f"{flag} {model!r}: no such folder, and loading it as a Hub repo id failed: {one_line(error)}"
+            ) from None
+        raise UsageError(f"{flag} {model!r}: cannot load a DiTi pipeline: {one_line(error)}") from None
+    finally:
+        if was_active:
+            diffusers_logging.enable_progress_bar()
+    pipe.to(torch.device(device))
+    pipe.set_progress_bar_config(disable=not progress, leave=False, desc="DDIM")
+    return pipe
+
+
+def open_pipeline(args: argparse.Namespace):
+    """The pipeline of `--model` on `--device`, with progress bars unless `--no-progress`."""
+    return load_pipeline(args.model, check_device(args.device), progress=not args.no_progress)
+
+
+@contextlib.contextmanager
+def library_errors(flags: Mapping[str, str]) -> Iterator[None]:
+    """Re-raises the library's `ValueError` about a parameter (its message starts with `` `name` ``) as a usage
+    error naming the flag the value came from, so that the check itself stays in the library."""
+    try:
+        yield
+    except ValueError as error:
+        message = one_line(error)
+        for name, flag in flags.items():
+            if message.startswith(f"`{name}`"):
+                raise UsageError(f"{flag}: {message}") from None
+        raise
+
+
+# ------------------------------------------------------------------------------------------------------ images
+def image_files(paths: Sequence[str], flag: str) -> list[Path]:
+    """Expands files and folders (recursively, sorted) into image files; refuses what is neither."""
+    from PIL import Image
+
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            if not found:
+                raise UsageError(f"{flag} {name!r}: the folder contains no image files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"{flag} {name!r}: no such file or folder")
+    return files
+
+
+def read_images(files: Sequence[Path], flag: str) -> list:
+    from PIL import Image
+
+    images = []
+    for index, path in enumerate(files):
+        try:
+            with Image.open(path) as image:
+                image.load()
+                images.append(image.convert("RGB"))
+        except Exception as error:  # PIL raises many types on corrupt files; all mean "unreadable"
+            raise UsageError(
+                f"{flag}: image {index} ({str(path)!r}) could not be read: {type(error).__name__}: {error}"
+            ) from None
+    return images
+
+
+def read_for_model(pipe: Any, files: Sequence[Path], flag: str) -> list:
+    """[`read_images`], saying which images the model will see resized."""
+    images = read_images(files, flag)
+    _warn_if_resized(pipe, files, images, flag)
+    return images
+
+
+def _warn_if_resized(pipe: Any, files: Sequence[Path], images: list, flag: str) -> None:
+    # Tensors of the wrong size are refused, PIL images are resized: say so, unless the model's own preprocessing
+    # (a crop box) is what every raw image goes through anyway.
+    processor = pipe.image_processor
+    if processor is not None and processor.crop_box is not None:
+        return
+    size = int(pipe.encoder.config.sample_size)
+    other = [(f, im.size) for f, im in zip(files, images) if im.size != (size, size)]
+    if other:
+        (first, (w, h)), n = other[0], len(other)
+        warnings.warn(
+            f"{flag}: {n} of {len(images)} image(s) are not {size}×{size} (e.g. {first.name}, {w}×{h}); the model "
+            f"sees them resized (shorter side to {size}) and centre-cropped, as shown in the grid",
+            stacklevel=2,
+        )
+
+
+def batches(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# ------------------------------------------------------------------------------------------------------ ranges
+def add_range_arguments(parser: argparse.ArgumentParser, repeat: bool, what: str) -> None:
+    action = "append" if repeat else "store"
+    again = " (repeatable)" if repeat else ""
+    parser.add_argument(
+        "--timesteps",
+        nargs=2,
+        type=int,
+        action=action,
+        metavar=("LO", "HI"),
+        help=f"time-step range [LO, HI) of the chunks to {what}{again}; late t = coarse attributes, early t = fine",
+    )
+    parser.add_argument(
+        "--chunks", nargs=2, type=int, action=action, metavar=("I", "J"), help=f"chunk range [I, J) instead{again}"
+    )
+
+
+def _accepts(check: Any, lo: int, hi: int) -> bool:
+    """Whether the partition's own check takes `[lo, hi)` and finds it non-empty (it allows `lo == hi`, empty)."""
+    try:
+        start, end = check(lo, hi)
+    except ValueError:
+        return False
+    return end > start
+
+
+def check_ranges(
+    pipe: Any, timesteps: list | None, chunks: list | None, required: bool = True, single: bool = False
+) -> list[tuple]:
+    """Validated `[("timesteps", (lo, hi)) | ("chunks", (i, j))]` against the pipeline's partition."""
+    if single and timesteps and chunks:
+        raise UsageError("give --timesteps or --chunks, not both")
+    if not timesteps and not chunks:
+        if required:
+            raise UsageError("give at least one --timesteps LO HI (or --chunks I J)")
+        return []
+    partition = pipe.partition
+    T, k = partition.num_train_timesteps, partition.num_chunks
+    ranges = []
+    for lo, hi in timesteps or []:
+        if not _accepts(partition.chunks_for_timesteps, lo, hi):
+            raise UsageError(
+                f"--timesteps {lo} {hi}: a time-step range must satisfy 0 <= LO < HI <= T={T} (half-open [LO, HI) "
+                f"inside [0, {T}))"
+            )
+        ranges.append(("timesteps", (lo, hi)))
+        start, end, i, j = _chunk_span(partition, "timesteps", (lo, hi))
+        if (start, end) != (lo, hi):
+            warnings.warn(
+                f"--timesteps {lo} {hi}: z is edited by whole chunks, so this range acts on t in [{start}, {end}) "
+                f"({_chunks_text(i, j)}); give --timesteps {start} {end} to say so",
+                stacklevel=2,
+            )
+    for i, j in chunks or []:
+        if not _accepts(partition.dims_for_chunks, i, j):
+            raise UsageError(f"--chunks {i} {j}: a chunk range must satisfy 0 <= I < J <= {k} (the model's chunks)")
+        ranges.append(("chunks", (i, j)))
+    return ranges
+
+
+def _chunk_span(partition: Any, kind: str, bounds: tuple[int, int]) -> tuple[int, int, int, int]:
+    """`(lo, hi, i, j)`: the chunks `[i, j)` a range meets and their time-steps `[lo, hi)`, what an edit of the
+    range actually changes."""
+    i, j = partition.chunks_for_timesteps(*bounds) if kind == "timesteps" else bounds
+    return partition.chunk_timesteps(i)[0], partition.chunk_timesteps(j - 1)[1], i, j
+
+
+def _chunks_text(i: int, j: int) -> str:
+    return f"chunk {i}" if j == i + 1 else f"chunks {i}..{j - 1}"
+
+
+def range_text(pipe: Any, kind: str, bounds: tuple[int, int]) -> str:
+    """`t in [lo, hi) (chunks i..j)` for the grid captions, with the range widened to whole chunks."""
+    lo, hi, i, j = _chunk_span(pipe.partition, kind, bounds)
+    return f"t in [{lo}, {hi}) ({_chunks_text(i, j)})"
+
+
+def range_label(kind: str, bounds: tuple[int, int]) -> str:
+    return f"{'t' if kind == 'timesteps' else 'chunks'}{bounds[0]}-{bounds[1]}"
+
+
+# ------------------------------------------------------------------------------------------------------ output
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def output_dir(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output-dir {name!r} exists and is not a folder")
+    return path
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..visualization import DEFAULT_MIN_CELL
+
+    parser.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the PNG grid(s)")
+    parser.add_argument(
+        "--zoom",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"upscale every grid cell N times, nearest neighbour (default: cells of at least {DEFAULT_MIN_CELL} px)",
+    )
+
+
+def grid_zoom(args: argparse.Namespace, size: int) -> int:
+    from ..visualization import default_zoom
+
+    return args.zoom if args.zoom is not None else default_zoom(size)
+
+
+def shown(pipe: Any, images: list) -> list:
+    """The images as the model sees them (after its preprocessing), as PIL, for the grids."""
+    return pipe.postprocess(pipe.preprocess(images), "pil")
+
+
+def save_grid(rows: list, path: Path, zoom: int, caption: str) -> Path:
+    """Saves the grid with `caption` (what its rows and columns are) under it, and prints both."""
+    from .. import visualization
+
+    visualization.save_grid(rows, path, zoom=zoom, caption=caption)
+    print(f"wrote {path}: {' '.join(caption.split())}")
+    return path
