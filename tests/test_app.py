@@ -526,8 +526,8 @@ def test_browser_swap_and_interpolation_show_the_pipeline_outputs(pipe, chrome, 
     page.upload("file-a", tmp_path / "notes.txt")
     message = page.wait_status("notes.txt")
     assert message == (
-        "⚠ image A ('notes.txt') is not an image file that PIL can read (UnidentifiedImageError); expected a PNG, "
-        "JPEG, WebP, BMP or TIFF image."
+        "⚠ image A ('notes.txt') could not be decoded: not an image file that PIL can read (UnidentifiedImageError); "
+        "expected a PNG, JPEG, WebP, BMP or TIFF image."
     )
     assert "Traceback" not in page.body() and not chrome.find_elements(page.by.CSS_SELECTOR, ".toast-body")
     page.screenshot("2_bad_upload.png")

@@ -405,7 +405,7 @@ def _bad_cases(model, images, tmp):
         (["reconstruct", "--model", model, "--images", img, "--device", "gpu7", "--output-dir", tmp],
          "is not a torch device"),
         (["reconstruct", "--model", model, "--images", img, "--steps", "0", "--output-dir", tmp], "positive integer"),
-        (["reconstruct", "--model", model, "--images", tmp / "w5.npy", "--output-dir", tmp], "could not be read"),
+        (["reconstruct", "--model", model, "--images", tmp / "w5.npy", "--output-dir", tmp], "could not be decoded"),
         (["reconstruct", "--model", model, "--images", img, "--output-dir", tmp / "w5.npy"], "is not a folder"),
         (["evaluate", "--model", model, "--timesteps", "0", "2000", "--output-dir", tmp], "--timesteps 0 2000"),
         (["demo", "--official-fixture", tmp / "nope"], "no such folder"),

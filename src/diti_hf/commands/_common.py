@@ -215,18 +215,16 @@ def image_files(paths: Sequence[str], flag: str) -> list[Path]:
 
 
 def read_images(files: Sequence[Path], flag: str) -> list:
-    from PIL import Image
+    """The images of `files`, decoded by the package's one image decoder ([`~diti_hf.data.decode_image`]) in their own
+    mode: the pipeline's preprocessing converts them, as it does for `encode`, datasets and the app."""
+    from ..data.images import BadImageError, decode_image
 
     images = []
     for index, path in enumerate(files):
         try:
-            with Image.open(path) as image:
-                image.load()
-                images.append(image.convert("RGB"))
-        except Exception as error:  # PIL raises many types on corrupt files; all mean "unreadable"
-            raise UsageError(
-                f"{flag}: image {index} ({str(path)!r}) could not be read: {type(error).__name__}: {error}"
-            ) from None
+            images.append(decode_image(str(path), index, column=None))
+        except BadImageError as error:
+            raise UsageError(f"{flag}: {error}") from None
     return images
 
 
