@@ -416,12 +416,12 @@ class DiTiApp:
     def probe_direction(self, factor: str, class_name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         r"""
         A logistic probe for "`factor` is `class_name`" on `probe_images` images of the probe dataset (trained
-        once per attribute and seed, with `diti_hf.demo.train_logistic_probe`).
+        once per attribute and seed, with [`~diti_hf.evaluation.probes.fit_direction_probe`]).
 
         Returns:
             `(weight, std, summary)`: the direction, the per-dim std of `z` it is expressed in, a markdown line.
         """
-        from .demo import train_logistic_probe
+        from .evaluation.probes import fit_direction_probe
 
         if self.probe_error is not None:
             raise AppInputError(self.probe_error)
@@ -445,7 +445,7 @@ class DiTiApp:
                 target = torch.tensor(list(data[factor])) == self.factors[factor].index(class_name)
                 if not 0 < int(target.sum()) < len(target):
                     raise AppInputError(f"no contrast: {int(target.sum())} of {len(target)} images are {class_name}.")
-                return {**train_logistic_probe(z, target, seed=int(seed)), "num_positive": int(target.sum())}
+                return {**fit_direction_probe(z, target, seed=int(seed)), "num_positive": int(target.sum())}
 
             self._probes[key] = self._run(fit)
         probe = self._probes[key]

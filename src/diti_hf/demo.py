@@ -25,6 +25,8 @@ from typing import Any
 import PIL.Image
 import torch
 
+from .evaluation.probes import fit_direction_probe as train_logistic_probe  # the demo's edit direction
+
 # the grid helpers live in diti_hf.visualization; these names stay importable from here
 from .visualization import (
     caption_strip,
@@ -75,56 +77,6 @@ def partition_ranges(partition: Any) -> dict[str, tuple[int, int]]:
     return {
         "coarse": (partition.chunk_timesteps(k - third)[0], T),
         "fine": (0, partition.chunk_timesteps(third - 1)[1]),
-    }
-
-
-def train_logistic_probe(
-    z: torch.Tensor, labels: torch.Tensor, seed: int = 0, steps: int = 300, weight_decay: float = 1e-3
-) -> dict[str, Any]:
-    r"""
-    A binary logistic-regression probe on standardised `z` (full batch, Adam), trained on 80 % and tested on 20 %,
-    scored with the metrics of [`~diti_hf.evaluation.probes`].
-
-    Its weight is the edit direction, which [`~diti_hf.evaluation.fit_linear_probes`] does not return (it reports
-    the metrics of a bank of probes), hence this small trainer of one probe.
-
-    Returns:
-        `dict` with `weight` `(d,)` (in standardised space, the direction [`~diti_hf.DiTiPipeline.edit`] expects
-        with `z_std=std`), `mean`, `std`, `train_accuracy`, `test_accuracy` and `test_average_precision`.
-    """
-    from .evaluation.probes import accuracy, average_precision
-
-    z, y = z.float(), labels.float()
-    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
-    n_train = max(1, int(0.8 * len(z)))
-    train, test = order[:n_train], order[n_train:]
-    mean, std = z[train].mean(0), z[train].std(0, unbiased=False).clamp_min(1e-6)
-    x = (z - mean) / std
-    w = torch.zeros(z.shape[1], requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.Adam([w, b], lr=0.05)
-    pos_weight = (1 - y[train].mean()) / y[train].mean().clamp_min(1e-6)  # balance a one-vs-rest class
-    for _ in range(steps):
-        logits = x[train] @ w + b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[train], pos_weight=pos_weight)
-        loss = loss + weight_decay * w.square().sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        scores = x @ w + b
-
-    def acc(idx: torch.Tensor) -> float | None:
-        return float(accuracy((scores[idx] > 0).float(), y[idx])) if len(idx) else None
-
-    ap = float(average_precision(scores[test], y[test])) if len(test) and y[test].any() else None
-    return {
-        "weight": w.detach(),
-        "mean": mean,
-        "std": std,
-        "train_accuracy": acc(train),
-        "test_accuracy": acc(test),
-        "test_average_precision": ap,
     }
 
 

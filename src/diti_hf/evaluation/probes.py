@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -178,32 +179,14 @@ def _check_splits(mapping: Mapping, name: str) -> None:
         raise ValueError(f"`{name}` must map exactly the splits {SPLITS} to arrays, got {keys}.")
 
 
-def fit_linear_probes(
+def _checked_inputs(
     features: Mapping[str, torch.Tensor],
     targets: Mapping[str, torch.Tensor],
-    task: str = "multiclass",
-    num_classes: Sequence[int] | None = None,
-    masks: torch.Tensor | None = None,
-    config: ProbeConfig | None = None,
-) -> ProbeResult:
-    r"""
-    Trains a bank of linear probes on frozen features, chooses the epoch on validation, reports test metrics.
-
-    Args:
-        features (`dict[str, torch.Tensor]`): `{"train", "val", "test"}` → `(N, d)` features.
-        targets (`dict[str, torch.Tensor]`): the same splits → `(N, H)` targets: class indices (multiclass, one
-            column per factor), {0, 1} (binary, one column per attribute) or floats (regression).
-        task (`str`, defaults to `"multiclass"`): One of `TASKS`. Multiclass heads use cross-entropy, binary heads
-            BCE, regression heads MSE.
-        num_classes (`list[int]`, *optional*): Classes of each multiclass head (default: `max + 1` over splits).
-        masks (`torch.Tensor`, *optional*): `(P, d)` bool — probe `p` sees only dims `masks[p]`. Default: one probe
-            seeing every dim.
-        config ([`ProbeConfig`], *optional*): Training settings.
-
-    Returns:
-        [`ProbeResult`]
-    """
-    config = config or ProbeConfig()
+    task: str,
+    num_classes: Sequence[int] | None,
+    masks: torch.Tensor | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[int], torch.Tensor]:
+    """`(x, y, num_classes, masks)` of [`fit_linear_probes`], checked: one-line errors naming the argument."""
     if task not in TASKS:
         raise ValueError(f"`task` must be one of {TASKS}, got {task!r}.")
     _check_splits(features, "features")
@@ -240,117 +223,206 @@ def fit_linear_probes(
     masks = torch.as_tensor(masks).bool()
     if masks.ndim != 2 or masks.shape[1] != d or masks.shape[0] == 0:
         raise ValueError(f"`masks` must have shape (P, d={d}), got {tuple(masks.shape)}.")
+    return x, y, num_classes, masks
 
-    if config.standardize:
-        mean = x["train"].mean(0)
-        std = x["train"].std(0, unbiased=False)
-        std = torch.where(std > 1e-8, std, torch.ones_like(std))
-        x = {s: (v - mean) / std for s, v in x.items()}
 
-    # Heads are padded to the widest: outputs (P, N, H, C_max); padded classes get a -1e4 logit (never predicted).
-    n_probes, c_max = masks.shape[0], max(num_classes)
-    pad_bias = torch.zeros(n_heads, c_max)
-    for h, c in enumerate(num_classes):
-        pad_bias[h, c:] = -1e4
-    weight_mask = masks.float()[:, :, None]
-    weight = torch.zeros(n_probes, d, n_heads * c_max, requires_grad=True)
-    bias = torch.zeros(n_probes, n_heads * c_max, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+class _ProbeBank:
+    """`P` masked linear models with `H` heads of up to `C_max` classes, as one einsum; their losses and metrics."""
 
-    def forward(inputs: torch.Tensor) -> torch.Tensor:  # (N, d) → (P, N, H, C_max)
-        out = torch.einsum("nd,pdo->pno", inputs, weight * weight_mask) + bias[:, None, :]
-        return out.view(n_probes, inputs.shape[0], n_heads, c_max) + pad_bias
+    def __init__(self, task: str, masks: torch.Tensor, num_classes: list[int], config: ProbeConfig):
+        self.task, self.num_classes, self.config = task, num_classes, config
+        d = masks.shape[1]
+        self.n_probes, self.n_heads, self.c_max = masks.shape[0], len(num_classes), max(num_classes)
+        # Heads are padded to the widest: padded classes get a -1e4 logit (never predicted).
+        self.pad_bias = torch.zeros(self.n_heads, self.c_max)
+        for h, c in enumerate(num_classes):
+            self.pad_bias[h, c:] = -1e4
+        self.weight_mask = masks.float()[:, :, None]
+        self.weight = torch.zeros(self.n_probes, d, self.n_heads * self.c_max, requires_grad=True)
+        self.bias = torch.zeros(self.n_probes, self.n_heads * self.c_max, requires_grad=True)
 
-    def head_losses(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # → (P, H) mean loss per head
-        if task == "multiclass":
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """`(N, d)` → `(P, N, H, C_max)` logits."""
+        out = torch.einsum("nd,pdo->pno", inputs, self.weight * self.weight_mask) + self.bias[:, None, :]
+        return out.view(self.n_probes, inputs.shape[0], self.n_heads, self.c_max) + self.pad_bias
+
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.forward(inputs[i : i + 4096]) for i in range(0, inputs.shape[0], 4096)], 1)
+
+    def head_losses(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """`(P, H)` mean loss per head: cross-entropy, BCE or MSE."""
+        if self.task == "multiclass":
             index = target[None, :, :, None].expand(out.shape[0], -1, -1, 1)
             return -out.log_softmax(-1).gather(-1, index)[..., 0].mean(1)
-        if task == "binary":
+        if self.task == "binary":
             return F.binary_cross_entropy_with_logits(
                 out[..., 0], target.expand_as(out[..., 0]), reduction="none"
             ).mean(1)
         return (out[..., 0] - target).square().mean(1)
 
-    def evaluate(out: torch.Tensor, target: torch.Tensor, full: bool = True) -> dict[str, torch.Tensor]:
-        # metric → (P, H); `full=False` computes only what epoch selection needs
-        if task == "multiclass":
+    def metrics(self, out: torch.Tensor, target: torch.Tensor, full: bool = True) -> dict[str, torch.Tensor]:
+        """Metric → `(P, H)`; `full=False` computes only what epoch selection needs."""
+        if self.task == "multiclass":
             metrics = {"accuracy": (out.argmax(-1) == target).double().mean(1)}
             if full:
                 metrics["average_precision"] = torch.stack(
                     [
-                        multiclass_average_precision(out[:, :, h, : num_classes[h]].softmax(-1), target[:, h], c)
-                        for h, c in enumerate(num_classes)
+                        multiclass_average_precision(out[:, :, h, :c].softmax(-1), target[:, h], c)
+                        for h, c in enumerate(self.num_classes)
                     ],
                     1,
                 )
             return metrics
         scores, tt = out[..., 0].transpose(1, 2), target.T.expand(out.shape[0], -1, -1)  # (P, H, N)
-        if task == "binary":
+        if self.task == "binary":
             return {
                 "accuracy": accuracy((scores > 0).to(tt.dtype), tt),
                 "average_precision": average_precision(scores, tt),
             }
         return {"pearson_r": pearson_r(scores, tt), "mse": (scores - tt).double().square().mean(-1)}
 
-    def selection_score(metrics: dict[str, torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
-        # higher is better; the val loss breaks ties between epochs of equal accuracy
-        if task == "multiclass":
+    def selection_score(self, metrics: dict[str, torch.Tensor], losses: torch.Tensor) -> torch.Tensor:
+        """`(P, H)`, higher is better; the val loss breaks ties between epochs of equal accuracy."""
+        if self.task == "multiclass":
             score = metrics["accuracy"] - 1e-6 * losses.double()
-        elif task == "binary":
+        elif self.task == "binary":
             score = torch.nan_to_num(metrics["average_precision"], nan=0.0) - 1e-9 * losses.double()
         else:
             score = -metrics["mse"]
-        if config.selection == "joint":
+        if self.config.selection == "joint":
             score = score.mean(1, keepdim=True).expand_as(score)
         return score
 
-    def predict(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([forward(inputs[i : i + 4096]) for i in range(0, inputs.shape[0], 4096)], 1)
 
+def fit_linear_probes(
+    features: Mapping[str, torch.Tensor],
+    targets: Mapping[str, torch.Tensor],
+    task: str = "multiclass",
+    num_classes: Sequence[int] | None = None,
+    masks: torch.Tensor | None = None,
+    config: ProbeConfig | None = None,
+) -> ProbeResult:
+    r"""
+    Trains a bank of linear probes on frozen features, chooses the epoch on validation, reports test metrics.
+
+    Args:
+        features (`dict[str, torch.Tensor]`): `{"train", "val", "test"}` → `(N, d)` features.
+        targets (`dict[str, torch.Tensor]`): the same splits → `(N, H)` targets: class indices (multiclass, one
+            column per factor), {0, 1} (binary, one column per attribute) or floats (regression).
+        task (`str`, defaults to `"multiclass"`): One of `TASKS`. Multiclass heads use cross-entropy, binary heads
+            BCE, regression heads MSE.
+        num_classes (`list[int]`, *optional*): Classes of each multiclass head (default: `max + 1` over splits).
+        masks (`torch.Tensor`, *optional*): `(P, d)` bool — probe `p` sees only dims `masks[p]`. Default: one probe
+            seeing every dim.
+        config ([`ProbeConfig`], *optional*): Training settings.
+
+    Returns:
+        [`ProbeResult`]
+    """
+    config = config or ProbeConfig()
+    x, y, num_classes, masks = _checked_inputs(features, targets, task, num_classes, masks)
+    if config.standardize:
+        mean = x["train"].mean(0)
+        std = x["train"].std(0, unbiased=False)
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        x = {s: (v - mean) / std for s, v in x.items()}
+    bank = _ProbeBank(task, masks, num_classes, config)
+    optimizer = torch.optim.Adam(
+        [bank.weight, bank.bias], lr=config.lr, weight_decay=config.weight_decay, foreach=True
+    )
     generator = torch.Generator().manual_seed(config.seed)
-    n_train = x["train"].shape[0]
-    best_score = torch.full((n_probes, n_heads), -float("inf"), dtype=torch.float64)
-    best_epoch = torch.zeros(n_probes, n_heads, dtype=torch.long)
-    best_val_out = torch.zeros(n_probes, x["val"].shape[0], n_heads, c_max)
-    best_test_out = torch.zeros(n_probes, x["test"].shape[0], n_heads, c_max)
+    n_train, n_heads = x["train"].shape[0], bank.n_heads
+    best_score = torch.full((bank.n_probes, n_heads), -float("inf"), dtype=torch.float64)
+    best_epoch = torch.zeros(bank.n_probes, n_heads, dtype=torch.long)
+    best_val_out = torch.zeros(bank.n_probes, x["val"].shape[0], n_heads, bank.c_max)
+    best_test_out = torch.zeros(bank.n_probes, x["test"].shape[0], n_heads, bank.c_max)
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     for epoch in range(config.epochs):
         order = torch.randperm(n_train, generator=generator)
         total = 0.0
         for i in range(0, n_train, config.batch_size):
             idx = order[i : i + config.batch_size]
-            loss = head_losses(forward(x["train"][idx]), y["train"][idx]).sum()
+            loss = bank.head_losses(bank.forward(x["train"][idx]), y["train"][idx]).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
-        val_out, test_out = predict(x["val"]), predict(x["test"])
-        val_losses = head_losses(val_out, y["val"])
-        score = selection_score(evaluate(val_out, y["val"], full=False), val_losses)
+        val_out, test_out = bank.predict(x["val"]), bank.predict(x["test"])
+        val_losses = bank.head_losses(val_out, y["val"])
+        score = bank.selection_score(bank.metrics(val_out, y["val"], full=False), val_losses)
         better = score > best_score  # strict: the earliest of equally good epochs wins
         best_score = torch.where(better, score, best_score)
         best_epoch = torch.where(better, torch.full_like(best_epoch, epoch), best_epoch)
         keep = better[:, None, :, None]
         best_val_out = torch.where(keep, val_out, best_val_out)
         best_test_out = torch.where(keep, test_out, best_test_out)
-        history["train_loss"].append(total / n_train / n_probes)
+        history["train_loss"].append(total / n_train / bank.n_probes)
         history["val_loss"].append(float(val_losses.mean()))
-
-    if task == "regression":
-        chance = (y["test"] - y["train"].mean(0)).double().square().mean(0)
-    else:
-        chance = torch.stack(
-            [torch.bincount(y["test"][:, h].long()).max().double() / y["test"].shape[0] for h in range(n_heads)]
-        )
     return ProbeResult(
         task=task,
-        metrics=evaluate(best_test_out, y["test"]),
-        val_metrics=evaluate(best_val_out, y["val"]),
+        metrics=bank.metrics(best_test_out, y["test"]),
+        val_metrics=bank.metrics(best_val_out, y["val"]),
         best_epoch=best_epoch,
-        chance=chance,
+        chance=_chance(task, y),
         history=history,
     )
+
+
+def _chance(task: str, y: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """`(H,)` majority-class test accuracy, or (regression) the test MSE of predicting the train mean."""
+    if task == "regression":
+        return (y["test"] - y["train"].mean(0)).double().square().mean(0)
+    return torch.stack(
+        [torch.bincount(y["test"][:, h].long()).max().double() / y["test"].shape[0] for h in range(y["test"].shape[1])]
+    )
+
+
+def fit_direction_probe(
+    z: torch.Tensor, labels: torch.Tensor, seed: int = 0, steps: int = 300, weight_decay: float = 1e-3
+) -> dict[str, Any]:
+    r"""
+    One binary logistic-regression probe on standardised `z` (full batch, Adam, the positive class re-weighted to
+    balance a one-vs-rest label), trained on 80 % and tested on 20 %: its weight is an edit direction.
+
+    [`fit_linear_probes`] reports the metrics of a bank of probes; this returns the one probe itself.
+
+    Returns:
+        `dict` with `weight` `(d,)` (in standardised space, the direction [`~diti_hf.DiTiPipeline.edit`] expects
+        with `z_std=std`), `mean`, `std`, `train_accuracy`, `test_accuracy` and `test_average_precision`.
+    """
+    z, y = z.float(), labels.float()
+    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
+    n_train = max(1, int(0.8 * len(z)))
+    train, test = order[:n_train], order[n_train:]
+    mean, std = z[train].mean(0), z[train].std(0, unbiased=False).clamp_min(1e-6)
+    x = (z - mean) / std
+    w = torch.zeros(z.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.Adam([w, b], lr=0.05)
+    pos_weight = (1 - y[train].mean()) / y[train].mean().clamp_min(1e-6)
+    for _ in range(steps):
+        logits = x[train] @ w + b
+        loss = F.binary_cross_entropy_with_logits(logits, y[train], pos_weight=pos_weight)
+        loss = loss + weight_decay * w.square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        scores = x @ w + b
+
+    def acc(idx: torch.Tensor) -> float | None:
+        return float(accuracy((scores[idx] > 0).float(), y[idx])) if len(idx) else None
+
+    ap = float(average_precision(scores[test], y[test])) if len(test) and y[test].any() else None
+    return {
+        "weight": w.detach(),
+        "mean": mean,
+        "std": std,
+        "train_accuracy": acc(train),
+        "test_accuracy": acc(test),
+        "test_average_precision": ap,
+    }
 
 
 def split_indices(
