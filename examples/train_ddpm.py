@@ -179,8 +179,8 @@ def log_validation(accelerator, model, ema, noise_scheduler, args, step: int, nu
     """A grid of samples of the EMA weights (DDIM with η = 1, which keeps colour saturation; see the CPU notes)."""
     from diffusers import DDIMPipeline, DDIMScheduler
 
-    from diti_hf.training.logging_utils import image_grid
     from diti_hf.training.run import log_image
+    from diti_hf.visualization import tensor_grid
 
     unet = accelerator.unwrap_model(model).unet
     ema.store(unet.parameters())
@@ -197,7 +197,7 @@ def log_validation(accelerator, model, ema, noise_scheduler, args, step: int, nu
             num_inference_steps=args.validation_inference_steps,
             output_type="np",
         ).images
-        grid = image_grid([torch.from_numpy(images).permute(0, 3, 1, 2)])
+        grid = tensor_grid([torch.from_numpy(images).permute(0, 3, 1, 2)])
         log_image(accelerator, "validation/samples", grid, step)
     finally:
         ema.restore(unet.parameters())

@@ -424,8 +424,8 @@ def log_validation(accelerator, model, ema, unet, scheduler, images, args, step:
     (the last row).
     """
     from diti_hf import DiTiPipeline
-    from diti_hf.training.logging_utils import image_grid
     from diti_hf.training.run import log_image
+    from diti_hf.visualization import tensor_grid
 
     trainer = accelerator.unwrap_model(model)
     ema.store(trainer.parameters())
@@ -441,7 +441,7 @@ def log_validation(accelerator, model, ema, unet, scheduler, images, args, step:
         ranges = swap_ranges(args, scheduler.config.num_train_timesteps)
         swaps = pipe.swap(images, target, timesteps=ranges, num_inference_steps=steps, output_type="pt").images
         rows = [images / 2 + 0.5, recon] + [swaps[r :: len(ranges)] for r in range(len(ranges))] + [target / 2 + 0.5]
-        log_image(accelerator, "validation/original_recon_swaps_target", image_grid(rows), step)
+        log_image(accelerator, "validation/original_recon_swaps_target", tensor_grid(rows), step)
         mse = float((recon - (images / 2 + 0.5)).square().mean())
     finally:
         ema.restore(trainer.parameters())
