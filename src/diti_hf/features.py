@@ -676,7 +676,7 @@ def _extract(
     root: Path | None,
     num_items: int | None,
 ) -> FeatureExtractionOutput:
-    """[`extract_features`] once its folder is locked."""
+    """[`extract_features`] once its folder is locked: the manifest, the missing shards, the merged output."""
     dim = int(pipe.partition.latent_dim)
     metadata = dict(metadata) if metadata is not None else feature_metadata(pipe)
     settings = {
@@ -686,7 +686,42 @@ def _extract(
         "output_format": output_format,
         "metadata": json.loads(json.dumps(metadata)),  # as it reads back from JSON, for the resume comparison
     }
+    manifest, same_format = _start_manifest(out, settings, resume)
+    resumed = len(manifest["shards"])
+    was_complete = manifest["complete"] and resumed == manifest.get("num_shards")
+    if was_complete:
+        problem = _output_problem(out, manifest) if same_format else None
+        if same_format and problem is None:
+            return _extraction_output(out / manifest["output"], manifest, resumed)
+        if problem is not None:
+            logger.warning(
+                "%s: every shard is complete but the merged output is not (%s); merging again", out, problem
+            )
+    else:
+        manifest["complete"] = False
+        manifest.update(version=MANIFEST_VERSION, output=None, output_files=None)
+        _write_json(out / MANIFEST_NAME, manifest)
+        manifest["run"] = {"batch_size": batch_size, "skip_bad_images": skip_bad_images}  # informative only
+        items = _iter_items(images, resumed * shard_size, image_column, ids, root)
+        _write_shards(pipe, items, out, manifest, shard_size, batch_size, skip_bad_images, progress, num_items)
 
+    written = _merge(out, manifest, metadata, output_format, dim)
+    manifest.update(
+        version=MANIFEST_VERSION,
+        complete=True,
+        num_shards=len(manifest["shards"]),
+        output=written[0].name,
+        output_files={p.name: file_record(p) for p in written},
+    )
+    _write_json(out / MANIFEST_NAME, manifest)
+    return _extraction_output(written[0], manifest, resumed)
+
+
+def _start_manifest(out: Path, settings: dict[str, Any], resume: bool) -> tuple[dict[str, Any], bool]:
+    r"""
+    The manifest to continue: a new one, or the recorded one (same settings required) cut at its first damaged
+    shard. Returns it and whether its recorded output format is the one asked for.
+    """
     manifest = _read_manifest(out)
     if manifest is not None and not resume:
         raise ValueError(
@@ -699,103 +734,76 @@ def _extract(
             raise ValueError(
                 f"cannot resume {str(out)!r}: the settings differ from the recorded run ({'; '.join(diff)})."
             )
-        same_format = manifest["settings"].get("output_format") == output_format
-        manifest["settings"] = settings
-    else:
-        same_format = True
-        manifest = {"format": MANIFEST_FORMAT, "settings": settings, "shards": [], "complete": False, "output": None}
     # leftovers of a killed writer (the lock says no other writer is alive); never named like a shard, so they
     # were never mistaken for one
     for stale in out.glob(f"{_TMP_PREFIX}*"):
         stale.unlink(missing_ok=True)
+    if manifest is None:
+        return {"format": MANIFEST_FORMAT, "settings": settings, "shards": [], "complete": False, "output": None}, True
+    same_format = manifest["settings"].get("output_format") == settings["output_format"]
+    manifest["settings"] = settings
     done = []
     for index, entry in enumerate(manifest["shards"]):
-        problem = _shard_problem(out, index, entry, dim, shard_size)
+        problem = _shard_problem(out, index, entry, settings["latent_dim"], settings["shard_size"])
         if problem:
             logger.warning("%s: %s; recomputing from shard %d on", out, problem, index)
             break
         done.append(entry)
-    was_complete = manifest["complete"] and len(done) == len(manifest["shards"]) == manifest.get("num_shards")
-    manifest["shards"] = done
-    resumed = len(done)
-    if was_complete:
-        problem = _output_problem(out, manifest) if same_format else None
-        if same_format and problem is None:
-            return FeatureExtractionOutput(
-                output=out / manifest["output"],
-                num_features=sum(e["rows"] for e in done),
-                num_shards=len(done),
-                resumed_shards=resumed,
-                skipped=[s for e in done for s in e["skipped"]],
-            )
-        if problem is not None:
-            logger.warning(
-                "%s: every shard is complete but the merged output is not (%s); merging again", out, problem
-            )
-    else:
+    if len(done) < len(manifest["shards"]):
         manifest["complete"] = False
-        manifest.update(version=MANIFEST_VERSION, output=None, output_files=None)
-        _write_json(out / MANIFEST_NAME, manifest)
+    manifest["shards"] = done
+    return manifest, same_format
 
-        from tqdm.auto import tqdm
 
-        start = resumed * shard_size
-        bar = tqdm(
-            total=num_items, initial=min(start, num_items or start), desc="encoding", unit="img", disable=not progress
-        )
-        items = _iter_items(images, start, image_column, ids, root)
-        manifest["run"] = {"batch_size": batch_size, "skip_bad_images": skip_bad_images}  # informative only
-        shard = resumed
-        try:
-            while True:
-                indices: list[int] = []
-                # streamed: a shard's images are decoded batch by batch, never all held at once
-                features, kept, skipped = _encode_items(
-                    pipe,
-                    _recording(itertools.islice(items, shard_size), indices),
-                    batch_size,
-                    skip_bad_images,
-                    bar.update,
-                )
-                if not indices:
-                    break
-                entry = {
-                    "file": shard_name(shard),
-                    "ids_file": _ids_name(shard),
-                    "start": indices[0],
-                    "stop": indices[-1] + 1,
-                    "rows": int(features.shape[0]),
-                    "skipped": skipped,
-                }
-                _write_json(out / entry["ids_file"], {"ids": [k[0] for k in kept], "paths": [k[1] for k in kept]})
-                atomic_write(out / entry["file"], lambda f, a=features: np.save(f, a))
-                entry.update(
-                    file_record=file_record(out / entry["file"]), ids_record=file_record(out / entry["ids_file"])
-                )
-                manifest["shards"].append(entry)
-                _write_json(out / MANIFEST_NAME, manifest)  # the commit point: from now on the shard counts as done
-                shard += 1
-                if len(indices) < shard_size:
-                    break
-        except BadImageError as error:
-            raise BadImageError(
-                f"{error} The {len(manifest['shards'])} completed shard(s) in {str(out)!r} are kept: continue with "
-                "`--resume` (Python: `resume=True`)."
-            ) from error
-        finally:
-            bar.close()
+def _write_shards(
+    pipe: Any, items: Iterator[_Item], out: Path, manifest: dict[str, Any], shard_size: int, batch_size: int,
+    skip_bad_images: bool, progress: bool, num_items: int | None,
+) -> None:  # fmt: skip
+    """Encodes `items` shard by shard; each shard is committed to the manifest once its files are written."""
+    from tqdm.auto import tqdm
 
-    written = _merge(out, manifest, metadata, output_format, dim)
-    manifest.update(
-        version=MANIFEST_VERSION,
-        complete=True,
-        num_shards=len(manifest["shards"]),
-        output=written[0].name,
-        output_files={p.name: file_record(p) for p in written},
+    start = len(manifest["shards"]) * shard_size
+    bar = tqdm(
+        total=num_items, initial=min(start, num_items or start), desc="encoding", unit="img", disable=not progress
     )
-    _write_json(out / MANIFEST_NAME, manifest)
+    shard = len(manifest["shards"])
+    try:
+        while True:
+            indices: list[int] = []
+            # streamed: a shard's images are decoded batch by batch, never all held at once
+            features, kept, skipped = _encode_items(
+                pipe, _recording(itertools.islice(items, shard_size), indices), batch_size, skip_bad_images, bar.update
+            )
+            if not indices:
+                break
+            entry = {
+                "file": shard_name(shard),
+                "ids_file": _ids_name(shard),
+                "start": indices[0],
+                "stop": indices[-1] + 1,
+                "rows": int(features.shape[0]),
+                "skipped": skipped,
+            }
+            _write_json(out / entry["ids_file"], {"ids": [k[0] for k in kept], "paths": [k[1] for k in kept]})
+            atomic_write(out / entry["file"], lambda f, a=features: np.save(f, a))
+            entry.update(file_record=file_record(out / entry["file"]), ids_record=file_record(out / entry["ids_file"]))
+            manifest["shards"].append(entry)
+            _write_json(out / MANIFEST_NAME, manifest)  # the commit point: from now on the shard counts as done
+            shard += 1
+            if len(indices) < shard_size:
+                break
+    except BadImageError as error:
+        raise BadImageError(
+            f"{error} The {len(manifest['shards'])} completed shard(s) in {str(out)!r} are kept: continue with "
+            "`--resume` (Python: `resume=True`)."
+        ) from error
+    finally:
+        bar.close()
+
+
+def _extraction_output(output: Path, manifest: Mapping[str, Any], resumed: int) -> FeatureExtractionOutput:
     return FeatureExtractionOutput(
-        output=written[0],
+        output=output,
         num_features=sum(e["rows"] for e in manifest["shards"]),
         num_shards=len(manifest["shards"]),
         resumed_shards=resumed,
