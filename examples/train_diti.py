@@ -146,11 +146,13 @@ def build_parser() -> OneLineArgumentParser:
     )
     group.add_argument(
         "--validation_swap_timesteps",
-        type=str,
-        nargs="+",
+        type=int,
+        nargs=2,
+        action="append",
         default=None,
-        metavar="LO:HI",
-        help="Time-step ranges swapped in the validation grid (default: the lower and upper half of [0, T)).",
+        metavar=("LO", "HI"),
+        help="A time-step range [LO, HI) swapped in the validation grid (repeatable; default: the lower and upper "
+        "half of [0, T)).",
     )
     add_data_arguments(parser)
     add_training_arguments(parser)
@@ -193,13 +195,9 @@ def _check_diti_arguments(args: argparse.Namespace) -> list[str]:
         problems.append(f"--partition_stages: must be >= 1, got {args.partition_stages}")
     if args.validation_inference_steps < 1:
         problems.append(f"--validation_inference_steps: must be >= 1, got {args.validation_inference_steps}")
-    for spec in args.validation_swap_timesteps or ():
-        try:
-            lo, hi = (int(v) for v in spec.split(":"))
-            if not 0 <= lo < hi:
-                raise ValueError
-        except ValueError:
-            problems.append(f"--validation_swap_timesteps: expected LO:HI with 0 <= LO < HI, got {spec!r}")
+    for lo, hi in args.validation_swap_timesteps or ():
+        if not 0 <= lo < hi:
+            problems.append(f"--validation_swap_timesteps {lo} {hi}: expected 0 <= LO < HI")
     if args.decoder_dropout is not None and not 0 <= args.decoder_dropout < 1:
         problems.append(f"--decoder_dropout: must lie in [0, 1), got {args.decoder_dropout}")
     return problems
@@ -407,7 +405,7 @@ def card_kwargs(args: argparse.Namespace) -> dict:
 
 def swap_ranges(args: argparse.Namespace, num_train_timesteps: int) -> list[tuple[int, int]]:
     if args.validation_swap_timesteps:
-        ranges = [tuple(int(v) for v in spec.split(":")) for spec in args.validation_swap_timesteps]
+        ranges = [(lo, hi) for lo, hi in args.validation_swap_timesteps]
         bad = [r for r in ranges if r[1] > num_train_timesteps]
         if bad:
             raise ScriptArgumentError(f"--validation_swap_timesteps: {bad} exceed T={num_train_timesteps}")

@@ -613,7 +613,8 @@ def test_evaluate_script_end_to_end(tmp_path):
     args = example.parse_args(
         [
             "--model", f"diti={tmp_path / 'diti'}", "--output_dir", str(tmp_path / "eval"), "--device", "cpu",
-            "--num_images", "60", "--probe_epochs", "2", "--num_inference_steps", "2", "--swap_ranges", "0:500,500:1000",
+            "--num_images", "60", "--probe_epochs", "2", "--num_inference_steps", "2",
+            "--timesteps", "0", "500", "--timesteps", "500", "1000",
             "--num_swap_pairs", "2", "--oracle_epochs", "1", "--num_reconstruction_images", "2", "--no_plots",
             "--num_attribute_loss_images", "4",
         ]
@@ -645,6 +646,52 @@ def test_evaluate_script_bad_flags(argv, match, capsys):
         example.parse_args(argv)
     assert exit_info.value.code == 2
     assert match in capsys.readouterr().err
+
+
+def _without_times(value):
+    """The report without its wall-clock times (the only part two identical runs differ in)."""
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
+def test_cli_and_script_are_one_run(tmp_path):
+    """`diti-hf evaluate` and examples/evaluate.py both call `run_benchmark`: the same flags, spelt each front end's
+    way, give the same report (keys and numbers), diagnostics included."""
+    from conftest import tiny_pipeline
+    from diti_hf.cli import main as cli_main
+
+    tiny_pipeline(num_chunks=4).save_pretrained(tmp_path / "diti")
+    model = str(tmp_path / "diti")
+    cli = [
+        "evaluate", "--model", model, "--output-dir", str(tmp_path / "cli"), "--num-images", "48",
+        "--probe-epochs", "2", "--steps", "2", "--timesteps", "0", "500", "--timesteps", "500", "1000",
+        "--swap-pairs", "2", "--oracle-epochs", "1", "--reconstruction-images", "2", "--attribute-loss-images", "4",
+        "--regeneration-images", "2", "--regeneration-timesteps", "500", "--validity-samples", "2",
+        "--sample-steps", "2", "--swap-protocols", "shared_random", "--batch-size", "8", "--no-plots", "--no-progress",
+        "--threads", "1",
+    ]  # fmt: skip
+    script = [
+        "--model", f"model={model}", "--output_dir", str(tmp_path / "script"), "--device", "cpu", "--num_images", "48",
+        "--probe_epochs", "2", "--num_inference_steps", "2", "--timesteps", "0", "500", "--timesteps", "500", "1000",
+        "--num_swap_pairs", "2", "--oracle_epochs", "1", "--num_reconstruction_images", "2",
+        "--num_attribute_loss_images", "4", "--num_regeneration_images", "2", "--regeneration_timesteps", "500",
+        "--num_validity_samples", "2", "--num_sample_steps", "2", "--swap_protocols", "shared_random", "--batch_size", "8",
+        "--no_plots",
+    ]  # fmt: skip
+    assert cli_main(cli) == 0
+    example = _load_example()
+    returned = example.main(example.parse_args(script))
+    by_cli, by_script = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("cli", "script"))
+    assert by_script == json.loads(json.dumps(returned))
+    assert by_cli["models"].keys() == {"model", "random_init", "pixels"}
+    for key in ("attribute_loss", "loss_profile", "ddpm_samples", "oracle"):
+        assert key in by_cli, key
+    assert by_cli["models"]["model"]["counterfactual"]["ranges"] == [[0, 500], [500, 1000]]
+    assert by_cli["config"]["encode_batch_size"] == by_cli["config"]["swap_batch_size"] == 8
+    assert _without_times(by_cli) == _without_times(by_script)
 
 
 def test_evaluate_pipeline_is_deterministic_under_the_seed(easy_shapes):

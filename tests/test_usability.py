@@ -106,7 +106,7 @@ def _earlier_run(out: Path, what: str) -> None:
     [
         (["--resolution", "32"], "--resolution: trains at 32×32 but the frozen UNet"),
         (["--encoder_preset", "small32"], "--encoder_preset: small32 is the encoder for 32×32 images"),
-        (["--validation_swap_timesteps", "0:2000"], "--validation_swap_timesteps: [(0, 2000)] exceed T=1000"),
+        (["--validation_swap_timesteps", "0", "2000"], "--validation_swap_timesteps: [(0, 2000)] exceed T=1000"),
     ],
     ids=["resolution", "encoder-preset", "swap-range"],
 )

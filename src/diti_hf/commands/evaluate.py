@@ -1,4 +1,5 @@
-"""`diti-hf evaluate`: probes, time-step alignment, counterfactual score and reconstruction (`diti_hf.evaluation`)."""
+"""`diti-hf evaluate`: probes, time-step alignment, counterfactual score and reconstruction — the run of
+`examples/evaluate.py` ([`~diti_hf.evaluation.run_benchmark`]), with the flags spelt with dashes."""
 
 from __future__ import annotations
 
@@ -6,41 +7,88 @@ import argparse
 
 from . import _common as common
 
+# the diagnostics' switches: `--no-NAME` turns EvaluationConfig's NAME off (`--no-baselines`: both baselines)
+_SKIPS = {
+    "counterfactual": "the counterfactual score",
+    "attribute_loss": "the DDPM attribute-loss time of every factor",
+    "reconstruction": "the reconstruction metrics",
+    "loss_profile": "the frozen DDPM's loss profile and the partition fitted to it",
+    "regeneration": "the regeneration keep-rates",
+    "sample_validity": "reading the frozen DDPM's samples with the oracle",
+    "baselines": "the random-encoder and raw-pixel baselines",
+    "random_baseline": "the random-encoder baseline",
+    "pixel_baseline": "the raw-pixel baseline",
+    "plots": "the plots (write report.json only)",
+}
+# the diagnostics' sizes: flag → (run_benchmark / EvaluationConfig name, what it is); unset, the library's default
+_SIZES = {
+    "--num-swap-ranges": ("num_swap_ranges", "equal ranges swapped when no --timesteps is given (default 4)"),
+    "--max-alignment-groups": ("max_alignment_groups", "chunk groups probed for the alignment (default 64)"),
+    "--attribute-loss-images": ("num_attribute_loss_images", "test images of the attribute-loss times (default 128)"),
+    "--regeneration-images": ("num_regeneration_images", "images regenerated at each noise level (default 48)"),
+    "--validity-samples": ("num_validity_samples", "DDPM samples read by the oracle (default 64)"),
+    "--sample-steps": ("num_sample_steps", "DDIM steps of those samples (default 50)"),
+    "--probe-batch-size": ("probe_batch_size", "probe mini-batch size (default 128)"),
+    "--max-samples": ("max_samples", "celeba / lfw: rows per split (default: all)"),
+    "--resolution": ("resolution", "side of the generated images (default: the model's)"),
+}
+# the library's names (in its error messages) that the flags spell otherwise
+_FLAG_OF = {
+    "swap_ranges": "--timesteps",
+    "num_inference_steps": "--steps",
+    "num_swap_pairs": "--swap-pairs",
+    "num_reconstruction_images": "--reconstruction-images",
+}
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..evaluation import PROTOCOLS
+    from ..evaluation.control import SWAP_PROTOCOLS
+
     parser = subparsers.add_parser(
         "evaluate",
         help="probes, time-step alignment, counterfactual score, reconstruction → report.json + plots",
         description=(
             "Run diti_hf.evaluation on a dataset with known factors (ClassLabel columns; default the procedural "
-            "diti-shapes at the model's resolution): linear probes, time-step alignment, counterfactual flip rates and "
-            "reconstruction, with random-encoder and raw-pixel baselines. Writes OUTPUT_DIR/report.json and plots."
+            "diti-shapes at the model's resolution): linear probes, time-step alignment, counterfactual flip rates, "
+            "reconstruction and the frozen DDPM's diagnostics, with random-encoder and raw-pixel baselines; or the "
+            "CelebA / LFW attribute protocols (--protocol). Writes OUTPUT_DIR/report.json and plots. The same run as "
+            "examples/evaluate.py (diti_hf.evaluation.run_benchmark)."
         ),
     )
     common.add_model_arguments(parser, steps=20, batch_size=16)
-    parser.add_argument("--baseline", default=None, metavar="ID_OR_DIR", help="a second pipeline (e.g. PDAE)")
     parser.add_argument(
-        "--dataset", default="diti-shapes", help="diti-shapes (default), a saved dataset folder or a Hub id"
+        "--baseline", default=None, metavar="ID_OR_DIR", help="a second pipeline (e.g. PDAE) or a DDPMPipeline folder"
     )
-    parser.add_argument("--split", default="train", help="dataset split (default: train)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="shapes", help="default: shapes")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="shapes: diti-shapes (default) or diti-shapes-v2 (generated), or a saved dataset folder or Hub id with "
+        "ClassLabel factors; celeba / lfw (required): the Hub id or folder with the attributes",
+    )
+    parser.add_argument("--split", default="train", help="split of a loaded --dataset (default: train)")
     parser.add_argument(
         "--num-images", type=common.positive_int, default=2000, metavar="N", help="images used (default 2000)"
     )
     parser.add_argument("--factors", nargs="+", default=None, help="factor columns (default: every ClassLabel column)")
     parser.add_argument(
+        "--data-seed", type=int, default=None, metavar="N", help="seed of the generated images (default: --seed)"
+    )
+    parser.add_argument(
+        "--shapes-dataset", default=None, help="the generated dataset (diti-shapes or diti-shapes-v2), as --dataset"
+    )
+    parser.add_argument("--shapes-factors", metavar="FILE", help="JSON list of ShapeFactor dicts (a shapes variant)")
+    parser.add_argument(
         "--probe-epochs", type=common.positive_int, default=15, metavar="N", help="probe epochs (default 15)"
+    )
+    parser.add_argument(
+        "--probe-lr", type=common.finite_float, default=None, metavar="LR", help="probe learning rate (default 1e-3)"
     )
     parser.add_argument(
         "--swap-pairs", type=common.positive_int, default=64, metavar="N", help="counterfactual pairs (default 64)"
     )
-    parser.add_argument(
-        "--timesteps",
-        nargs=2,
-        type=int,
-        action="append",
-        metavar=("LO", "HI"),
-        help="a swapped time-step range (repeatable; default 4 equal ranges)",
-    )
+    add_timesteps_argument(parser, "a swapped time-step range (repeatable; default --num-swap-ranges equal ranges)")
     parser.add_argument(
         "--oracle-epochs", type=common.positive_int, default=12, metavar="N", help="oracle epochs (default 12)"
     )
@@ -51,72 +99,77 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="images reconstructed (default 64)",
     )
-    parser.add_argument("--no-counterfactual", action="store_true", help="skip the counterfactual score")
+    for flag, (dest, what) in _SIZES.items():
+        parser.add_argument(flag, dest=dest, type=common.positive_int, default=None, metavar="N", help=what)
     parser.add_argument(
-        "--no-attribute-loss", action="store_true", help="skip the DDPM attribute-loss time of every factor"
+        "--regeneration-timesteps",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="T",
+        help="noise levels regenerated from (default 250 500 750 999)",
     )
-    parser.add_argument("--no-reconstruction", action="store_true", help="skip the reconstruction metrics")
-    parser.add_argument("--no-baselines", action="store_true", help="skip the random-encoder and raw-pixel baselines")
-    parser.add_argument("--no-plots", action="store_true", help="write report.json only")
+    parser.add_argument(
+        "--swap-protocols",
+        nargs="*",
+        choices=SWAP_PROTOCOLS,
+        default=None,
+        help="swap protocols compared (default: all; none: skip)",
+    )
+    for name, what in _SKIPS.items():
+        parser.add_argument(
+            f"--no-{name.replace('_', '-')}", dest=f"no_{name}", action="store_true", help=f"skip {what}"
+        )
+    parser.add_argument("--dataset-config", default=None, help="celeba / lfw: the Hub dataset's configuration")
+    parser.add_argument("--columns", default=None, metavar="JSON", help='celeba / lfw: e.g. \'{"Male": "male"}\'')
+    parser.add_argument("--image-column", default=None, help="celeba / lfw: the image column")
+    parser.add_argument("--attributes-column", default=None, help="celeba / lfw: one column holding every attribute")
     parser.add_argument("--output-dir", required=True, metavar="DIR", help="folder for report.json and the plots")
-    parser.set_defaults(handler=run)
+    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    parser.set_defaults(handler=run, flags=flags | _FLAG_OF)
 
 
-def _config(args: argparse.Namespace):
-    """The `EvaluationConfig` the flags ask for."""
-    from ..evaluation import EvaluationConfig, ProbeConfig
-
-    return EvaluationConfig(
-        seed=args.seed,
-        probe=ProbeConfig(epochs=args.probe_epochs, seed=args.seed),
-        random_baseline=not args.no_baselines,
-        pixel_baseline=not args.no_baselines,
-        counterfactual=not args.no_counterfactual,
-        swap_ranges=[tuple(r) for r in args.timesteps] if args.timesteps else None,
-        num_swap_pairs=args.swap_pairs,
-        swap_batch_size=args.batch_size,
-        oracle_epochs=args.oracle_epochs,
-        attribute_loss=not args.no_attribute_loss,
-        reconstruction=not args.no_reconstruction,
-        num_reconstruction_images=args.reconstruction_images,
-        num_inference_steps=args.steps,
-        encode_batch_size=args.batch_size,
-        plots=not args.no_plots,
-    )
+def add_timesteps_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
+    """`--timesteps LO HI`, repeatable: the swapped time-step ranges `[LO, HI)`, spelt as in every `diti-hf` command
+    (also by examples/evaluate.py); the parsed value is a list of `[lo, hi]` pairs, or None."""
+    parser.add_argument("--timesteps", nargs=2, type=int, action="append", metavar=("LO", "HI"), help=help)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import SHAPES_DATASET_NAME, load_image_dataset
-    from ..evaluation import evaluate_pipeline
+    from ..evaluation.benchmark import benchmark_arguments, is_ddpm_folder, load_model, run_benchmark
 
     out = common.output_dir(args.output_dir)
     device = common.check_device(args.device)
-    progress = not args.no_progress
-    models = {"model": common.load_pipeline(args.model, device, progress=progress)}
-    if args.baseline is not None:
-        models["baseline"] = common.load_pipeline(args.baseline, device, "--baseline", progress=progress)
-    if args.timesteps:
-        for pipe in models.values():
-            common.check_ranges(pipe, args.timesteps, None)
-    resolution = int(models["model"].encoder.config.sample_size)
-    dataset = load_image_dataset(
-        dataset_name=args.dataset, split=args.split, num_images=args.num_images, seed=args.seed, resolution=resolution
-    )
-    info = {
-        "name": args.dataset,
-        "split": args.split,
-        "seed": args.seed if args.dataset == SHAPES_DATASET_NAME else None,
-        "models": {"model": args.model, "baseline": args.baseline},
-    }
-    report = evaluate_pipeline(models, dataset, _config(args), factors=args.factors, output_dir=out, dataset_info=info)
+    values = {**vars(args), "swap_ranges": args.timesteps, "device": device, "progress": not args.no_progress}
+    values.update(num_inference_steps=args.steps, num_swap_pairs=args.swap_pairs)
+    values["num_reconstruction_images"] = args.reconstruction_images
+    if args.no_baselines:
+        values.update(no_random_baseline=True, no_pixel_baseline=True)
+    with common.library_errors(args.flags):
+        kwargs = benchmark_arguments(values)
+    sources = {"model": args.model, "baseline": args.baseline}
+    models = {}
+    for name, flag in (("model", "--model"), ("baseline", "--baseline")):
+        if sources[name] is None:
+            continue
+        if is_ddpm_folder(sources[name]):
+            models[name] = load_model(sources[name], device, kwargs["progress"])
+        else:
+            models[name] = common.load_pipeline(sources[name], device, flag, progress=kwargs["progress"])
+            common.check_ranges(models[name], args.timesteps, None, required=False)
+    with common.library_errors(args.flags):
+        report = run_benchmark(models, out, sources=sources, **kwargs)
     for name in models:
-        print(_evaluation_line(name, report["models"][name]))
+        print(_evaluation_line(name, report["models"].get(name, {})))
     print(f"wrote {out / 'report.json'}" + (f" and {', '.join(report['plots'])}" if report.get("plots") else ""))
     return 0
 
 
 def _evaluation_line(name: str, entry: dict) -> str:
     """One model's headline numbers, rounded as the README and the report print them (the JSON keeps full precision)."""
+    if "mean_accuracy" not in (entry.get("probe") or {}):  # celeba / lfw: the means of the attribute metrics
+        means = [f"{key.removeprefix('mean_')} {value:.3f}" for key, value in entry.items() if key.startswith("mean_")]
+        return f"{name}: " + (", ".join(means) or "no probe")
     line = f"{name}: mean probe accuracy {entry['probe']['mean_accuracy']:.3f}"
     spearman = (entry.get("alignment") or {}).get("spearman_timestep_vs_granularity")
     if entry.get("alignment"):

@@ -1,5 +1,6 @@
 """Evaluation of time-step-modular representations: linear probes, time-step alignment, counterfactual score,
-reconstruction, the CelebA/LFW protocols, the generation-control diagnostics and the report."""
+reconstruction, the CelebA/LFW protocols, the generation-control diagnostics, the report and one benchmark run of the
+front ends ([`run_benchmark`])."""
 
 from .adapters import (
     ModelFunctions,
@@ -10,6 +11,7 @@ from .adapters import (
 )
 from .alignment import AlignmentResult, chunk_masks, decodable_chunks, timestep_alignment
 from .attribute_loss import attribute_loss_curve
+from .benchmark import PROTOCOLS, benchmark_arguments, is_ddpm_folder, load_model, run_benchmark
 from .counterfactual import (
     CounterfactualResult,
     OracleClassifier,
@@ -40,6 +42,7 @@ __all__ = [
     "EvaluationConfig",
     "ModelFunctions",
     "OracleClassifier",
+    "PROTOCOLS",
     "ProbeConfig",
     "ProbeResult",
     "accuracy",
@@ -47,6 +50,7 @@ __all__ = [
     "Targets",
     "attribute_protocol",
     "average_precision",
+    "benchmark_arguments",
     "celeba_protocol",
     "check_targets",
     "chunk_masks",
@@ -57,10 +61,12 @@ __all__ = [
     "encoder_functions",
     "evaluate_pipeline",
     "fit_linear_probes",
+    "is_ddpm_folder",
     "json_safe",
     "flip_rates",
     "lfw_protocol",
     "load_attribute_splits",
+    "load_model",
     "mse",
     "pearson_r",
     "pipeline_functions",
@@ -70,6 +76,7 @@ __all__ = [
     "random_encoder_functions",
     "reconstruct",
     "reconstruction_metrics",
+    "run_benchmark",
     "spearman_r",
     "split_indices",
     "ssim",
