@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_sample_validity", action="store_true", help="Skip reading the DDPM's samples.")
     g.add_argument("--num_validity_samples", type=int, default=64)
     g.add_argument("--num_sample_steps", type=int, default=50, help="DDIM steps of the DDPM's samples.")
+    g.add_argument("--sample_eta", type=float, default=0.0, help="DDIM η of a bare DDPM's samples (0: deterministic).")
     g.add_argument("--no_random_baseline", action="store_true")
     g.add_argument("--no_pixel_baseline", action="store_true")
     g.add_argument("--no_plots", action="store_true")

@@ -342,6 +342,7 @@ def test_a_bare_ddpm_gets_the_ddpm_diagnostics_only(tmp_path):
     assert report["attribute_loss"]["ddpm_of"] == "ddpm" and report["loss_profile"]["ddpm_of"] == "ddpm"
     assert report["loss_profile"]["auto_partition"] is None  # no partitioned model to fit it for
     assert report["ddpm_samples"]["num_samples"] == 3 and report["targets"] == {}
+    assert report["ddpm_samples"]["eta"] == 0.0 and report["ddpm_samples"]["num_reference_images"] == 12
     assert "pixels" in report["models"]  # the baselines still run
     assert {"probes.png", "loss_profile.png"} <= set(report["plots"]) and (tmp_path / "loss_profile.png").is_file()
 
@@ -379,3 +380,22 @@ def test_pipeline_swap_protocols_match_their_definitions():
         pipe(z=z_a, latents=x_t, start_timestep=700, num_inference_steps=2, output_type="pt").images,
     )
     assert fns.sample_fn(3, 0).shape == (3, 3, 16, 16)
+
+
+def test_bare_ddpm_samples_with_eta_are_seeded_and_differ_from_deterministic_ddim():
+    from diffusers import DDPMScheduler
+
+    from conftest import tiny_ddpm_unet
+    from diti_hf.evaluation import EvaluationConfig
+    from diti_hf.evaluation.adapters import ddpm_functions
+
+    unet, config = tiny_ddpm_unet(), dict(DDPMScheduler(num_train_timesteps=1000).config)
+    deterministic = ddpm_functions(unet, config, sample_steps=4).sample_fn
+    stochastic = ddpm_functions(unet, config, sample_steps=4, sample_eta=1.0).sample_fn
+    a, b = stochastic(2, 7), stochastic(2, 7)
+    assert torch.equal(a, b) and a.shape == (2, 3, 16, 16) and a.min() >= 0.0 and a.max() <= 1.0
+    assert not torch.equal(a, stochastic(2, 8))
+    assert (a - deterministic(2, 7)).abs().max() > 1e-3  # same start, fresh noise at every step
+    assert torch.equal(deterministic(2, 7), deterministic(2, 7))
+    with pytest.raises(ValueError, match="sample_eta"):
+        EvaluationConfig(sample_eta=1.5)

@@ -102,6 +102,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     for flag, (dest, what) in _SIZES.items():
         parser.add_argument(flag, dest=dest, type=common.positive_int, default=None, metavar="N", help=what)
     parser.add_argument(
+        "--sample-eta",
+        type=common.finite_float,
+        default=None,
+        metavar="ETA",
+        help="DDIM η of a bare DDPM's validity samples, in [0, 1] (default 0: deterministic)",
+    )
+    parser.add_argument(
         "--regeneration-timesteps",
         nargs="+",
         type=int,

@@ -167,16 +167,19 @@ def pipeline_functions(
     )
 
 
-def ddpm_functions(unet: Any, scheduler_config: dict[str, Any], sample_steps: int = 50) -> ModelFunctions:
+def ddpm_functions(
+    unet: Any, scheduler_config: dict[str, Any], sample_steps: int = 50, sample_eta: float = 0.0
+) -> ModelFunctions:
     r"""
     Adapts a bare frozen DDPM (a diffusers `UNet2DModel` and its scheduler config) to [`ModelFunctions`]: no
-    features, only what the DDPM diagnostics need — `eps_fn`, `alphas_cumprod` and `sample_fn` (deterministic DDIM,
-    η = 0, `x̂_0` clipped to [−1, 1] at each step, as the pipeline samples with `guidance=False`).
+    features, only what the DDPM diagnostics need — `eps_fn`, `alphas_cumprod` and `sample_fn` (DDIM with `x̂_0`
+    clipped to [−1, 1] at each step; with η = 0, deterministic, as the pipeline samples with `guidance=False`).
 
     Args:
         unet (`UNet2DModel`): The ε-prediction DDPM.
         scheduler_config (`dict`): Its noise-schedule config (any diffusers scheduler's).
         sample_steps (`int`, defaults to 50): DDIM steps of the samples.
+        sample_eta (`float`, defaults to 0.0): DDIM η of the samples (their noise is seeded like the start).
     """
     from diffusers import DDIMScheduler
 
@@ -192,12 +195,13 @@ def ddpm_functions(unet: Any, scheduler_config: dict[str, Any], sample_steps: in
     @torch.no_grad()
     def sample_fn(num_images: int, seed: int) -> torch.Tensor:
         size, channels = unet.config.sample_size, unet.config.in_channels
-        noise = torch.randn(num_images, channels, size, size, generator=torch.Generator().manual_seed(seed))
-        x = noise.to(unet.device, unet.dtype)
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(num_images, channels, size, size, generator=generator).to(unet.device, unet.dtype)
         scheduler.set_timesteps(sample_steps)
         for t in scheduler.timesteps:
             eps = unet(x, t.to(unet.device)).sample
-            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+            step_noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype) if sample_eta else None
+            x = scheduler.step(eps, t, x, eta=sample_eta, variance_noise=step_noise).prev_sample
         return (x.float().cpu() / 2 + 0.5).clamp(0, 1)
 
     return ModelFunctions(

@@ -82,6 +82,9 @@ class EvaluationConfig:
         num_validity_samples (`int`, defaults to 64): Samples drawn.
         validity_confidence (`float`, defaults to 0.9): Oracle probability that counts as a confident read.
         num_sample_steps (`int`, defaults to 50): DDIM steps of those samples.
+        sample_eta (`float`, defaults to 0.0): DDIM η of a bare DDPM's samples (0: deterministic, the sampler DiTi
+            generates with; 1: as stochastic as ancestral sampling). A DiTi pipeline samples with its own
+            deterministic DDIM.
         granularity_pairs (`int`, defaults to 256): Base images per factor for the granularity measure.
         encode_batch_size (`int`, defaults to 256): Encoding batch size.
         plots (`bool`, defaults to `True`): Write PNG plots next to the JSON report.
@@ -117,6 +120,7 @@ class EvaluationConfig:
     num_validity_samples: int = 64
     validity_confidence: float = 0.9
     num_sample_steps: int = 50
+    sample_eta: float = 0.0
     granularity_pairs: int = 256
     encode_batch_size: int = 256
     plots: bool = True
@@ -140,6 +144,8 @@ class EvaluationConfig:
         ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
+        if not 0.0 <= float(self.sample_eta) <= 1.0:
+            raise ValueError(f"`sample_eta` must lie in [0, 1], got {self.sample_eta!r}.")
         if self.swap_ranges is not None:
             self.swap_ranges = [(int(lo), int(hi)) for lo, hi in self.swap_ranges]
             if not self.swap_ranges or any(not 0 <= lo < hi for lo, hi in self.swap_ranges):
@@ -342,7 +348,7 @@ def _as_functions(model: Any, config: EvaluationConfig) -> ModelFunctions:
     if hasattr(model, "swap") and hasattr(model, "encode"):
         return pipeline_functions(model, config.num_inference_steps, config.encode_batch_size, config.num_sample_steps)
     if hasattr(model, "unet") and hasattr(model, "scheduler") and not hasattr(model, "encoder"):
-        return ddpm_functions(model.unet, dict(model.scheduler.config), config.num_sample_steps)
+        return ddpm_functions(model.unet, dict(model.scheduler.config), config.num_sample_steps, config.sample_eta)
     if isinstance(model, torch.nn.Module) and hasattr(model, "config"):
         return encoder_functions(model, config.encode_batch_size)
     raise TypeError(
@@ -633,6 +639,7 @@ def _sample_validity_section(
     return {
         "ddpm_of": name,
         "num_inference_steps": config.num_sample_steps,
+        "eta": float(config.sample_eta) if fn.encode_fn is None else 0.0,  # a pipeline's own sampler is deterministic
         **sample_validity(
             fn.sample_fn,
             oracle,
