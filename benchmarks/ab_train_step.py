@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import diti_hf
-from bench_train_step import add_configuration_arguments, build_step
+from bench_train_step import add_configuration_arguments, batch_size_of, build_step
 from bench_utils import configure_process
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "baseline": args.baseline,
         "threads": args.threads,
-        "batch_size": args.batch_size,
+        "config": args.config,
+        "batch_size": batch_size_of(args),
         "step_seconds": {name: [round(t, 3) for t in values] for name, values in times.items()},
         "median_step_seconds": {name: round(statistics.median(values), 3) for name, values in times.items()},
         "median_ratio_baseline_over_current": round(
