@@ -64,12 +64,15 @@ def run(args: argparse.Namespace) -> int:
     dim = int(pipe.partition.latent_dim)
     direction = _load_vector(args.direction, "--direction", dim)
     z_std = None if args.z_std is None else _load_vector(args.z_std, "--z-std", dim)
-    if args.top_k is not None and args.top_k > dim:
-        raise common.UsageError(f"--top-k {args.top_k}: must be at most the model's latent_dim {dim}")
     images = common.read_for_model(pipe, files, "--images")
     edited = []
-    # the pipeline checks the values (finite, non-zero) before it inverts anything
-    flags = {"direction": f"--direction {args.direction!r}", "z_std": f"--z-std {args.z_std!r}", "scales": "--scales"}
+    # the pipeline checks the values (finite, non-zero, top_k <= d) before it inverts anything
+    flags = {
+        "direction": f"--direction {args.direction!r}",
+        "z_std": f"--z-std {args.z_std!r}",
+        "scales": "--scales",
+        "top_k": f"--top-k {args.top_k}",
+    }
     with common.library_errors(flags):
         for batch in common.batches(images, args.batch_size):
             edited += pipe.edit(

@@ -752,7 +752,7 @@ class DiTiPipeline(DiffusionPipeline):
         w = direction.to(device=self._execution_device, dtype=torch.float32)
         if top_k is not None:
             if not 1 <= top_k <= d:
-                raise ValueError(f"`top_k` must be in [1, {d}], got {top_k}.")
+                raise ValueError(f"`top_k` must be in [1, {d}] (at most the model's latent_dim {d}), got {top_k}.")
             keep = torch.zeros_like(w, dtype=torch.bool)
             keep[w.abs().topk(top_k).indices] = True
             w = torch.where(keep, w, torch.zeros_like(w))
