@@ -1,0 +1,40 @@
+"""Twelve samples of a DDPMPipeline folder with deterministic DDIM (η = 0, top row) and η = 1 (middle row), over twelve
+`diti-shapes-v2` images (bottom row), as one PNG: what the sample-validity numbers of benchmarks/RESULTS.md look like.
+
+    python benchmarks/shapes32-v2/sample_grid.py DDPM_DIR OUT.png
+"""
+
+import sys
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline
+
+from diti_hf.data.shapes import generate_shapes, timescale_factors
+from diti_hf.visualization import image_grid
+
+
+def main(path: str, out: str, num: int = 12, steps: int = 50) -> None:
+    torch.set_num_threads(1)
+    pipe = DDPMPipeline.from_pretrained(path)
+    unet = pipe.unet.eval()
+    size = unet.config.sample_size
+    rows = []
+    for eta in (0.0, 1.0):
+        scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True, set_alpha_to_one=True)
+        scheduler.set_timesteps(steps)
+        x = torch.randn(num, 3, size, size, generator=torch.Generator().manual_seed(0))
+        noise = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                x = scheduler.step(unet(x, t).sample, t, x, eta=eta, generator=noise).prev_sample
+        pixels = ((x / 2 + 0.5).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        rows.append([PIL.Image.fromarray(np.ascontiguousarray(p)) for p in pixels])
+    data = generate_shapes(num, seed=5, resolution=size, factors=timescale_factors())
+    rows.append([image.convert("RGB") for image in data["image"]])
+    image_grid(rows, zoom=3).save(out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
