@@ -20,7 +20,19 @@ import torch
 from ..cpu_memory import reuse_freed_memory
 from ..safe_io import LOCK_NAME, FolderInUseError, FolderLock
 from .args import ScriptArgumentError, total_train_steps
-from .checkpointing import CHECKPOINT_PREFIX, DAMAGED_PREFIX, OLD_PREFIX, TMP_PREFIX
+from .checkpointing import (
+    CHECKPOINT_PREFIX,
+    DAMAGED_PREFIX,
+    OLD_PREFIX,
+    TMP_PREFIX,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_incomplete_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+    set_aside_newer_checkpoints,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,8 +81,6 @@ def stop_cleanly_on_interrupt(run: RunState, output_dir: str | os.PathLike, prog
         output_dir (`str` or `os.PathLike`): Where the checkpoints are.
         progress (*optional*): A tqdm bar, closed first so that the message starts on its own line.
     """
-    from .checkpointing import latest_checkpoint
-
     try:
         yield
     except KeyboardInterrupt:
@@ -341,13 +351,6 @@ def resume_run(accelerator, args: argparse.Namespace, run: RunState, batches_per
     `--trust_checkpoint`. Returns the checkpoint used.
     """
     from ..data.loading import DataPosition
-    from .checkpointing import (
-        CheckpointError,
-        load_checkpoint,
-        remove_incomplete_checkpoints,
-        resolve_checkpoint,
-        set_aside_newer_checkpoints,
-    )
 
     trust = bool(getattr(args, "trust_checkpoint", False))
     if accelerator.is_main_process:
@@ -535,8 +538,6 @@ class TrainingLoop:
 
     def _after_step(self, progress, validate: Callable[[int], dict[str, float] | None] | None) -> None:
         """Periodic logs, the checkpoint and validation after optimizer step `run.global_step`."""
-        from .checkpointing import save_checkpoint
-
         accelerator, args, step = self.accelerator, self.args, self.run.global_step
         ema_decay = {"train/ema_decay": float(self.ema.cur_decay_value or 0.0)}
         self.last_logged = log_periodic(accelerator, args, self.run, self.meter, self.lr_scheduler, ema_decay) or (
@@ -558,7 +559,6 @@ class TrainingLoop:
         `save_final()` (the model folder and final validation, with the EMA weights; skipped when stopped early),
         the summary file and line, and the Hub upload. Returns the summary.
         """
-        from .checkpointing import save_checkpoint
         from .logging_utils import parameter_fingerprint, peak_memory_mb
 
         accelerator, args, run, meter = self.accelerator, self.args, self.run, self.meter
