@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline
+from object_areas import sample  # this folder's sampler (the script's folder is on sys.path)
 
 from diti_hf.data.shapes import generate_shapes, timescale_factors
 from diti_hf.visualization import image_grid
@@ -24,12 +25,7 @@ def main(path: str, out: str, num: int = 12, steps: int = 50) -> None:
     for eta in (0.0, 1.0):
         scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True, set_alpha_to_one=True)
         scheduler.set_timesteps(steps)
-        x = torch.randn(num, 3, size, size, generator=torch.Generator().manual_seed(0))
-        noise = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for t in scheduler.timesteps:
-                x = scheduler.step(unet(x, t).sample, t, x, eta=eta, generator=noise).prev_sample
-        pixels = ((x / 2 + 0.5).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        pixels = (sample(unet, scheduler, num, eta) * 255).round().astype(np.uint8)
         rows.append([PIL.Image.fromarray(np.ascontiguousarray(p)) for p in pixels])
     data = generate_shapes(num, seed=5, resolution=size, factors=timescale_factors())
     rows.append([image.convert("RGB") for image in data["image"]])
