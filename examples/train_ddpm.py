@@ -90,6 +90,13 @@ def build_parser() -> OneLineArgumentParser:
     group.add_argument("--beta_start", type=float, default=1e-4, help="First beta of the linear schedule.")
     group.add_argument("--beta_end", type=float, default=0.02, help="Last beta of the linear schedule.")
     group.add_argument(
+        "--prediction_type",
+        type=str,
+        default="epsilon",
+        choices=("epsilon", "v_prediction"),
+        help="What the UNet predicts: ε, or v = √ᾱ ε − √(1−ᾱ) x_0, whose ε = √ᾱ v + √(1−ᾱ) x_t stays exact at high t.",
+    )
+    group.add_argument(
         "--validation_inference_steps", type=int, default=50, help="Steps of the validation samples (DDIM, η = 1)."
     )
     add_data_arguments(parser, default_resolution=None)
@@ -156,7 +163,8 @@ def build_unet(args: argparse.Namespace, resolution: int, in_channels: int):
 
 
 class DDPMTrainingModel(torch.nn.Module):
-    """The ε-prediction loss of a UNet, per sample (for the per-t histogram) and averaged."""
+    """The loss of a UNet predicting the scheduler's `prediction_type` (ε or v), per sample (for the per-t histogram)
+    and averaged."""
 
     def __init__(self, unet: torch.nn.Module):
         super().__init__()
@@ -170,7 +178,11 @@ class DDPMTrainingModel(torch.nn.Module):
         noise = torch.randn(images.shape, generator=generator, dtype=torch.float32).to(images.device, images.dtype)
         noisy = noise_scheduler.add_noise(images, noise, timesteps)
         prediction = self.unet(noisy, timesteps).sample
-        per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").flatten(1).mean(1)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(images, noise, timesteps)
+        else:
+            target = noise
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
         return per_sample.mean(), per_sample.detach(), timesteps
 
 
@@ -226,7 +238,7 @@ def main(args: argparse.Namespace) -> dict:
         beta_start=args.beta_start,
         beta_end=args.beta_end,
         beta_schedule="linear",
-        prediction_type="epsilon",
+        prediction_type=args.prediction_type,
         clip_sample=True,
     )
     unet = build_unet(args, resolution, num_channels)
