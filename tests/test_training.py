@@ -354,6 +354,28 @@ def test_train_ddpm_output_is_a_diti_base(tmp_path):
     assert all(torch.equal(trained_unet[k], v) for k, v in pipe.unet.state_dict().items())
 
 
+def test_train_ddpm_v_prediction_regresses_the_velocity():
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(**{**train_ddpm.UNET_PRESETS["tiny"], "sample_size": 8, "block_out_channels": (16, 32)})
+    scheduler = DDPMScheduler(prediction_type="v_prediction")
+    images = torch.rand(3, 3, 8, 8) * 2 - 1
+    loss, per_sample, timesteps = train_ddpm.DDPMTrainingModel(unet)(
+        images, scheduler, torch.Generator().manual_seed(0)
+    )
+    # the same draws, in the order the model makes them
+    generator = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (3,), generator=generator)
+    noise = torch.randn(images.shape, generator=generator)
+    assert torch.equal(timesteps, t)
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    velocity = a.sqrt() * noise - (1 - a).sqrt() * images
+    with torch.no_grad():
+        predicted = unet(scheduler.add_noise(images, noise, t), t).sample
+    torch.testing.assert_close(per_sample, (predicted - velocity).pow(2).flatten(1).mean(1))
+    assert float(loss) == pytest.approx(float(per_sample.mean()))
+
+
 # ----------------------------------------------------------------------------------------------- argument errors
 @pytest.mark.parametrize(
     ("extra", "expected"),
