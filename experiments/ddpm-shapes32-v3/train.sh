@@ -1,7 +1,7 @@
 #!/bin/bash
 # One row of the base-DDPM capacity comparison (same data, schedule, seed as experiments/ddpm-shapes32-v2), resumable.
 # Run from the repository root:
-#   ROW=wide8 bash experiments/ddpm-shapes32-v3-capacity/train.sh RUN_DIR
+#   ROW=wide8 bash experiments/ddpm-shapes32-v3/train.sh RUN_DIR
 # THREADS=1 (default) when another job shares the cores.
 set -e
 ROW=${ROW:?set ROW to small32, wide8 or wide8-4x4}

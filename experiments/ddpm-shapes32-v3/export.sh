@@ -1,7 +1,7 @@
 #!/bin/bash
 # Writes the EMA DDPMPipeline of checkpoint STEP of a row's RUN_DIR to OUT_DIR without touching the run (a copy of the
 # checkpoint is resumed at its own step, which ends that copy at once and saves the final folder).
-#   ROW=wide8 bash experiments/ddpm-shapes32-v3-capacity/export.sh RUN_DIR STEP OUT_DIR
+#   ROW=wide8 bash experiments/ddpm-shapes32-v3/export.sh RUN_DIR STEP OUT_DIR
 set -e
 ROW=${ROW:?set ROW}
 source "$(dirname "$0")/rows.sh"
