@@ -225,6 +225,7 @@ def profile_and_partition(args: argparse.Namespace, accelerator, unet, coefficie
     from accelerate.utils import broadcast_object_list
 
     from diti_hf.evaluation.loss_profile import loss_profile, partition_from_profile, write_loss_profile
+    from diti_hf.models.frozen_ddpm import eps_function
 
     if args.loss_profile_images == 0:
         return None
@@ -235,12 +236,7 @@ def profile_and_partition(args: argparse.Namespace, accelerator, unet, coefficie
             payload = json.loads(record.read_text())
             logger.info("--partition auto: reusing the partition recorded in %s", record)
         else:
-            device = accelerator.device
-
-            def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return unet(x_t.to(device, unet.dtype), t.to(device)).sample.float().cpu()
-
-            profile = loss_profile(eps_fn, images, coefficients, seed=args.seed)
+            profile = loss_profile(eps_function(unet, coefficients), images, coefficients, seed=args.seed)
             partition = None
             if args.partition == "auto":
                 partition = partition_from_profile(

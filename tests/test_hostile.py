@@ -644,7 +644,7 @@ FOLDER_CASES = [
     ("an extra component", lambda f: _json_edit(f, "model_index.json", lambda i: i.update(vae=["diffusers", "AutoencoderKL"])), r"unexpected component.*vae"),
     ("model_index is a list", lambda f: (f / "model_index.json").write_text("[]"), r"model_index.json: not a JSON object"),
     ("config.json not JSON", lambda f: (f / "unet" / "config.json").write_text("{'a': 1}"), r"unet/config.json: not valid JSON"),
-    ("v-prediction scheduler", lambda f: _json_edit(f, "scheduler/scheduler_config.json", lambda c: c.update(prediction_type="v_prediction")), r"scheduler prediction_type='v_prediction'"),
+    ("x0-prediction scheduler", lambda f: _json_edit(f, "scheduler/scheduler_config.json", lambda c: c.update(prediction_type="sample")), r"scheduler prediction_type='sample'"),
     ("v-prediction UNet", lambda f: _json_edit(f, "unet/config.json", lambda c: c.update(prediction_type="v_prediction")), r"unet prediction_type='v_prediction'"),
     ("trained_betas of length 2", lambda f: _json_edit(f, "scheduler/scheduler_config.json", lambda c: c.update(trained_betas=[0.1, 0.2])), r"trained_betas.*num_train_timesteps=1000"),
     ("NaN in trained_betas", lambda f: _json_edit(f, "scheduler/scheduler_config.json", lambda c: c.update(trained_betas=[1e-3] * 999 + [float("nan")])), r"trained_betas.*entry 999 is nan"),
@@ -731,7 +731,7 @@ def test_components_the_sampler_does_not_implement_are_refused(api_pipe):
     cases = [
         (_construct(api_pipe, scheduler=PNDMScheduler.from_config(config)), TypeError, "PNDMScheduler"),
         (_construct(api_pipe, encoder=AutoencoderKL(block_out_channels=(32,), norm_num_groups=8)), TypeError, "AutoencoderKL"),
-        (_construct(api_pipe, scheduler=DDIMScheduler.from_config(config, prediction_type="v_prediction")), ValueError, "v_prediction"),
+        (_construct(api_pipe, scheduler=DDIMScheduler.from_config(config, prediction_type="sample")), ValueError, "prediction_type='sample'"),
         (_construct(api_pipe, scheduler=DDIMScheduler.from_config(config, trained_betas=[float("nan")] * 1000)), ValueError, "trained_betas"),
         (_construct(api_pipe, scheduler=DDIMScheduler.from_config(config, beta_end=1.5)), ValueError, r"betas.*\(0, 1\)"),
         (lambda: DiTiEncoderModel(sample_size=16, block_out_channels=(32, 32), latent_dim=16, num_chunks=4, latent_std=[float("inf")] * 16), ValueError, "latent_std"),
@@ -763,7 +763,7 @@ def test_generation_at_600_steps_reaches_the_last_chunk(api_pipe, monkeypatch):
 
     seen = []
 
-    def recording(unet, decoder, sample, t, condition):  # records what the decoder would get; a cheap ε
+    def recording(unet, decoder, sample, t, condition, coefficients=None):  # what the decoder gets; a cheap ε
         seen.append((int(t), condition.clone()))
         return SimpleNamespace(eps=torch.zeros_like(sample), shift=None)
 

@@ -111,3 +111,22 @@ def test_bad_arguments(setup):
         diti_loss(unet, decoder, torch.zeros(4, 12), images, p, COEFS)
     with pytest.raises(ValueError, match="T="):
         diti_loss(unet, decoder, torch.zeros(4, 16), images, TimestepPartition(16, 4, 500), COEFS)
+
+
+def test_v_prediction_base_enters_the_loss_as_eps(setup):
+    unet, decoder, images, noise, timesteps = setup
+    coefs = DiffusionCoefficients.from_scheduler_config(DDPMScheduler(prediction_type="v_prediction").config)
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
+    out = diti_loss(unet, decoder, z, images, TimestepPartition(16, 1), coefs, timesteps=timesteps, noise=noise)
+
+    def per_t(table):
+        return table[timesteps].view(-1, 1, 1, 1)
+
+    x_t = per_t(coefs.sqrt_alphas_cumprod) * images + per_t(coefs.sqrt_one_minus_alphas_cumprod) * noise
+    d = denoise(unet, decoder, x_t, timesteps, z)  # no schedule: the raw output, v
+    eps = per_t(coefs.sqrt_alphas_cumprod) * d.eps + per_t(coefs.sqrt_one_minus_alphas_cumprod) * x_t
+    ref = per_t(coefs.loss_weight) * (noise - (eps + per_t(coefs.shift_coef) * d.shift)) ** 2
+    assert torch.allclose(out.elementwise, ref, atol=1e-6)
+    assert not torch.allclose(
+        out.elementwise, per_t(coefs.loss_weight) * (noise - (d.eps + per_t(coefs.shift_coef) * d.shift)) ** 2
+    )

@@ -265,3 +265,28 @@ def test_reference_ops_switch_runs_the_plain_pytorch_ops():
     fast = dropout(hidden, 0.25, True)
     torch.manual_seed(3)
     assert not torch.equal(fast, torch.nn.functional.dropout(hidden, 0.25, True))  # the 16-bit-lane kernel again
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_load_frozen_ddpm_reads_eps_and_v_bases(tmp_path, prediction_type):
+    from diffusers import DDPMScheduler
+
+    from diti_hf.models import eps_function, load_frozen_ddpm
+    from diti_hf.schedule import DiffusionCoefficients
+
+    unet = tiny_adm_unet()
+    unet.save_pretrained(tmp_path / "unet")
+    DDPMScheduler(prediction_type=prediction_type).save_pretrained(tmp_path / "scheduler")
+    if prediction_type == "sample":
+        with pytest.raises(ValueError, match=r"ε- or v-prediction DDPM .*got prediction_type='sample'"):
+            load_frozen_ddpm(tmp_path)
+        return
+    loaded, config = load_frozen_ddpm(tmp_path)
+    assert config["prediction_type"] == prediction_type and not any(p.requires_grad for p in loaded.parameters())
+    coefficients = DiffusionCoefficients.from_scheduler_config(config)
+    x_t, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 900])
+    with torch.no_grad():
+        out = unet(x_t, t).sample
+    a = coefficients.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = out if prediction_type == "epsilon" else a.sqrt() * out + (1 - a).sqrt() * x_t
+    torch.testing.assert_close(eps_function(loaded, coefficients)(x_t, t), expected)

@@ -75,8 +75,13 @@ def test_reconstruct_batch_equals_singles(pipe, pipe64):
         assert (single[0] - batch[i]).abs().max() <= 1e-10
 
 
-def test_unguided_generation_equals_diffusers_ddim(pipe):
-    """guidance=False is ε_θ alone: diffusers' DDIMScheduler with clipping and the clipped model output."""
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_unguided_generation_equals_diffusers_ddim(pipe, prediction_type):
+    """guidance=False is ε_θ alone: diffusers' DDIMScheduler with clipping and the clipped model output (for a
+    v-prediction DDPM diffusers converts v itself)."""
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    pipe = DiTiPipeline(pipe.unet, pipe.encoder, pipe.decoder, scheduler)
+    pipe.set_progress_bar_config(disable=True)
     latents = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     ours = pipe(latents=latents, guidance=False, num_inference_steps=STEPS, output_type="pt").images * 2 - 1
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
@@ -92,9 +97,9 @@ def _record_conditions(monkeypatch):
     calls = []
     original = pipeline_module.denoise
 
-    def recording(unet, decoder, sample, timestep, z=None):
+    def recording(unet, decoder, sample, timestep, z=None, coefficients=None):
         calls.append((int(timestep), None if z is None else z.clone()))
-        return original(unet, decoder, sample, timestep, z)
+        return original(unet, decoder, sample, timestep, z, coefficients)
 
     monkeypatch.setattr(pipeline_module, "denoise", recording)
     return calls

@@ -15,6 +15,8 @@ NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "be
 # Far above any DDPM in use (1000-4000), far below what the per-t tables could not hold: a config is read from files
 # we may not trust, and diffusers allocates several float tables of this length before anything else is checked.
 MAX_TRAIN_TIMESTEPS = 100_000
+# What a frozen DDPM may predict; DiTi's loss and sampler read ε, and v converts to it exactly (`DiffusionCoefficients.eps`).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def check_scheduler_config(config: dict[str, Any], where: str = "scheduler config") -> None:
@@ -70,6 +72,8 @@ class DiffusionCoefficients:
         loss_weight: `SNR_t^0.1 / (1 + SNR_t)` with `SNR_t = ᾱ_t / (1 − ᾱ_t)`.
         sampling_coef: `−√(1 − ᾱ_t)`, the factor of `G` when sampling.
         sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod: `√ᾱ_t`, `√(1 − ᾱ_t)` (forward process).
+        prediction_type: What the frozen UNet outputs, `"epsilon"` or `"v_prediction"` (v = √ᾱ ε − √(1 − ᾱ) x_0);
+            [`~DiffusionCoefficients.eps`] turns either into ε.
         sqrt_recip_alphas_cumprod, sqrt_recipm1_alphas_cumprod: `√(1/ᾱ_t)`, `√(1/ᾱ_t − 1)`, so that
             `x̂_0 = √(1/ᾱ) x_t − √(1/ᾱ − 1) ε` and `ε = (√(1/ᾱ) x_t − x̂_0) / √(1/ᾱ − 1)`. Taking these products of
             float64-derived tables, rather than dividing by float32 square roots, stays closest to the official
@@ -84,17 +88,22 @@ class DiffusionCoefficients:
     sqrt_one_minus_alphas_cumprod: torch.Tensor
     sqrt_recip_alphas_cumprod: torch.Tensor
     sqrt_recipm1_alphas_cumprod: torch.Tensor
+    prediction_type: str = "epsilon"
 
     @property
     def num_train_timesteps(self) -> int:
         return self.alphas_cumprod.shape[0]
 
     @classmethod
-    def from_betas(cls, betas: torch.Tensor) -> DiffusionCoefficients:
+    def from_betas(cls, betas: torch.Tensor, prediction_type: str = "epsilon") -> DiffusionCoefficients:
         """
         Builds the tables from a `(T,)` tensor of betas (computed in float64, stored in float32); each beta must be
         finite and in (0, 1), else every table entry after it would be NaN or infinite.
         """
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"`prediction_type` must be one of {PREDICTION_TYPES}, got {short_repr(prediction_type)}."
+            )
         betas = torch.as_tensor(betas).to(torch.float64)
         if betas.ndim != 1 or not 1 <= betas.shape[0] <= MAX_TRAIN_TIMESTEPS:
             raise ValueError(
@@ -121,7 +130,7 @@ class DiffusionCoefficients:
             (1.0 / alphas_cumprod).sqrt(),
             (1.0 / alphas_cumprod - 1.0).sqrt(),
         )
-        return cls(*(x.to(torch.float32) for x in tables))
+        return cls(*(x.to(torch.float32) for x in tables), prediction_type=prediction_type)
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor) -> DiffusionCoefficients:
@@ -132,9 +141,32 @@ class DiffusionCoefficients:
 
     @classmethod
     def from_scheduler_config(cls, config: dict[str, Any]) -> DiffusionCoefficients:
-        """Builds the tables from any diffusers scheduler config (its betas, through `DDPMScheduler`)."""
+        """Builds the tables from any diffusers scheduler config (its betas through `DDPMScheduler`, and its
+        `prediction_type`)."""
         check_scheduler_config(dict(config))
-        return cls.from_betas(DDPMScheduler.from_config(dict(config)).betas)
+        prediction_type = config.get("prediction_type", "epsilon")
+        return cls.from_betas(DDPMScheduler.from_config(dict(config)).betas, prediction_type)
 
     def to(self, device: torch.device | str) -> DiffusionCoefficients:
-        return DiffusionCoefficients(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        tables = (getattr(self, f).to(device) for f in self.__dataclass_fields__ if f != "prediction_type")
+        return DiffusionCoefficients(*tables, prediction_type=self.prediction_type)
+
+    def eps(self, model_output: torch.Tensor, sample: torch.Tensor, timestep: torch.Tensor | int) -> torch.Tensor:
+        r"""
+        ε of the frozen UNet's output at `x_t = sample`: the output itself for an ε-prediction DDPM, and
+        `√ᾱ_t v + √(1 − ᾱ_t) x_t` for a v-prediction one (exact: v = √ᾱ ε − √(1 − ᾱ) x_0 and x_t = √ᾱ x_0 + √(1 − ᾱ) ε).
+
+        Args:
+            model_output (`torch.Tensor`): The UNet's output, `(B, C, H, W)`.
+            sample (`torch.Tensor`): `x_t`, the same shape.
+            timestep (`torch.Tensor` or `int`): Integer time-steps, scalar or `(B,)`.
+        """
+        if self.prediction_type == "epsilon":
+            return model_output
+        index = torch.as_tensor(timestep, device=self.sqrt_alphas_cumprod.device).long().reshape(-1)
+        shape = (-1,) + (1,) * (model_output.ndim - 1)
+        sqrt_alpha = self.sqrt_alphas_cumprod[index].view(shape).to(model_output.device, model_output.dtype)
+        sqrt_one_minus = (
+            self.sqrt_one_minus_alphas_cumprod[index].view(shape).to(model_output.device, model_output.dtype)
+        )
+        return sqrt_alpha * model_output + sqrt_one_minus * sample

@@ -72,11 +72,10 @@ def _print_partition(partition) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..data import ImageTransform, load_image_dataset, validation_batch
     from ..evaluation.loss_profile import loss_profile, partition_from_profile, write_loss_profile
-    from ..models import load_frozen_ddpm
+    from ..models import eps_function, load_frozen_ddpm
     from ..schedule import DiffusionCoefficients
 
     device = common.check_device(args.device)
@@ -92,11 +91,9 @@ def run(args: argparse.Namespace) -> int:
         dataset, ImageTransform(resolution, num_channels=unet.config.in_channels), args.num_images
     )
 
-    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return unet(x_t.to(device), t.to(device)).sample.float().cpu()
-
-    profile = loss_profile(eps_fn, images, coefficients, batch_size=args.batch_size, seed=args.seed)
+    profile = loss_profile(
+        eps_function(unet, coefficients), images, coefficients, batch_size=args.batch_size, seed=args.seed
+    )
     partition = partition_from_profile(profile, args.latent_dim, args.num_chunks, args.num_stages, args.signal, T)
     _print_partition(partition)
     if args.output_dir is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..models import eps_function
 from ..partition import TimestepPartition
 from .control import RegenerateFn, SampleFn
 from .counterfactual import SwapFn
@@ -147,10 +148,7 @@ def pipeline_functions(
     def reconstruct_fn(images: torch.Tensor) -> torch.Tensor:
         return pipe.reconstruct(images, num_inference_steps=num_inference_steps, output_type="pt").images.float().cpu()
 
-    @torch.no_grad()
-    def eps_fn(sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        unet = pipe.unet
-        return unet(sample.to(unet.device, unet.dtype), timesteps.to(unet.device)).sample.float().cpu()
+    eps_fn = eps_function(pipe.unet, pipe.coefficients("cpu"))
 
     return ModelFunctions(
         encode_fn=encode_fn,
@@ -188,9 +186,7 @@ def ddpm_functions(
     coefficients = DiffusionCoefficients.from_scheduler_config(scheduler_config)
     scheduler = DDIMScheduler.from_config(dict(scheduler_config), clip_sample=True, set_alpha_to_one=True)
 
-    @torch.no_grad()
-    def eps_fn(sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return unet(sample.to(unet.device, unet.dtype), timesteps.to(unet.device)).sample.float().cpu()
+    eps_fn = eps_function(unet, coefficients)
 
     @torch.no_grad()
     def sample_fn(num_images: int, seed: int) -> torch.Tensor:

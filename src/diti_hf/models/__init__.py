@@ -1,7 +1,7 @@
 from .decoder import DiTiDecoderModel, DiTiDecoderOutput
 from .denoiser import DenoiseOutput, compile_denoiser, denoise
 from .encoder import DiTiEncoderModel, DiTiEncoderOutput
-from .frozen_ddpm import load_frozen_ddpm
+from .frozen_ddpm import eps_function, load_frozen_ddpm
 from .unet_split import UNetFeatures, unet_down, unet_up
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "UNetFeatures",
     "compile_denoiser",
     "denoise",
+    "eps_function",
     "load_frozen_ddpm",
     "unet_down",
     "unet_up",

@@ -9,6 +9,7 @@ import torch
 from diffusers import UNet2DModel
 from diffusers.utils import BaseOutput
 
+from ..schedule import DiffusionCoefficients
 from .decoder import DiTiDecoderModel
 from .unet_split import UNetFeatures, unet_down, unet_up, up_path_modules
 
@@ -34,6 +35,7 @@ def denoise(
     sample: torch.Tensor,
     timestep: torch.Tensor | int,
     z: torch.Tensor | None = None,
+    coefficients: DiffusionCoefficients | None = None,
 ) -> DenoiseOutput:
     r"""
     Runs the frozen UNet's down path once and returns both ε_θ(x_t, t) and the shift G(x_t, t, z) (docs/method.md §3).
@@ -47,6 +49,8 @@ def denoise(
         sample (`torch.Tensor`): `x_t`, `(B, C, H, W)`.
         timestep (`torch.Tensor` or `int`): Integer time-steps, scalar or `(B,)`.
         z (`torch.Tensor`, *optional*): The (masked) condition `(B, latent_dim)`.
+        coefficients ([`DiffusionCoefficients`], *optional*): The frozen DDPM's schedule; its `prediction_type` says
+            how to read the UNet's output as ε (needed for a v-prediction DDPM; without it the output is taken as ε).
 
     Returns:
         [`DenoiseOutput`] with `eps` and `shift`.
@@ -56,6 +60,8 @@ def denoise(
     with torch.no_grad():
         features = unet_down(unet, sample, timestep)
         eps = unet_up(unet, features)
+        if coefficients is not None:
+            eps = coefficients.eps(eps, sample, timestep)
     if decoder is None or z is None:
         return DenoiseOutput(eps=eps, features=features)
     return DenoiseOutput(eps=eps, shift=decoder(features, z).sample, features=features)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import DDPMScheduler, UNet2DModel
+
+from ..schedule import PREDICTION_TYPES, DiffusionCoefficients
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def load_frozen_ddpm(
 
     Raises:
         `ValueError`: no UNet2DModel is found, the named scheduler subfolder has no config, or the DDPM is not an
-        ε-prediction model (DiTi's loss and sampler assume ε).
+        ε- or v-prediction model (DiTi's loss and sampler read ε; a v output converts to it exactly).
     """
     name = str(pretrained_model_name_or_path)
     common = {"revision": revision, "cache_dir": cache_dir}
@@ -65,8 +69,31 @@ def load_frozen_ddpm(
             raise ValueError(f"`scheduler_subfolder` {scheduler_subfolder!r}: no scheduler config in {name!r}")
         logger.warning("no scheduler config next to the UNet: using linear betas 1e-4..0.02, T=1000")
         config = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear").config
-    if config.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError(f"DiTi needs an ε-prediction DDPM, got prediction_type={config['prediction_type']!r}")
+    if config.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
+        raise ValueError(
+            f"DiTi reads an ε- or v-prediction DDPM (prediction_type one of {PREDICTION_TYPES}), "
+            f"got prediction_type={config['prediction_type']!r}"
+        )
     unet.requires_grad_(False)
     unet.eval()
     return unet, dict(config)
+
+
+def eps_function(
+    unet: UNet2DModel, coefficients: DiffusionCoefficients
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    r"""
+    `(x_t, t) → ε_θ(x_t, t)` of the frozen UNet, as float32 on the CPU (what the loss profile and the evaluation's
+    diagnostics consume): inputs move to the UNet's device and dtype, and a v-prediction output is read as ε.
+
+    Args:
+        unet (`UNet2DModel`): The frozen DDPM.
+        coefficients ([`DiffusionCoefficients`]): Its schedule (with its `prediction_type`).
+    """
+
+    @torch.no_grad()
+    def eps_fn(sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        sample, timesteps = sample.to(unet.device, unet.dtype), timesteps.to(unet.device)
+        return coefficients.eps(unet(sample, timesteps).sample, sample, timesteps).float().cpu()
+
+    return eps_fn

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..safe_io import read_json, short_repr
-from ..schedule import MAX_TRAIN_TIMESTEPS, check_scheduler_config
+from ..schedule import MAX_TRAIN_TIMESTEPS, PREDICTION_TYPES, check_scheduler_config
 
 # Far above any image size DiTi is trained at (64, 128, 256), far below one whose activations exhaust a machine.
 MAX_SAMPLE_SIZE = 4096
@@ -113,11 +113,11 @@ def check_component_configs(configs: Mapping[str, Mapping[str, Any] | None], whe
             f"encoder partition has T={encoder['num_train_timesteps']} but the scheduler has "
             f"num_train_timesteps={scheduler['num_train_timesteps']}"
         )
-    for name, config in (("unet", unet), ("scheduler", scheduler)):
+    for name, config, allowed in (("unet", unet, ("epsilon",)), ("scheduler", scheduler, PREDICTION_TYPES)):
         prediction = config.get("prediction_type", "epsilon")
-        if prediction != "epsilon":
+        if prediction not in allowed:
             problems.append(
-                f"{name} prediction_type={short_repr(prediction)} (the DiTi sampler implements only 'epsilon')"
+                f"{name} prediction_type={short_repr(prediction)} (the DiTi sampler reads {list(allowed)})"
             )
     spacing = scheduler.get("timestep_spacing", "leading")
     if spacing not in _TIMESTEP_SPACINGS:

@@ -338,7 +338,7 @@ class DiTiPipeline(DiffusionPipeline):
             condition = None
             if z is not None:
                 condition = z * mask_table[self.partition.chunk_of(t)] if use_masks else z
-            out = denoise(self.unet, self.decoder, sample, t, condition)
+            out = denoise(self.unet, self.decoder, sample, t, condition, coefficients=c)
             eps = out.eps if out.shift is None else out.eps + c.sampling_coef[t] * out.shift
             x0 = (c.sqrt_recip_alphas_cumprod[t] * sample - c.sqrt_recipm1_alphas_cumprod[t] * eps).clamp(-1, 1)
             eps = (c.sqrt_recip_alphas_cumprod[t] * sample - x0) / c.sqrt_recipm1_alphas_cumprod[t]

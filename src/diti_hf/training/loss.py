@@ -103,7 +103,8 @@ def diti_loss(
     weight, shift_coef = per_t(tables.loss_weight), per_t(tables.shift_coef)
 
     stop_grads = {"base": (False,), "stop_grad": (True,), "dual": (False, True)}[mode]
-    out = denoise(unet, decoder, noisy, timesteps, condition_for_timesteps(z, timesteps, partition, stop_grads[0]))
+    condition = condition_for_timesteps(z, timesteps, partition, stop_grads[0])
+    out = denoise(unet, decoder, noisy, timesteps, condition, coefficients=tables)
     shifts = [out.shift]
     for stop_grad in stop_grads[1:]:  # dual: the second condition reuses the frozen features and ε_θ
         shifts.append(decoder(out.features, condition_for_timesteps(z, timesteps, partition, stop_grad)).sample)
