@@ -32,13 +32,12 @@ def z_usage(path: str) -> tuple[float, float, list[float]]:
     noise = torch.randn(images.shape, generator=generator)
     with torch.no_grad():
         z = pipe.encoder(images).z
-        losses = [
+        with_z, without_z = (
             diti_loss(
                 pipe.unet, pipe.decoder, c, images, pipe.partition, coefficients, "base", timesteps, noise
             ).per_sample
             for c in (z, torch.zeros_like(z))
-        ]
-    with_z, without_z = losses
+        )
     reduction = []
     for start, end in QUARTERS:
         inside = (timesteps >= start) & (timesteps < end)
