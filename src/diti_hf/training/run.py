@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -67,6 +67,21 @@ def run_script(main: Callable[[argparse.Namespace], Any], parse_args: Callable, 
     except KeyboardInterrupt:  # outside the training loop (loading, the final save): nothing half-done is reused
         print(f"{prog}: interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
         sys.exit(130)
+
+
+def exit_without_teardown(code: int = 0) -> NoReturn:
+    r"""
+    Ends a process of a multi-process launch once everything it writes is written, without tearing down torch.
+
+    Freeing the DDP wrapper destroys the gloo process group, whose destructor joins the group's worker threads while
+    holding the GIL; a worker still releasing the tensors of the last collective needs the GIL to do so, and the
+    process hangs for ever (one exit in a few dozen on a loaded 2-core machine). Nothing is left to clean up by then
+    (trackers finished, files closed, the process group destroyed), so the process flushes its output and exits.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager
@@ -557,7 +572,8 @@ class TrainingLoop:
         Ends the launch on every process: a checkpoint if it stopped early (`--stop_after_steps`), peak memory,
         throughput, a fingerprint of each process's weights (they must agree), then on the main process
         `save_final()` (the model folder and final validation, with the EMA weights; skipped when stopped early),
-        the summary file and line, and the Hub upload. Returns the summary.
+        the summary file and line, and the Hub upload. Returns the summary; a process of a multi-process launch
+        exits here instead (see [`exit_without_teardown`]).
         """
         from .logging_utils import parameter_fingerprint, peak_memory_mb
 
@@ -592,6 +608,8 @@ class TrainingLoop:
         accelerator.end_training()
         if accelerator.is_main_process:
             FolderLock(args.output_dir, "training run").release()
+        if accelerator.num_processes > 1:
+            exit_without_teardown()
         return summary
 
     def _report(self, summary: dict, save_final: Callable, memory: float, memory_kind: str, interrupted: bool) -> None:
