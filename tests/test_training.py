@@ -289,7 +289,8 @@ def test_two_processes_gloo_identical_weights(base_model, tmp_path):
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as error:  # a rank that hangs (at exit, say): show where the launch got to
-        pytest.fail(f"the 2-process launch did not end in 300 s; its stderr ends: {str(error.stderr)[-3000:]}")
+        stderr = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else str(error.stderr)
+        pytest.fail(f"the 2-process launch did not end in 300 s; its stderr ends:\n{stderr[-3000:]}")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["global_batch_size"] == 8 and summary["global_step"] == 3
