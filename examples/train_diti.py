@@ -25,7 +25,7 @@ from torch import nn
 
 from diti_hf.evaluation.loss_profile import PROFILE_SIGNALS
 from diti_hf.models.encoder import ENCODER_PRESETS
-from diti_hf.partition import TimestepPartition
+from diti_hf.partition import MASK_MODES, TimestepPartition
 from diti_hf.training.args import (
     OneLineArgumentParser,
     ScriptArgumentError,
@@ -34,7 +34,7 @@ from diti_hf.training.args import (
     check_data_arguments,
     check_training_arguments,
 )
-from diti_hf.training.loss import LOSS_MODES
+from diti_hf.training.loss import LOSS_MODES, LOSS_WEIGHTINGS
 from diti_hf.training.run import run_script
 
 logger = logging.getLogger("train_diti")
@@ -109,6 +109,26 @@ def build_parser() -> OneLineArgumentParser:
     )
     group.add_argument(
         "--mode", type=str, default="stop_grad", choices=LOSS_MODES, help="Loss mode (base, stop_grad or dual)."
+    )
+    group.add_argument(
+        "--mask_mode",
+        type=str,
+        default="cumulative",
+        choices=MASK_MODES,
+        help=(
+            "What the decoder sees at time t: every chunk up to t's (`cumulative`, the official DiTi) or t's chunk "
+            "alone (`interval`). Recorded in the encoder config, so the pipeline samples with the same masks."
+        ),
+    )
+    group.add_argument(
+        "--loss_weighting",
+        type=str,
+        default="official",
+        choices=LOSS_WEIGHTINGS,
+        help=(
+            "`official`: weight[t] alone; `interval`: also rescale each chunk's samples to the same running mean "
+            "loss, so late intervals get gradients of their own size (see IntervalLossNormalizer)."
+        ),
     )
     group.add_argument(
         "--encoder_preset",
@@ -283,6 +303,7 @@ def build_encoder(args: argparse.Namespace, resolution: int, num_train_timesteps
         num_train_timesteps=num_train_timesteps,
         stages=args.stages,
         dims_per_stage=args.dims_per_stage,
+        mask_mode=args.mask_mode,
     )
     try:
         return DiTiEncoderModel(**fields)
@@ -344,19 +365,25 @@ class DiTiTrainingModel(nn.Module):
     an argument of `forward`, not a sub-module: it needs no gradient synchronisation and no optimizer state.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, loss_weighting: str = "official"):
+        from diti_hf.training import IntervalLossNormalizer
+
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
+        num_chunks = encoder.partition.num_chunks
+        self.normalizer = IntervalLossNormalizer(num_chunks) if loss_weighting == "interval" else None
 
     def forward(self, images, unet, coefficients, mode: str, generator: torch.Generator):
         from diti_hf.training import diti_loss
 
         # nanoGPT order: z = E(x_0) → t, ε ~ generator → x_t → frozen ε_θ and features → mask z by t → G → loss.
+        partition = self.encoder.partition
         z = self.encoder(images).z
-        out = diti_loss(
-            unet, self.decoder, z, images, self.encoder.partition, coefficients, mode=mode, generator=generator
-        )
-        return out.loss, out.per_sample.detach(), out.timesteps
+        out = diti_loss(unet, self.decoder, z, images, partition, coefficients, mode=mode, generator=generator)
+        loss = out.loss
+        if self.normalizer is not None:
+            loss = self.normalizer(out.per_sample, partition.chunk_of(out.timesteps))
+        return loss, out.per_sample.detach(), out.timesteps
 
 
 def ddim_scheduler(config: dict):
@@ -476,7 +503,7 @@ def build_model(
         DiTiPipeline(unet, encoder, decoder, ddim_scheduler(scheduler_config), image_processor_for(transform))
     except (TypeError, ValueError) as error:
         raise ScriptArgumentError(f"the pipeline this run would save: {error}") from error
-    return DiTiTrainingModel(encoder, decoder).train()
+    return DiTiTrainingModel(encoder, decoder, args.loss_weighting).train()
 
 
 def log_start(loop, args: argparse.Namespace, partition, profile: dict | None) -> None:
@@ -497,10 +524,11 @@ def log_start(loop, args: argparse.Namespace, partition, profile: dict | None) -
     )
     logger.info(
         "training %d steps of %d images (%d per process × %d processes × %d accumulation) from step %d into %s; "
-        "lr %g (%s, %d warm-up steps); %s; z: d=%d in k=%d chunks, %s; mode %s",
+        "lr %g (%s, %d warm-up steps); %s; z: d=%d in k=%d chunks, %s; mode %s, %s masks, %s loss weighting",
         loop.max_train_steps, loop.global_batch, args.train_batch_size, accelerator.num_processes,
         args.gradient_accumulation_steps, loop.start_step, args.output_dir, args.learning_rate, args.lr_scheduler,
         args.lr_warmup_steps, loop.ema_summary(logger), partition.latent_dim, partition.num_chunks, layout, args.mode,
+        partition.mask_mode, args.loss_weighting,
     )  # fmt: skip
 
 

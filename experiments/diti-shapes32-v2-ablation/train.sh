@@ -1,21 +1,13 @@
 #!/bin/bash
 # One row of the equal-budget ablation on the diti-shapes-v2 base DDPM (one thread, resumable). From the repo root:
 #   bash experiments/diti-shapes32-v2-ablation/train.sh ROW DDPM_DIR RUN_ROOT [IMAGES]
-# ROW: uniform | auto | dual | base | d32k8 | early4 | pdae. IMAGES (default 320000 = 10,000 steps of 32) is the budget; every row of
+# ROW: one of rows.sh's ROWS. IMAGES (default 320000 = 10,000 steps of 32) is the budget; every row of
 # one budget gets the same number, the same seed, data and DDPM; a constant lr after warm-up, so a longer budget
 # continues a shorter run (--resume_from_checkpoint latest with a larger IMAGES) without refitting a schedule.
 set -e
 ROW=$1; DDPM=$2; ROOT=${3:-/work/runs/ablation}; IMAGES=${4:-320000}
-case $ROW in
-  uniform) ROW_FLAGS="--latent_dim 64 --num_chunks 16 --mode stop_grad" ;;
-  auto)    ROW_FLAGS="--latent_dim 64 --num_chunks 16 --mode stop_grad --partition auto --loss_profile_images 256" ;;
-  dual)    ROW_FLAGS="--latent_dim 64 --num_chunks 16 --mode dual" ;;
-  base)    ROW_FLAGS="--latent_dim 64 --num_chunks 16 --mode base" ;;
-  d32k8)   ROW_FLAGS="--latent_dim 32 --num_chunks 8 --mode stop_grad" ;;
-  early4)  ROW_FLAGS="--latent_dim 64 --num_chunks 16 --mode stop_grad --stages 250 500 750 1000 --dims_per_stage 4 12 20 28" ;;
-  pdae)    ROW_FLAGS="--latent_dim 64 --num_chunks 1 --mode stop_grad" ;;
-  *) echo "unknown row $ROW (uniform | auto | dual | base | d32k8 | early4 | pdae)" >&2; exit 2 ;;
-esac
+source "$(dirname "$0")/rows.sh"
+ROW_FLAGS=$(row_flags "$ROW")
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1
 exec nice -n 5 .venv/bin/python examples/train_diti.py --pretrained_unet "$DDPM" --dataset_name diti-shapes-v2 \
   --num_train_images 50000 --resolution 32 --encoder_preset small32 $ROW_FLAGS \

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 MASK_KINDS = ("cumulative", "own", "receding")
+# What the decoder sees at time t: every chunk up to t's (the official DiTi) or t's chunk alone.
+MASK_MODES = ("cumulative", "interval")
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -47,8 +49,10 @@ class TimestepPartition:
     Splits a latent of `latent_dim` dims into `num_chunks` ordered chunks, chunk `i` tied to the time-steps
     `t` with `floor(t * num_chunks / num_train_timesteps) == i`.
 
-    At time `t` the decoder sees the *cumulative* mask of chunk `idx(t)`: every dim of chunks `0..idx(t)`. Early
-    chunks (small t) therefore carry fine attributes, late chunks coarse ones.
+    With `mask_mode="cumulative"` (the official DiTi) the decoder sees at time `t` the cumulative mask of chunk
+    `idx(t)`: every dim of chunks `0..idx(t)`. Early chunks (small t) therefore carry fine attributes, late chunks
+    coarse ones. With `mask_mode="interval"` it sees chunk `idx(t)` alone, so each chunk acts only inside its own
+    time-step interval: the late chunks must carry what is formed at large `t`, and early chunks cannot steer it.
 
     Args:
         latent_dim (`int`): Width `d` of the representation `z`.
@@ -57,6 +61,7 @@ class TimestepPartition:
         stages (`Sequence[int]`, *optional*): Strictly increasing stage end-times, the last equal to `T`. With
             `dims_per_stage`, gives the staged partition; without both, dims are split uniformly.
         dims_per_stage (`Sequence[int]`, *optional*): Dims owned by each stage; they sum to `latent_dim`.
+        mask_mode (`str`, defaults to `"cumulative"`): `"cumulative"` or `"interval"` (see above).
 
     Examples:
     ```py
@@ -74,12 +79,14 @@ class TimestepPartition:
         num_train_timesteps: int = 1000,
         stages: Sequence[int] | None = None,
         dims_per_stage: Sequence[int] | None = None,
+        mask_mode: str = "cumulative",
     ):
         self.latent_dim = int(latent_dim)
         self.num_chunks = int(num_chunks)
         self.num_train_timesteps = int(num_train_timesteps)
         self.stages = None if stages is None else [int(s) for s in stages]
         self.dims_per_stage = None if dims_per_stage is None else [int(s) for s in dims_per_stage]
+        self.mask_mode = mask_mode
         self._validate()
         self.chunk_end_dims = self._compute_chunk_end_dims()
         self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}
@@ -87,6 +94,8 @@ class TimestepPartition:
     # ------------------------------------------------------------------ construction
     def _validate(self) -> None:
         d, k, T = self.latent_dim, self.num_chunks, self.num_train_timesteps
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"`mask_mode` must be one of {MASK_MODES}, got {self.mask_mode!r}.")
         if T < 1:
             raise ValueError(f"`num_train_timesteps` must be >= 1, got {T}.")
         if d < 1:
@@ -232,6 +241,7 @@ class TimestepPartition:
             "num_train_timesteps": self.num_train_timesteps,
             "stages": self.stages,
             "dims_per_stage": self.dims_per_stage,
+            "mask_mode": self.mask_mode,
         }
 
     @classmethod
@@ -239,6 +249,7 @@ class TimestepPartition:
         return cls(
             **{key: config.get(key) for key in ("latent_dim", "num_chunks", "stages", "dims_per_stage")},
             num_train_timesteps=config.get("num_train_timesteps", 1000),
+            mask_mode=config.get("mask_mode") or "cumulative",
         )
 
     def __eq__(self, other: object) -> bool:
@@ -248,7 +259,8 @@ class TimestepPartition:
         return hash(str(self.to_dict()))
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if v is not None)
+        defaults = {"mask_mode": "cumulative"}
+        args = ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if v is not None and defaults.get(k) != v)
         return f"TimestepPartition({args})"
 
     # ------------------------------------------------------------------ time-steps <-> chunks <-> dims
@@ -332,3 +344,18 @@ class TimestepPartition:
     def masks_for_timesteps(self, timesteps: torch.Tensor, kind: str = "cumulative") -> torch.Tensor:
         """`(B, latent_dim)` float masks of the chunks owning each of the `(B,)` integer `timesteps`."""
         return self.mask_table(kind, timesteps.device)[self.chunk_of(timesteps)]
+
+    # ------------------------------------------------------------------ what the decoder sees
+    @property
+    def condition_kind(self) -> str:
+        """The mask kind the decoder sees under `mask_mode`: `"cumulative"`, or `"own"` for `"interval"`."""
+        return "own" if self.mask_mode == "interval" else "cumulative"
+
+    def condition_table(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """`(num_chunks, latent_dim)` float table: row `i` selects the dims the decoder sees in chunk `i`'s interval."""
+        return self.mask_table(self.condition_kind, device)
+
+    def active_chunks(self, timestep: int) -> tuple[int, int]:
+        """Half-open chunk range `[i, j)` the decoder sees at `timestep` under `mask_mode`."""
+        i = self.chunk_of(timestep)
+        return (i, i + 1) if self.mask_mode == "interval" else (0, i + 1)

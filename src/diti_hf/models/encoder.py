@@ -65,8 +65,11 @@ class DiTiEncoderOutput(BaseOutput):
         return self.z[:, start:end]
 
     def masked(self, timestep: int) -> torch.Tensor:
-        """`z` with every dim not active at `timestep` (the chunks of time-steps `≤ t`'s chunk) set to zero."""
-        start, end = self.partition.dims_for_chunks(0, self.partition.chunk_of(timestep) + 1)
+        """
+        `z` with every dim the decoder does not see at `timestep` set to zero: the chunks of time-steps `≤ t`'s chunk
+        (`mask_mode="cumulative"`), or `t`'s chunk alone (`"interval"`).
+        """
+        start, end = self.partition.dims_for_chunks(*self.partition.active_chunks(timestep))
         return self.z * self.partition.dim_mask(start, end, self.z.device).to(self.z.dtype)
 
 
@@ -94,7 +97,8 @@ class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     `"celeba64"` and `"ffhq128"` are the official 64×64 and 128×128 encoders.
 
     The config also records the [`TimestepPartition`] of `z` (`num_chunks`, `stages`, `dims_per_stage`,
-    `num_train_timesteps`), so that a bare encoder knows which dims belong to which time-step range.
+    `num_train_timesteps`, `mask_mode`), so that a bare encoder knows which dims belong to which time-step range and
+    the pipeline masks inversion and generation as in training.
 
     Args:
         sample_size (`int`, defaults to 64): Input height and width.
@@ -107,6 +111,8 @@ class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         num_chunks (`int`, defaults to 64): Number of partition chunks `k` (1 = PDAE).
         num_train_timesteps (`int`, defaults to 1000): `T` of the frozen DDPM.
         stages, dims_per_stage (`list[int]`, *optional*): A staged partition (docs/method.md §5).
+        mask_mode (`str`, defaults to `"cumulative"`): What the decoder sees at time `t`: the chunks up to `t`'s
+            (`"cumulative"`, the official DiTi) or `t`'s chunk alone (`"interval"`); see [`TimestepPartition`].
         latent_std (`list[float]`, *optional*): Per-dim std of `z` over the training data, recorded with
             `register_to_config(latent_std=...)` after training; used to scale classifier-direction edits.
 
@@ -135,6 +141,7 @@ class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         stages: list[int] | None = None,
         dims_per_stage: list[int] | None = None,
         latent_std: list[float] | None = None,
+        mask_mode: str = "cumulative",
     ):
         super().__init__()
         # Configs come from files: every size is a positive int before anything divides by it or allocates it.
@@ -166,7 +173,9 @@ class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         for ch in block_out_channels:
             if ch % norm_num_groups:
                 raise ValueError(f"`block_out_channels` {block_out_channels} must be multiples of {norm_num_groups}.")
-        self.partition = TimestepPartition(latent_dim, num_chunks, num_train_timesteps, stages, dims_per_stage)
+        self.partition = TimestepPartition(
+            latent_dim, num_chunks, num_train_timesteps, stages, dims_per_stage, mask_mode=mask_mode
+        )
         channels = [in_channels, *block_out_channels]
         self.blocks = nn.ModuleList(
             _EncoderStage(

@@ -90,8 +90,8 @@ class DiTiPipeline(DiffusionPipeline):
     masked DDIM, regenerate them, and edit them by swapping or interpolating the chunks of one time-step range or by
     moving along a classifier direction.
 
-    At a sampling step at time `t` the decoder sees `z ⊙ mask[idx(t)]` (only the chunks of time-steps ≤ t's chunk),
-    and the noise estimate is `ε̂ = ε_θ(x_t, t) − √(1 − ᾱ_t) · G(x_t, t, z_t)`; `x̂_0` is clamped to [−1, 1] and `ε̂`
+    At a sampling step at time `t` the decoder sees `z ⊙ mask[idx(t)]`: the chunks of time-steps ≤ t's chunk, or with
+    an encoder trained under `mask_mode="interval"` t's chunk alone (see [`TimestepPartition`]), and the noise estimate is `ε̂ = ε_θ(x_t, t) − √(1 − ᾱ_t) · G(x_t, t, z_t)`; `x̂_0` is clamped to [−1, 1] and `ε̂`
     recomputed from it. Inversion and generation use the same masks.
 
     This model inherits from [`DiffusionPipeline`]; see the superclass for the generic methods (downloading, saving,
@@ -333,7 +333,7 @@ class DiTiPipeline(DiffusionPipeline):
             c.sqrt_alphas_cumprod.new_tensor(end_alpha).sqrt(),
             c.sqrt_alphas_cumprod.new_tensor(1 - end_alpha).sqrt(),
         )
-        mask_table = self.partition.mask_table("cumulative", sample.device).to(sample.dtype) if z is not None else None
+        mask_table = self.partition.condition_table(sample.device).to(sample.dtype) if z is not None else None
         for i, t in enumerate(self.progress_bar(order) if progress else order):
             condition = None
             if z is not None:

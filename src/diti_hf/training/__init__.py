@@ -16,10 +16,19 @@ from .checkpointing import (
 )
 from .ema import ConstantDecayEMAModel, make_ema
 from .logging_utils import ThroughputMeter, TimestepLossHistogram, image_grid, parameter_fingerprint, peak_memory_mb
-from .loss import LOSS_MODES, DiTiLossOutput, condition_for_timesteps, diti_loss
+from .loss import (
+    LOSS_MODES,
+    LOSS_WEIGHTINGS,
+    DiTiLossOutput,
+    IntervalLossNormalizer,
+    condition_for_timesteps,
+    diti_loss,
+)
 
 __all__ = [
     "LOSS_MODES",
+    "LOSS_WEIGHTINGS",
+    "IntervalLossNormalizer",
     "CheckpointError",
     "ConstantDecayEMAModel",
     "DiTiLossOutput",

@@ -73,6 +73,15 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
         help="Total training images (e.g. 38_000_000 for the paper's CelebA-64); steps = ceil(images / global batch).",
     )
     group.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help=(
+            "Wall-time budget of this launch, counted from its start: at the first optimizer step after it, save a "
+            "checkpoint and the final model as if the step count were reached (resumable with a larger budget)."
+        ),
+    )
+    group.add_argument(
         "--num_train_epochs", type=int, default=1, help="Epochs, if neither --max_train_steps nor --max_train_images."
     )
     group.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate (Adam).")
@@ -205,6 +214,8 @@ def check_training_arguments(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value is not None and value < 1:
             problems.append(f"--{name}: must be >= 1, got {value}")
+    if args.max_train_minutes is not None and not args.max_train_minutes > 0:
+        problems.append(f"--max_train_minutes: must be > 0, got {args.max_train_minutes}")
     if args.validation_steps < 0:
         problems.append(f"--validation_steps: must be >= 0, got {args.validation_steps}")
     if args.num_validation_images < 2:

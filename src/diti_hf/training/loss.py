@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
 
 from ..models.decoder import DiTiDecoderModel
 from ..models.denoiser import denoise
@@ -14,6 +15,8 @@ from ..partition import TimestepPartition
 from ..schedule import DiffusionCoefficients
 
 LOSS_MODES = ("base", "stop_grad", "dual")
+# `official`: weight[t] alone (docs/method.md §4); `interval`: each chunk's samples rescaled to the same mean loss.
+LOSS_WEIGHTINGS = ("official", "interval")
 
 
 @dataclass
@@ -38,8 +41,11 @@ def condition_for_timesteps(
     r"""
     The decoder's condition at each sample's time-step: `z ⊙ mask[idx(t)]`. With `stop_grad`, the dims of
     earlier chunks are detached (`sg(z) ⊙ receding + z ⊙ own`): same value, but the encoder learns each chunk only
-    from the time-steps that own it.
+    from the time-steps that own it. Under the partition's `mask_mode="interval"` the condition is `z ⊙ own[idx(t)]`
+    (no earlier chunk is seen, so `stop_grad` changes nothing).
     """
+    if partition.mask_mode == "interval":
+        return z * partition.masks_for_timesteps(timesteps, "own").to(z.dtype)
     if not stop_grad:
         return z * partition.masks_for_timesteps(timesteps, "cumulative").to(z.dtype)
     own = partition.masks_for_timesteps(timesteps, "own").to(z.dtype)
@@ -111,3 +117,43 @@ def diti_loss(
     elementwise = sum(weight * (noise - (out.eps + shift_coef * shift)).square() for shift in shifts)
     per_sample = elementwise.flatten(1).mean(1)
     return DiTiLossOutput(loss=per_sample.mean(), per_sample=per_sample, timesteps=timesteps, elementwise=elementwise)
+
+
+class IntervalLossNormalizer(nn.Module):
+    r"""
+    Gives every chunk's time-steps a loss of the same size: each sample's loss is divided by the running mean loss of
+    its chunk and multiplied by the mean of those running means over the chunks, so the overall scale (and the
+    learning rate that suits it) stays that of the official loss.
+
+    Under the official weighting the ε error is tiny at small `t` and largest in the middle, so the late intervals'
+    chunks get gradients far smaller than the middle ones'. The running means are buffers: a checkpoint resumes them.
+
+    Args:
+        num_chunks (`int`): Number of chunks `k`.
+        momentum (`float`, defaults to 0.99): Weight of the old running mean at each update.
+    """
+
+    def __init__(self, num_chunks: int, momentum: float = 0.99):
+        super().__init__()
+        if not 0 <= momentum < 1:
+            raise ValueError(f"`momentum` must lie in [0, 1), got {momentum}.")
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(num_chunks))
+        self.register_buffer("seen", torch.zeros(num_chunks, dtype=torch.bool))
+
+    def forward(self, per_sample: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
+        """The normalised scalar loss of a batch: `per_sample` `(B,)` losses of samples in `chunks` `(B,)`."""
+        with torch.no_grad():
+            values = per_sample.detach().float()
+            sums = torch.zeros_like(self.running_mean).index_add_(0, chunks, values)
+            counts = torch.zeros_like(self.running_mean).index_add_(0, chunks, torch.ones_like(values))
+            present = counts > 0
+            batch_mean = sums / counts.clamp(min=1)
+            updated = torch.where(
+                self.seen, self.momentum * self.running_mean + (1 - self.momentum) * batch_mean, batch_mean
+            )
+            self.running_mean.copy_(torch.where(present, updated, self.running_mean))
+            self.seen |= present
+            floor = torch.finfo(torch.float32).tiny
+            scale = self.running_mean[self.seen].mean() / self.running_mean[chunks].clamp(min=floor)
+        return (per_sample * scale.to(per_sample.dtype)).mean()

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -51,7 +52,9 @@ def run_script(main: Callable[[argparse.Namespace], Any], parse_args: Callable, 
     """
     from ..data.images import BadImageError
 
+    started = time.monotonic()
     args = parse_args(argv)
+    args.launch_started = started  # --max_train_minutes counts from here
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "train"
     try:
         return main(args)
@@ -487,6 +490,10 @@ class TrainingLoop:
         self.ema.to(accelerator.device)  # accelerate restores custom states on the CPU
         check_resumed_ema(self.ema, args)
         self.start_step = self.run.global_step
+        budget = getattr(args, "max_train_minutes", None)
+        started = getattr(args, "launch_started", None) or time.monotonic()
+        self.deadline = None if budget is None else started + 60 * budget
+        self.stopped_by_time = False
         self.meter = ThroughputMeter()
         self.last_logged: dict[str, float] = {}
         self.saved_at = self.start_step or None
@@ -500,7 +507,8 @@ class TrainingLoop:
         desc: str = "train",
     ) -> None:  # fmt: skip
         r"""
-        Optimizer steps until `--max_train_steps` (or `--stop_after_steps` more), resumable at every checkpoint.
+        Optimizer steps until `--max_train_steps`, `--stop_after_steps` more, or the first step after
+        `--max_train_minutes`; resumable at every checkpoint.
 
         Args:
             data ([`~diti_hf.data.TrainingImages`]): This process's batches.
@@ -526,7 +534,20 @@ class TrainingLoop:
                     progress.update(1)
                     with self.meter.paused():
                         self._after_step(progress, validate)
+                    if self._out_of_time():
+                        self.stopped_by_time = True
+                        break
         progress.close()
+
+    def _out_of_time(self) -> bool:
+        """Whether `--max_train_minutes` has passed; every process gets the main process's answer."""
+        if self.deadline is None:
+            return False
+        late = time.monotonic() >= self.deadline
+        if self.accelerator.num_processes == 1:
+            return late
+        flag = torch.tensor([float(late and self.accelerator.is_main_process)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def _optimize(self, images: torch.Tensor, step_loss: StepLoss) -> bool:
         """One forward/backward (and optimizer step when the accumulation completes); whether a step completed."""
@@ -569,17 +590,18 @@ class TrainingLoop:
 
     def finish(self, save_final: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         r"""
-        Ends the launch on every process: a checkpoint if it stopped early (`--stop_after_steps`), peak memory,
-        throughput, a fingerprint of each process's weights (they must agree), then on the main process
-        `save_final()` (the model folder and final validation, with the EMA weights; skipped when stopped early),
+        Ends the launch on every process: a checkpoint if it stopped early (`--stop_after_steps`, the time budget),
+        peak memory, throughput, a fingerprint of each process's weights (they must agree), then on the main process
+        `save_final()` (the model folder and final validation, with the EMA weights; skipped after
+        `--stop_after_steps`, done at the time budget as at the step count),
         the summary file and line, and the Hub upload. Returns the summary; a process of a multi-process launch
         exits here instead (see [`exit_without_teardown`]).
         """
         from .logging_utils import parameter_fingerprint, peak_memory_mb
 
         accelerator, args, run, meter = self.accelerator, self.args, self.run, self.meter
-        interrupted = run.global_step < self.max_train_steps
-        if interrupted and self.saved_at != run.global_step:
+        interrupted = run.global_step < self.max_train_steps and not self.stopped_by_time
+        if run.global_step < self.max_train_steps and self.saved_at != run.global_step:
             save_checkpoint(
                 accelerator, args.output_dir, run.global_step, run.state_dict(), args.checkpoints_total_limit
             )
@@ -591,6 +613,8 @@ class TrainingLoop:
             "global_step": run.global_step,
             "max_train_steps": self.max_train_steps,
             "interrupted": interrupted,
+            "stopped_at_time_budget": self.stopped_by_time,
+            "images_seen": run.global_step * self.global_batch,
             "num_processes": accelerator.num_processes,
             "global_batch_size": self.global_batch,
             "images_this_launch": meter.images,
@@ -622,8 +646,11 @@ class TrainingLoop:
             step=self.run.global_step,
         )
         write_summary(args.output_dir, summary)
+        how = "stopped" if interrupted else "finished"
+        if self.stopped_by_time:
+            how = f"stopped at the time budget ({args.max_train_minutes:g} min)"
         print(
-            f"{'stopped' if interrupted else 'finished'} at step {self.run.global_step}/{self.max_train_steps}: "
+            f"{how} at step {self.run.global_step}/{self.max_train_steps} ({summary['images_seen']} images seen): "
             f"{meter.images} images in {meter.seconds:.1f} s = {summary['throughput_images_per_s']:.1f} images/s "
             f"(global); peak memory {memory:.0f} MiB ({memory_kind}, main process)",
             flush=True,
