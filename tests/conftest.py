@@ -76,7 +76,7 @@ def reference_partitions() -> tuple[dict, dict[str, torch.Tensor]]:
     )
 
 
-def tiny_pipeline(seed: int = 0, latent_dim: int = 16, num_chunks: int = 4):
+def tiny_pipeline(seed: int = 0, latent_dim: int = 16, num_chunks: int = 4, mask_mode: str = "cumulative"):
     """A 16×16 DiTi pipeline with random (non-zero) weights everywhere."""
     from diffusers import DDIMScheduler
 
@@ -89,6 +89,7 @@ def tiny_pipeline(seed: int = 0, latent_dim: int = 16, num_chunks: int = 4):
         attention_stages=(1,),
         latent_dim=latent_dim,
         num_chunks=num_chunks,
+        mask_mode=mask_mode,
     )
     randomize_(encoder, seed=seed + 1, scale=0.1)
     decoder = randomize_(DiTiDecoderModel.from_unet(unet, latent_dim=latent_dim), seed=seed + 2, scale=0.03)

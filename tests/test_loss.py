@@ -6,7 +6,7 @@ from diffusers import DDPMScheduler
 
 from conftest import randomize_, tiny_adm_unet
 from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiEncoderModel, TimestepPartition, denoise
-from diti_hf.training import diti_loss
+from diti_hf.training import IntervalLossNormalizer, condition_for_timesteps, diti_loss
 
 COEFS = DiffusionCoefficients.from_scheduler_config(DDPMScheduler().config)
 
@@ -130,3 +130,31 @@ def test_v_prediction_base_enters_the_loss_as_eps(setup):
     assert not torch.allclose(
         out.elementwise, per_t(coefs.loss_weight) * (noise - (d.eps + per_t(coefs.shift_coef) * d.shift)) ** 2
     )
+
+
+def test_interval_masks_condition_on_the_own_chunk_only(setup):
+    partition = TimestepPartition(16, 4, mask_mode="interval")
+    timesteps = setup[4]
+    own = partition.masks_for_timesteps(timesteps, "own").bool()
+    for mode in ("stop_grad", "base"):
+        out, grad = _z_grad(setup, partition, mode)
+        assert (grad[~own] == 0).all() and (grad[own] != 0).all()
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(3))
+    condition = condition_for_timesteps(z, timesteps, partition, stop_grad=False)
+    assert torch.equal(condition, z * own) and not torch.equal(condition, z * partition.masks_for_timesteps(timesteps))
+
+
+def test_interval_loss_normalizer_equalises_the_chunks():
+    normalizer = IntervalLossNormalizer(num_chunks=3, momentum=0.9)
+    per_sample = torch.tensor([1.0, 1.0, 100.0, 100.0], requires_grad=True)
+    chunks = torch.tensor([0, 0, 1, 1])
+    loss = normalizer(per_sample, chunks)
+    # running means 1 and 100 (chunk 2 unseen); scale = their mean 50.5 / own mean: the overall size is kept
+    assert normalizer.running_mean.tolist() == [1.0, 100.0, 0.0] and normalizer.seen.tolist() == [True, True, False]
+    assert loss.item() == pytest.approx(50.5)
+    loss.backward()
+    assert per_sample.grad.tolist() == pytest.approx([50.5 / 4, 50.5 / 4, 0.505 / 4, 0.505 / 4])
+    normalizer(torch.tensor([3.0, 50.0]), torch.tensor([0, 2]))
+    assert normalizer.running_mean.tolist() == pytest.approx([0.9 * 1 + 0.1 * 3, 100.0, 50.0])
+    with pytest.raises(ValueError, match="`momentum` must lie in"):
+        IntervalLossNormalizer(3, momentum=1.0)

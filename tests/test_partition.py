@@ -120,3 +120,24 @@ def test_partition_invariants(p):
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     for i, (lo, hi) in enumerate(spans):
         assert int(idx[lo]) == i and int(idx[hi - 1]) == i
+
+
+def test_interval_mode_sees_only_the_own_chunk():
+    cumulative, interval = TimestepPartition(16, 4), TimestepPartition(16, 4, mask_mode="interval")
+    assert torch.equal(cumulative.condition_table(), cumulative.mask_table("cumulative"))
+    assert torch.equal(interval.condition_table(), interval.mask_table("own"))
+    assert interval.condition_table().sum(1).tolist() == [4.0, 4.0, 4.0, 4.0]
+    assert [interval.active_chunks(t) for t in (0, 249, 250, 999)] == [(0, 1), (0, 1), (1, 2), (3, 4)]
+    assert [cumulative.active_chunks(t) for t in (0, 249, 250, 999)] == [(0, 1), (0, 1), (0, 2), (0, 4)]
+    # the chunk layout itself does not depend on the mode
+    assert interval.chunk_end_dims == cumulative.chunk_end_dims
+    assert interval != cumulative and "mask_mode=interval" in repr(interval) and "mask_mode" not in repr(cumulative)
+
+
+def test_mask_mode_round_trips_and_defaults_to_cumulative():
+    p = TimestepPartition(64, 16, 1000, [250, 500, 1000], [8, 24, 32], mask_mode="interval")
+    assert TimestepPartition.from_dict(p.to_dict()) == p
+    older = {k: v for k, v in p.to_dict().items() if k != "mask_mode"}  # a config written before the mode existed
+    assert TimestepPartition.from_dict(older).mask_mode == "cumulative"
+    with pytest.raises(ValueError, match=r"`mask_mode` must be one of \('cumulative', 'interval'\), got 'own'"):
+        TimestepPartition(16, 4, mask_mode="own")

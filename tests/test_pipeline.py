@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 
 import diti_hf.pipelines.pipeline_diti as pipeline_module
 from conftest import tiny_images, tiny_pipeline
-from diti_hf import DiTiPipeline
+from diti_hf import DiTiPipeline, denoise
 from diti_hf.models.decoder import ZConditionedResnetBlock2D
 
 STEPS = 4
@@ -453,3 +453,40 @@ def test_silent_coercions_are_announced():
         warnings.simplefilter("error")
         pipe.swap(a, b, timesteps=[(0, 250), (500, 1000)], num_inference_steps=2, output_type="pt")
         pipe.encode([PIL.Image.new("RGB", (16, 16))])
+
+
+@pytest.mark.parametrize("mask_mode", ["cumulative", "interval"])
+def test_chunk_dims_change_the_decoder_only_where_the_mask_mode_says(mask_mode):
+    pipe = tiny_pipeline(mask_mode=mask_mode)
+    partition = pipe.partition
+    x = tiny_images(2, seed=5)
+    z = pipe.encode(x).z
+    c = pipe.coefficients(x.device)
+    edges = {t for i in range(partition.num_chunks) for lo in partition.chunk_timesteps(i) for t in (lo - 1, lo)}
+    times = sorted(t for t in edges | set(range(0, 1000, 50)) if 0 <= t < 1000)
+    for i in range(partition.num_chunks):
+        start, end = partition.chunk_dims(i)
+        lo, hi = partition.chunk_timesteps(i)
+        other = z.clone()
+        other[:, start:end] += 1.0
+        changed = []
+        for t in times:
+            a, b = (
+                denoise(pipe.unet, pipe.decoder, x, t, pipe.condition(v, t), coefficients=c).shift for v in (z, other)
+            )
+            changed.append(not torch.equal(a, b))
+        expected = [lo <= t < hi if mask_mode == "interval" else t >= lo for t in times]
+        assert changed == expected, (i, mask_mode)
+
+
+def test_interval_pipeline_masks_inversion_and_generation_alike(monkeypatch):
+    pipe = tiny_pipeline(mask_mode="interval")
+    calls = _record_conditions(monkeypatch)
+    x = tiny_images(2)
+    z = pipe.encode(x).z
+    inverted = pipe.invert(x, num_inference_steps=STEPS)
+    pipe(z=z, latents=inverted.latents, num_inference_steps=STEPS, output_type="pt")
+    own = pipe.partition.mask_table("own")
+    assert [t for t, _ in calls] == [0, 250, 500, 750, 750, 500, 250, 0]
+    for t, condition in calls:
+        assert torch.equal(condition, z * own[pipe.partition.chunk_of(t)])

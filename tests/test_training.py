@@ -647,3 +647,30 @@ def test_kill_9_during_a_checkpoint_save_then_resume(base_model, tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+def test_time_budget_stops_exports_and_resumes(base_model, tmp_path):
+    """--max_train_minutes stops at the first step after the budget, saves a checkpoint and a loadable pipeline, and
+    the run resumes from that checkpoint (here with the interval masks and loss weighting, whose state resumes too)."""
+    from diti_hf import DiTiPipeline
+
+    out = tmp_path / "budget"
+    common = ("--max_train_steps", "5", "--checkpointing_steps", "5", "--mask_mode", "interval",
+              "--loss_weighting", "interval")  # fmt: skip
+    first = _run(train_diti, diti_argv(base_model, out, *common, "--max_train_minutes", "1e-6"))
+    assert first["stopped_at_time_budget"] and not first["interrupted"]
+    assert first["global_step"] == 1 and first["images_seen"] == 8
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
+    pipe = DiTiPipeline.from_pretrained(out)
+    assert pipe.partition.mask_mode == "interval"
+    assert json.loads((out / "encoder" / "config.json").read_text())["mask_mode"] == "interval"
+    recon = pipe.reconstruct(fixed_batch(2), num_inference_steps=2, output_type="pt").images
+    assert recon.shape == (2, 3, RESOLUTION, RESOLUTION) and torch.isfinite(recon).all()
+    running = load_file(out / "checkpoint-1" / "model.safetensors")["normalizer.running_mean"]
+    assert (running > 0).any()
+
+    second = _run(train_diti, diti_argv(base_model, out, *common, "--resume_from_checkpoint", "latest"))
+    assert not second["stopped_at_time_budget"] and second["global_step"] == 5
+    assert second["images_this_launch"] == 4 * 8 and second["images_seen"] == 5 * 8
+    resumed = load_file(out / "checkpoint-5" / "model.safetensors")["normalizer.running_mean"]
+    assert not torch.equal(resumed, running)  # the running means went on from the checkpoint's

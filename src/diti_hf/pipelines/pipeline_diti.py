@@ -295,6 +295,15 @@ class DiTiPipeline(DiffusionPipeline):
         return i, j
 
     # ------------------------------------------------------------------ the sampler
+    def condition(self, z: torch.Tensor, timestep: int, use_masks: bool = True) -> torch.Tensor:
+        r"""
+        What the decoder sees of `z` at `timestep`: `z ⊙ mask[idx(t)]`, the mask of the encoder's `mask_mode` (the
+        chunks up to t's, or t's chunk alone), or all of `z` with `use_masks=False` (PDAE).
+        """
+        if not use_masks:
+            return z
+        return z * self.partition.condition_table(z.device).to(z.dtype)[self.partition.chunk_of(timestep)]
+
     def _grid(self, num_inference_steps: int) -> list[int]:
         if (
             not isinstance(num_inference_steps, int)
@@ -333,11 +342,8 @@ class DiTiPipeline(DiffusionPipeline):
             c.sqrt_alphas_cumprod.new_tensor(end_alpha).sqrt(),
             c.sqrt_alphas_cumprod.new_tensor(1 - end_alpha).sqrt(),
         )
-        mask_table = self.partition.condition_table(sample.device).to(sample.dtype) if z is not None else None
         for i, t in enumerate(self.progress_bar(order) if progress else order):
-            condition = None
-            if z is not None:
-                condition = z * mask_table[self.partition.chunk_of(t)] if use_masks else z
+            condition = None if z is None else self.condition(z, t, use_masks)
             out = denoise(self.unet, self.decoder, sample, t, condition, coefficients=c)
             eps = out.eps if out.shift is None else out.eps + c.sampling_coef[t] * out.shift
             x0 = (c.sqrt_recip_alphas_cumprod[t] * sample - c.sqrt_recipm1_alphas_cumprod[t] * eps).clamp(-1, 1)
