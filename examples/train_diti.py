@@ -224,12 +224,22 @@ def _check_diti_arguments(args: argparse.Namespace) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- model pieces
+def frozen_ddpm_source(args: argparse.Namespace) -> dict:
+    """The arguments of `diti_hf.models.load_frozen_ddpm` that `--pretrained_unet` and its flags give."""
+    return {
+        "pretrained_model_name_or_path": args.pretrained_unet,
+        "unet_subfolder": args.unet_subfolder,
+        "scheduler_subfolder": args.scheduler_subfolder,
+        "revision": args.revision,
+    }
+
+
 def load_frozen_ddpm(args: argparse.Namespace):
     """The frozen UNet and its noise-schedule config (see `diti_hf.models.load_frozen_ddpm`)."""
     from diti_hf.models import load_frozen_ddpm as load
 
     try:
-        return load(args.pretrained_unet, args.unet_subfolder, args.scheduler_subfolder, args.revision, args.cache_dir)
+        return load(**frozen_ddpm_source(args), cache_dir=args.cache_dir)
     except ValueError as error:
         raise ScriptArgumentError(f"--pretrained_unet: {error}") from error
 
@@ -540,6 +550,7 @@ def main(args: argparse.Namespace) -> dict:
     from diti_hf.data import validation_batch
     from diti_hf.hub import save_model_card
     from diti_hf.training.args import training_data_from_args
+    from diti_hf.training.export import record_run
     from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging
 
     accelerator = make_accelerator(args)
@@ -578,6 +589,13 @@ def main(args: argparse.Namespace) -> dict:
     coefficients = coefficients.to(accelerator.device)
     sampling_scheduler = ddim_scheduler(scheduler_config)
     log_start(loop, args, loop.trainer.encoder.partition, profile)
+    if accelerator.is_main_process:  # what `diti-hf export` needs to turn any checkpoint into a pipeline
+        record_run(
+            args.output_dir, loop.trainer.encoder, loop.trainer.decoder, sampling_scheduler,
+            image_processor_for(transform), frozen_ddpm=frozen_ddpm_source(args),
+            training_command=card_kwargs(args)["training_command"], global_batch_size=loop.global_batch,
+            datasets=card_kwargs(args)["datasets"],
+        )  # fmt: skip
 
     def validate(step: int) -> dict[str, float]:
         return log_validation(

@@ -674,3 +674,54 @@ def test_time_budget_stops_exports_and_resumes(base_model, tmp_path):
     assert second["images_this_launch"] == 4 * 8 and second["images_seen"] == 5 * 8
     resumed = load_file(out / "checkpoint-5" / "model.safetensors")["normalizer.running_mean"]
     assert not torch.equal(resumed, running)  # the running means went on from the checkpoint's
+
+
+def test_export_of_a_checkpoint_equals_the_run_export_and_needs_no_dataset(base_model, tmp_path, monkeypatch, capsys):
+    from diti_hf import DiTiPipeline
+    from diti_hf.cli import main as cli
+
+    out = tmp_path / "run"
+    _run(train_diti, diti_argv(base_model, out, "--max_train_steps", "3", "--checkpointing_steps", "3"))
+    exported = tmp_path / "exported"
+    # no dataset can be built during the export: the run's record and the checkpoint are all it reads
+    monkeypatch.setattr("diti_hf.data.load_image_dataset", lambda *a, **k: pytest.fail("export loaded a dataset"))
+    assert cli(["export", "--checkpoint", str(out / "checkpoint-3"), "--output", str(exported)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    for component in ("encoder", "decoder", "unet"):
+        a = load_file(out / component / "diffusion_pytorch_model.safetensors")
+        b = load_file(exported / component / "diffusion_pytorch_model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), component
+    for config in ("encoder/config.json", "decoder/config.json", "scheduler/scheduler_config.json"):
+        assert json.loads((out / config).read_text()) == json.loads((exported / config).read_text()), config
+    card = (exported / "README.md").read_text()
+    assert "accelerate launch examples/train_diti.py --pretrained_unet" in card
+    assert "step 3, 24 images seen" in card
+    pipe = DiTiPipeline.from_pretrained(exported)
+    assert pipe.encode(fixed_batch(2)).z.shape == (2, 16)
+    # the run folder alone exports its newest checkpoint, by default into RUN_DIR/pipeline-N
+    assert cli(["export", "--checkpoint", str(out)]) == 0
+    assert (out / "pipeline-3" / "model_index.json").is_file()
+
+
+def test_export_refuses_a_tampered_or_unrecorded_checkpoint_in_one_line(base_model, tmp_path, capsys):
+    from diti_hf.cli import main as cli
+
+    out = tmp_path / "run"
+    _run(train_diti, diti_argv(base_model, out, "--max_train_steps", "2", "--checkpointing_steps", "2"))
+    ema = out / "checkpoint-2" / "custom_state_0.safetensors"
+    data = bytearray(ema.read_bytes())
+    data[-1] ^= 0xFF
+    ema.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert cli(["export", "--checkpoint", str(out / "checkpoint-2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is damaged" in err[0] and "custom_state_0.safetensors" in err[0]
+    assert not (out / "pipeline-2").exists()
+    data[-1] ^= 0xFF
+    ema.write_bytes(bytes(data))
+    import shutil
+
+    shutil.rmtree(out / "run_record")
+    assert cli(["export", "--checkpoint", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no run_record/" in err[0]

@@ -1,5 +1,5 @@
 """The `diti-hf` command line: `demo`, `app`, `encode`, `reconstruct`, `swap`, `interpolate`, `edit`, `evaluate`,
-`partition`, `convert`.
+`partition`, `convert`, `export`.
 
 This module builds the parser and runs a command; the commands themselves are the modules of `diti_hf.commands`
 (one per subcommand, each with `add_parser(subparsers)` and `run(args) -> int`). The model commands share `--model`

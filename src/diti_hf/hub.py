@@ -335,6 +335,7 @@ def create_model_card(
         num_chunks=partition.num_chunks,
         num_train_timesteps=partition.num_train_timesteps,
         partition_kind="staged" if partition.stages is not None else "uniform",
+        mask_mode=partition.mask_mode,
         partition_table=partition_table(partition),
         example_range=(half, partition.num_train_timesteps),
         image_size=encoder_config.sample_size,

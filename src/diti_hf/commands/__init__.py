@@ -8,8 +8,8 @@ the tools.
 
 from __future__ import annotations
 
-from . import app, convert, demo, edit, encode, evaluate, interpolate, partition, reconstruct, swap
+from . import app, convert, demo, edit, encode, evaluate, export, interpolate, partition, reconstruct, swap
 
-SUBCOMMANDS = (demo, app, encode, reconstruct, swap, interpolate, edit, evaluate, partition, convert)
+SUBCOMMANDS = (demo, app, encode, reconstruct, swap, interpolate, edit, evaluate, partition, convert, export)
 
 __all__ = ["SUBCOMMANDS"]
