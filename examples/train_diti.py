@@ -157,6 +157,17 @@ def build_parser() -> OneLineArgumentParser:
         ),
     )
     group.add_argument(
+        "--compile",
+        action="store_true",
+        help=(
+            "torch.compile the encoder, the decoder and every UNet block DiTi runs (as DiTiPipeline.compile_models); "
+            "the first steps pay the compilation."
+        ),
+    )
+    group.add_argument(
+        "--compile_backend", type=str, default="inductor", help="torch.compile backend of --compile."
+    )
+    group.add_argument(
         "--gradient_checkpointing",
         action="store_true",
         help="Recompute decoder activations in backward (less memory).",
@@ -509,6 +520,11 @@ def build_model(
         init_decoder_from_unet(decoder, unet)
     if args.gradient_checkpointing:
         decoder.enable_gradient_checkpointing()
+    if args.compile:
+        from diti_hf.models import compile_denoiser
+
+        encoder.compile(backend=args.compile_backend)
+        compile_denoiser(unet, decoder, backend=args.compile_backend)
     try:  # the final pipeline's own consistency checks, now instead of after training
         DiTiPipeline(unet, encoder, decoder, ddim_scheduler(scheduler_config), image_processor_for(transform))
     except (TypeError, ValueError) as error:

@@ -725,3 +725,52 @@ def test_export_refuses_a_tampered_or_unrecorded_checkpoint_in_one_line(base_mod
     assert cli(["export", "--checkpoint", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no run_record/" in err[0]
+
+
+def test_dataset_on_device_gives_the_loader_batches_and_the_same_training(base_model, tmp_path):
+    from diti_hf.data import ImageTransform, generate_shapes
+    from diti_hf.data.loading import DataPosition, DeviceImages, ImageDataset, TrainingImages
+
+    dataset = ImageDataset(generate_shapes(20, seed=3, resolution=RESOLUTION), ImageTransform(RESOLUTION))
+    loader, held = TrainingImages(dataset, 4, seed=1), DeviceImages(dataset, 4, seed=1)
+    assert held.images.dtype == torch.uint8 and held.images.shape == (20, 3, RESOLUTION, RESOLUTION)
+    for start in (None, DataPosition(1, 2)):
+        for (pos_a, a), (pos_b, b) in zip(loader(start), held(start)):
+            assert pos_a == pos_b and torch.equal(a["pixel_values"], b["pixel_values"])
+            assert a["index"].tolist() == b["index"].tolist()
+            if pos_a.epoch == 3:
+                break
+    with pytest.raises(ValueError, match="`dataset_on_device`: 20 images of 3×16×16 take"):
+        DeviceImages(dataset, 4, max_bytes=1000)
+    flipped = ImageDataset(generate_shapes(4, resolution=RESOLUTION), ImageTransform(RESOLUTION, random_flip=True))
+    with pytest.raises(ValueError, match="drop the random crop and flip"):
+        DeviceImages(flipped, 4)
+
+    common = ("--max_train_steps", "3", "--checkpointing_steps", "3")
+    _run(train_diti, diti_argv(base_model, tmp_path / "loader", *common))
+    _run(train_diti, diti_argv(base_model, tmp_path / "device", *common, "--dataset_on_device"))
+    a = load_file(tmp_path / "loader" / "checkpoint-3" / "model.safetensors")
+    b = load_file(tmp_path / "device" / "checkpoint-3" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compile_flag_compiles_every_trained_module_and_keeps_the_training(base_model, tmp_path):
+    common = ("--max_train_steps", "2", "--checkpointing_steps", "2")
+    _run(train_diti, diti_argv(base_model, tmp_path / "eager", *common))
+    torch._dynamo.reset()
+    args = train_diti.parse_args(
+        diti_argv(base_model, tmp_path / "c", *common, "--compile", "--compile_backend", "eager")
+    )
+    unet, config = train_diti.load_frozen_ddpm(args)
+    from diti_hf.data import ImageTransform
+
+    model = train_diti.build_model(args, unet, config, RESOLUTION, ImageTransform(RESOLUTION))
+    compiled = [model.encoder, model.decoder, unet.conv_in, *unet.down_blocks, unet.conv_out]
+    assert all(m._compiled_call_impl is not None for m in compiled)
+    _run(train_diti, diti_argv(base_model, tmp_path / "compiled", *common, "--compile", "--compile_backend", "eager"))
+    torch._dynamo.reset()
+    a = load_file(tmp_path / "eager" / "checkpoint-2" / "model.safetensors")
+    b = load_file(tmp_path / "compiled" / "checkpoint-2" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)

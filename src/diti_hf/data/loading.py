@@ -442,6 +442,56 @@ class TrainingImages:
             start = DataPosition(epoch + 1)
 
 
+class DeviceImages(TrainingImages):
+    r"""
+    The training batches of a map-style dataset held whole on `device` as uint8 and batched there: no data-loader
+    workers and no host-to-device copy per step. The batches (order, values and resume positions) are exactly those
+    of [`TrainingImages`] with the same arguments; the transform must be deterministic (no random crop or flip).
+
+    Args:
+        dataset ([`ImageDataset`]): The images (decoded and transformed once, here).
+        batch_size, num_processes, process_index, seed: As in [`TrainingImages`].
+        device (`torch.device` or `str`, defaults to `"cpu"`): Where the images are held.
+        max_bytes (`int`, defaults to 8 GiB): Refuse a dataset larger than this (checked before allocating).
+    """
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        num_processes: int = 1,
+        process_index: int = 0,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        max_bytes: int = 8 << 30,
+    ):
+        if not isinstance(dataset, ImageDataset):
+            raise ValueError("`dataset_on_device` needs a map-style dataset (not a stream).")
+        if dataset.transform.is_random:
+            raise ValueError("`dataset_on_device` holds each image once: drop the random crop and flip.")
+        super().__init__(dataset, batch_size, num_processes, process_index, seed)
+        t = dataset.transform
+        size = len(dataset) * t.num_channels * t.resolution**2
+        if size > max_bytes:
+            raise ValueError(
+                f"`dataset_on_device`: {len(dataset)} images of {t.num_channels}×{t.resolution}×{t.resolution} take "
+                f"{size / 2**30:.1f} GiB, more than the {max_bytes / 2**30:.1f} GiB allowed; load it through workers."
+            )
+        images = torch.empty(len(dataset), t.num_channels, t.resolution, t.resolution, dtype=torch.uint8)
+        for i in range(len(dataset)):
+            # the transform's x / 127.5 - 1 inverted exactly: batches below recompute the same floats
+            images[i] = ((dataset[i]["pixel_values"] + 1.0) * 127.5).round().to(torch.uint8)
+        self.images = images.to(device)
+
+    def epoch_loader(self, epoch: int, start: DataPosition | None = None) -> Iterator[dict[str, Any]]:
+        """The batches of `epoch` after the ones consumed at `start`, indexed on the device."""
+        start = start or DataPosition(epoch)
+        self.sampler.set_epoch(epoch, start.batch)
+        for indices in self.sampler:
+            index = torch.as_tensor(indices, device=self.images.device)
+            yield {"pixel_values": self.images[index].float() / 127.5 - 1.0, "index": index}
+
+
 def validation_batch(dataset, transform: ImageTransform, num_images: int, image_column: str | None = None):
     r"""
     The first `num_images` readable images of `dataset` (map-style or stream), without random augmentation, as a

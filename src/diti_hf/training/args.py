@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data.loading import (
     DEFAULT_NUM_SHAPES,
+    DeviceImages,
     ImageDataset,
     StreamingImageDataset,
     TrainingImages,
@@ -374,6 +377,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_resolution: int 
         help="Skip corrupt or unreadable images (each is reported with its index) instead of stopping with an error.",
     )
     group.add_argument("--dataloader_num_workers", type=int, default=0, help="Data-loading worker processes.")
+    group.add_argument(
+        "--dataset_on_device",
+        action="store_true",
+        help=(
+            "Hold the whole (map-style, deterministically transformed) dataset on the training device as uint8 and "
+            "batch it there: no workers, no per-step copy; the same batches as the loader."
+        ),
+    )
 
 
 def check_data_arguments(args: argparse.Namespace) -> list[str]:
@@ -398,6 +409,11 @@ def check_data_arguments(args: argparse.Namespace) -> list[str]:
         problems.append(f"--num_train_images: must be >= 1, got {args.num_train_images}")
     if args.dataloader_num_workers < 0:
         problems.append(f"--dataloader_num_workers: must be >= 0, got {args.dataloader_num_workers}")
+    if args.dataset_on_device:
+        clashes = [flag for flag, on in (("--streaming", args.streaming), ("--random_flip", args.random_flip),
+                                         ("--random_crop", args.random_crop)) if on]  # fmt: skip
+        if clashes:
+            problems.append(f"--dataset_on_device: holds each image once, transformed once; drop {', '.join(clashes)}")
     return problems
 
 
@@ -440,8 +456,9 @@ def training_images_from_args(
     num_processes: int = 1,
     process_index: int = 0,
     pin_memory: bool = False,
+    device: torch.device | str = "cpu",
 ) -> TrainingImages:
-    """The per-process [`TrainingImages`] for `raw_dataset` and the data flags."""
+    """The per-process [`TrainingImages`] (or [`DeviceImages`] with `--dataset_on_device`) for the data flags."""
     import datasets
 
     common = {
@@ -460,6 +477,8 @@ def training_images_from_args(
         )
     else:
         dataset = ImageDataset(raw_dataset, **common)
+    if getattr(args, "dataset_on_device", False):
+        return DeviceImages(dataset, batch_size, num_processes, process_index, args.seed, device=device)
     return TrainingImages(
         dataset,
         batch_size,
@@ -496,6 +515,7 @@ def training_data_from_args(args: argparse.Namespace, accelerator, resolution: i
             accelerator.num_processes,
             accelerator.process_index,
             pin_memory=accelerator.device.type == "cuda",
+            device=accelerator.device,
         )
     except BadImageError:
         raise
