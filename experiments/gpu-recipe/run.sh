@@ -7,6 +7,7 @@
 # Environment (defaults in brackets): DDPM [experiments/ddpm-shapes32-v3/small32-v-40000], IMAGES (a cap on images
 # per row, e.g. 768000 for equal budgets) [none], BATCH [256], NUM_IMAGES (training set) [50000], WORKERS (data
 # loader workers per row) [3], THREADS (torch threads per row) [2], PRECISION [bf16 on a GPU, else no],
+# ON_DEVICE=1 (hold the data set on the device: --dataset_on_device, no workers), COMPILE=1 (--compile),
 # WORK (runs and the cached data set) [/tmp/gpu-recipe], PYTHON [.venv/bin/python, else python3].
 set -u
 OUT_DIR=$1; MINUTES=$2; shift 2
@@ -27,25 +28,20 @@ mkdir -p "$OUT_DIR" "$WORK"
 log() { echo "$(date -u +%FT%TZ) $*" | tee -a "$OUT_DIR/throughput.log"; }
 
 # The procedural set, generated once for every row (the same images each row would generate itself: seed 0).
-DATA="$WORK/diti-shapes-v2-$NUM_IMAGES"
-if [ ! -f "$DATA/state.json" ]; then
-  $PYTHON -c "
-import sys
-from diti_hf.data import load_image_dataset
-load_image_dataset('diti-shapes-v2', num_images=int(sys.argv[1]), seed=0).save_to_disk(sys.argv[2] + '.tmp')
-" "$NUM_IMAGES" "$DATA" && mv "$DATA.tmp" "$DATA" || { log "data set generation failed"; exit 1; }
-fi
+DATA=$(bash "$HERE/data.sh" "$WORK" "$NUM_IMAGES" "$PYTHON") || { log "data set generation failed"; exit 1; }
 BUDGET=$(awk -v m="$MINUTES" -v s="$(( $(date +%s) - START ))" 'BEGIN { b = m - s / 60 - 0.25; print (b > 0.05 ? b : 0.05) }')
 log "data set ready after $(( $(date +%s) - START )) s; each row trains for at most $BUDGET min: $*"
 
-CAP=()
-[ -n "${IMAGES:-}" ] && CAP=(--max_train_images "$IMAGES")
+EXTRA=()
+[ -n "${IMAGES:-}" ] && EXTRA+=(--max_train_images "$IMAGES")
+[ "${ON_DEVICE:-0}" = 1 ] && EXTRA+=(--dataset_on_device) && WORKERS=0
+[ "${COMPILE:-0}" = 1 ] && EXTRA+=(--compile)
 for ROW in "$@"; do
   (
     RUN="$WORK/$ROW"
     timeout -k 20 "$(awk -v m="$MINUTES" 'BEGIN { print int(m * 60 + 90) }')" \
       $PYTHON examples/train_diti.py --pretrained_unet "$DDPM" --dataset_name "$DATA" --num_train_images "$NUM_IMAGES" \
-      --resolution 32 --encoder_preset small32 $(row_flags "$ROW") --train_batch_size "$BATCH" "${CAP[@]}" \
+      --resolution 32 --encoder_preset small32 $(row_flags "$ROW") --train_batch_size "$BATCH" "${EXTRA[@]}" \
       --max_train_minutes "$BUDGET" --learning_rate 5e-4 --lr_scheduler constant_with_warmup --lr_warmup_steps 200 \
       --ema_decay 0.999 --validation_steps 0 --seed 0 --num_threads "$THREADS" --mixed_precision "$PRECISION" \
       --allow_tf32 --checkpointing_steps 500 --checkpoints_total_limit 1 --dataloader_num_workers "$WORKERS" \
