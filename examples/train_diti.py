@@ -164,9 +164,7 @@ def build_parser() -> OneLineArgumentParser:
             "the first steps pay the compilation."
         ),
     )
-    group.add_argument(
-        "--compile_backend", type=str, default="inductor", help="torch.compile backend of --compile."
-    )
+    group.add_argument("--compile_backend", type=str, default="inductor", help="torch.compile backend of --compile.")
     group.add_argument(
         "--gradient_checkpointing",
         action="store_true",
