@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample_eta", type=float, default=0.0, help="DDIM η of a bare DDPM's samples (0: deterministic).")
     g.add_argument("--no_random_baseline", action="store_true")
     g.add_argument("--no_pixel_baseline", action="store_true")
+    g.add_argument("--no_disentanglement", action="store_true", help="Skip DCI / MIG / SAP / FactorVAE.")
+    g.add_argument("--disentanglement_images", type=int, default=1000, help="Images of those metrics.")
     g.add_argument("--no_plots", action="store_true")
     g.add_argument("--batch_size", type=int, default=None, help="Swap and encoding batch size (default 16 and 256).")
     r = p.add_argument_group("a dataset: celeba / lfw, or factor ClassLabel columns with --protocol shapes")
@@ -104,7 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hub dataset id or local folder (required for celeba / lfw; with shapes, ClassLabel factors).",
     )
     r.add_argument("--split", default="train", help="Split of a --dataset evaluated with --protocol shapes.")
-    r.add_argument("--factors", nargs="+", default=None, help="Factor columns (default: every ClassLabel column).")
+    r.add_argument(
+        "--factors",
+        "--factor_columns",
+        dest="factors",
+        nargs="+",
+        default=None,
+        help="Factor columns, ClassLabel or numeric (binned; default: every ClassLabel column, else every numeric one).",
+    )
     r.add_argument("--dataset_config", default=None, help="Dataset configuration name.")
     r.add_argument("--columns", default=None, help='JSON attribute → column mapping, e.g. \'{"Male": "male"}\'.')
     r.add_argument("--image_column", default=None)

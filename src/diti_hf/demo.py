@@ -449,6 +449,10 @@ def _evaluation_config(config: DemoConfig) -> Any:
         num_validity_samples=16,
         regeneration=False,
         swap_protocols=[],
+        # the field's metrics on a small draw, with the faster of DCI's estimators
+        disentanglement=not config.interim,
+        disentanglement_images=500,
+        disentanglement_estimator="random_forest",
     )
 
 
@@ -507,6 +511,10 @@ def _summary(evaluation: dict, reconstruction: dict, names: list[str]) -> dict[s
             "alignment_spearman": alignment.get("spearman_timestep_vs_granularity"),
             "counterfactual_targeted_flip_rate": counterfactual.get("targeted_flip_rate"),
             "counterfactual_leakage": counterfactual.get("leakage"),
+            **{
+                f"disentanglement_{key}": (entry.get("disentanglement") or {}).get(key)
+                for key in ("dci_disentanglement", "dci_completeness", "dci_informativeness", "mig", "sap", "factor_vae")
+            },
             "reconstruction_mse": rec.get("mse") if name in names else None,
             "reconstruction_psnr": rec.get("psnr") if name in names else None,
             "reconstruction_ssim": rec.get("ssim") if name in names else None,
@@ -573,6 +581,12 @@ def _markdown(report: dict) -> str:
         ("alignment Spearman (t vs granularity)", "alignment_spearman"),
         ("counterfactual targeted flip rate", "counterfactual_targeted_flip_rate"),
         ("counterfactual leakage", "counterfactual_leakage"),
+        ("DCI disentanglement", "disentanglement_dci_disentanglement"),
+        ("DCI completeness", "disentanglement_dci_completeness"),
+        ("DCI informativeness (accuracy)", "disentanglement_dci_informativeness"),
+        ("MIG", "disentanglement_mig"),
+        ("SAP", "disentanglement_sap"),
+        ("FactorVAE score", "disentanglement_factor_vae"),
         ("reconstruction MSE", "reconstruction_mse"),
         ("reconstruction PSNR (dB)", "reconstruction_psnr"),
         ("reconstruction SSIM", "reconstruction_ssim"),

@@ -18,6 +18,7 @@ _SKIPS = {
     "baselines": "the random-encoder and raw-pixel baselines",
     "random_baseline": "the random-encoder baseline",
     "pixel_baseline": "the raw-pixel baseline",
+    "disentanglement": "the DCI / MIG / SAP / FactorVAE metrics",
     "plots": "the plots (write report.json only)",
 }
 # the diagnostics' sizes: flag → (run_benchmark / EvaluationConfig name, what it is); unset, the library's default
@@ -31,6 +32,7 @@ _SIZES = {
     "--probe-batch-size": ("probe_batch_size", "probe mini-batch size (default 128)"),
     "--max-samples": ("max_samples", "celeba / lfw: rows per split (default: all)"),
     "--resolution": ("resolution", "side of the generated images (default: the model's)"),
+    "--disentanglement-images": ("disentanglement_images", "images of the DCI / MIG / SAP / FactorVAE metrics (1000)"),
 }
 # the library's names (in its error messages) that the flags spell otherwise
 _FLAG_OF = {
@@ -65,13 +67,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--dataset",
         default=None,
         help="shapes: diti-shapes (default) or diti-shapes-v2 (generated), or a saved dataset folder or Hub id with "
-        "ClassLabel factors; celeba / lfw (required): the Hub id or folder with the attributes",
+        "ClassLabel or numeric factor columns (e.g. Shapes3D, dSprites); celeba / lfw (required): the Hub id or folder with the attributes",
     )
     parser.add_argument("--split", default="train", help="split of a loaded --dataset (default: train)")
     parser.add_argument(
         "--num-images", type=common.positive_int, default=2000, metavar="N", help="images used (default 2000)"
     )
-    parser.add_argument("--factors", nargs="+", default=None, help="factor columns (default: every ClassLabel column)")
+    parser.add_argument(
+        "--factors", "--factor-columns", dest="factors", nargs="+", default=None,
+        help="factor columns: ClassLabel or numeric (binned; default: every ClassLabel column, else every numeric one)",
+    )  # fmt: skip
     parser.add_argument(
         "--data-seed", type=int, default=None, metavar="N", help="seed of the generated images (default: --seed)"
     )

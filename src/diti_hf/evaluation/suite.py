@@ -87,6 +87,12 @@ class EvaluationConfig:
             deterministic DDIM.
         granularity_pairs (`int`, defaults to 256): Base images per factor for the granularity measure.
         encode_batch_size (`int`, defaults to 256): Encoding batch size.
+        disentanglement (`bool`, defaults to `True`): DCI, MIG, SAP and the FactorVAE score of every model and
+            baseline (see [`~diti_hf.evaluation.disentanglement`]), and for partitioned models the DCI importance of
+            each time-step group.
+        disentanglement_images (`int`, defaults to 1000): Images (a seeded draw from all splits) of those metrics.
+        disentanglement_estimator (`str`, defaults to `"gbt"`): DCI's classifier, `"gbt"` or `"random_forest"`.
+        disentanglement_max_dim (`int`, defaults to 512): Features wider than this (raw pixels) are skipped.
         plots (`bool`, defaults to `True`): Write PNG plots next to the JSON report.
     """
 
@@ -123,6 +129,10 @@ class EvaluationConfig:
     sample_eta: float = 0.0
     granularity_pairs: int = 256
     encode_batch_size: int = 256
+    disentanglement: bool = True
+    disentanglement_images: int = 1000
+    disentanglement_estimator: str = "gbt"
+    disentanglement_max_dim: int = 512
     plots: bool = True
 
     def __post_init__(self) -> None:
@@ -141,9 +151,15 @@ class EvaluationConfig:
             "num_regeneration_images",
             "num_validity_samples",
             "num_sample_steps",
+            "disentanglement_images",
+            "disentanglement_max_dim",
         ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
+        if self.disentanglement_estimator not in ("gbt", "random_forest"):
+            raise ValueError(
+                f"`disentanglement_estimator` must be 'gbt' or 'random_forest', got {self.disentanglement_estimator!r}."
+            )
         if not 0.0 <= float(self.sample_eta) <= 1.0:
             raise ValueError(f"`sample_eta` must lie in [0, 1], got {self.sample_eta!r}.")
         if self.swap_ranges is not None:
@@ -158,19 +174,62 @@ class EvaluationConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- data helpers
-def dataset_arrays(
-    dataset: Any, factors: Sequence[str] | None = None, image_column: str = "image"
-) -> tuple[torch.Tensor, torch.Tensor, list[str], list[int]]:
+MAX_FACTOR_VALUES = 20  # a numeric factor with more distinct values is binned into this many equal-width bins
+
+
+def factor_labels(values: Sequence[Any]) -> tuple[np.ndarray, int, str]:
     r"""
-    Images and factor labels of a 🤗 dataset whose factors are `ClassLabel` columns.
+    Integer labels of one numeric factor column: its distinct values ranked when there are at most
+    `MAX_FACTOR_VALUES` of them (Shapes3D's hues, scales and orientations; dSprites' positions), else
+    `MAX_FACTOR_VALUES` equal-width bins over its range.
+
+    Returns:
+        `(labels, num_classes, encoding)`: `(N,)` int64, the number of classes, and a line saying how they were made.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or not np.isfinite(array).all():
+        raise ValueError("a numeric factor column must hold one finite number per image.")
+    distinct = np.unique(array)
+    if len(distinct) <= MAX_FACTOR_VALUES:
+        return np.searchsorted(distinct, array).astype(np.int64), len(distinct), f"{len(distinct)} distinct values"
+    from .disentanglement import discretize
+
+    labels = discretize(array[:, None], MAX_FACTOR_VALUES)[:, 0]
+    encoding = f"{MAX_FACTOR_VALUES} equal-width bins over [{array.min():.4g}, {array.max():.4g}]"
+    return labels, MAX_FACTOR_VALUES, encoding
+
+
+def factor_columns(dataset: Any, image_column: str = "image") -> list[str]:
+    """The factor columns found by default: every `ClassLabel` column, else every numeric column."""
+    import datasets
+
+    features = dataset.features
+    class_columns = [n for n, f in features.items() if isinstance(f, datasets.ClassLabel)]
+    if class_columns:
+        return class_columns
+    numeric = ("int", "uint", "float", "bool")
+    return [
+        n for n, f in features.items()
+        if n != image_column and isinstance(f, datasets.Value) and f.dtype.startswith(numeric)
+    ]  # fmt: skip
+
+
+def dataset_arrays(
+    dataset: Any, factors: Sequence[str] | None = None, image_column: str = "image", return_encodings: bool = False
+) -> tuple:
+    r"""
+    Images and factor labels of a 🤗 dataset whose factors are `ClassLabel` or numeric columns.
 
     Args:
         dataset (`datasets.Dataset`): The dataset.
-        factors (`list[str]`, *optional*): Factor columns; default every `ClassLabel` column.
+        factors (`list[str]`, *optional*): Factor columns; default every `ClassLabel` column, else every numeric one.
+            A numeric column becomes integer labels by [`factor_labels`].
         image_column (`str`, defaults to `"image"`): The image column.
+        return_encodings (`bool`, defaults to `False`): Also return, per factor, how its labels were made.
 
     Returns:
-        `(images, labels, factor_names, num_classes)`: `(N, 3, H, W)` float in [-1, 1], `(N, F)` int64.
+        `(images, labels, factor_names, num_classes)`: `(N, 3, H, W)` float in [-1, 1], `(N, F)` int64; with
+        `return_encodings`, a fifth item: factor → encoding.
     """
     import datasets
 
@@ -178,17 +237,35 @@ def dataset_arrays(
         raise TypeError(f"`dataset` must be a datasets.Dataset, got {type(dataset).__name__}.")
     if image_column not in dataset.column_names:
         raise ValueError(f"`image_column`={image_column!r} is not a column of the dataset ({dataset.column_names}).")
-    class_columns = [n for n, f in dataset.features.items() if isinstance(f, datasets.ClassLabel)]
-    factors = class_columns if factors is None else list(factors)
-    bad = [n for n in factors if n not in class_columns]
+    found = factor_columns(dataset, image_column)
+    factors = found if factors is None else list(factors)
+    usable = [
+        n
+        for n, f in dataset.features.items()
+        if n != image_column and isinstance(f, (datasets.ClassLabel, datasets.Value))
+    ]
+    bad = [n for n in factors if n not in usable]
     if not factors or bad:
-        raise ValueError(f"`factors` must be ClassLabel columns of the dataset ({class_columns}), got {factors}.")
+        raise ValueError(f"`factors` must be ClassLabel or numeric columns of the dataset ({usable}), got {factors}.")
     arrays = [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in dataset[image_column]]
     if len({a.shape for a in arrays}) != 1:
         raise ValueError("every image of the dataset must have the same size.")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    labels = torch.tensor(np.stack([np.asarray(dataset[n]) for n in factors], 1), dtype=torch.long)
-    return images, labels, factors, [dataset.features[n].num_classes for n in factors]
+    columns, num_classes, encodings = [], [], {}
+    for name in factors:
+        feature = dataset.features[name]
+        if isinstance(feature, datasets.ClassLabel):
+            columns.append(np.asarray(dataset[name], dtype=np.int64))
+            num_classes.append(feature.num_classes)
+            encodings[name] = "ClassLabel"
+        else:
+            labels, count, encodings[name] = factor_labels(dataset[name])
+            columns.append(labels)
+            num_classes.append(count)
+    labels = torch.from_numpy(np.stack(columns, 1))
+    if return_encodings:
+        return images, labels, factors, num_classes, encodings
+    return images, labels, factors, num_classes
 
 
 def json_safe(value: Any) -> Any:
@@ -220,6 +297,7 @@ class _SuiteData:
     granularity: Mapping[str, float] | None
     splits: dict[str, torch.Tensor]
     y: dict[str, torch.Tensor]
+    encodings: dict[str, str] = field(default_factory=dict)
 
     @property
     def resolution(self) -> int:
@@ -366,7 +444,7 @@ def _suite_data(
 ) -> _SuiteData:
     """The dataset's images and labels (checked against the models' image size), the factor granularities and the
     train/val/test split."""
-    images, labels, factor_names, num_classes = dataset_arrays(dataset, factors)
+    images, labels, factor_names, num_classes, encodings = dataset_arrays(dataset, factors, return_encodings=True)
     resolution = images.shape[-1]
     for name, fn in functions.items():
         if fn.sample_size is not None and fn.sample_size != resolution:
@@ -381,7 +459,7 @@ def _suite_data(
         raise ValueError(f"`granularity` must give every factor {factor_names}, got {sorted(granularity)}.")
     splits = split_indices(len(images), config.split_fractions, config.seed)
     y = {s: labels[idx] for s, idx in splits.items()}
-    return _SuiteData(images, labels, factor_names, num_classes, granularity, splits, y)
+    return _SuiteData(images, labels, factor_names, num_classes, granularity, splits, y, encodings)
 
 
 def _granularity_from_dataset(dataset: Any, factors: list[str], resolution: int, pairs: int, seed: int) -> dict | None:
@@ -410,6 +488,7 @@ def _dataset_section(data: _SuiteData, dataset_info: Mapping[str, Any] | None) -
             {
                 "name": n,
                 "num_classes": c,
+                "labels": data.encodings.get(n, "ClassLabel"),
                 "granularity": None if granularity is None else float(granularity[n]),
                 # DDPM-free proxy (Bayes error of telling the two noisy images apart); see attribute_loss_time
                 "analytic_attribute_loss_time": None
@@ -506,7 +585,55 @@ def _probe_section(
         )
         entry["alignment"] = alignment.to_dict()
     entry["seconds_probes"] = time.perf_counter() - t0
+    if config.disentanglement:
+        entry["disentanglement"] = _disentanglement_section(z, fn.partition, data, config)
     return entry, alignment
+
+
+def timestep_groups(partition: Any) -> list[tuple[int, int]]:
+    """The time-step ranges of a partition's stages, or its four quarters when it has none."""
+    T = partition.num_train_timesteps
+    ends = partition.stages if partition.stages is not None else [T * (q + 1) // 4 for q in range(4)]
+    return list(zip([0, *ends[:-1]], ends))
+
+
+def _disentanglement_section(
+    z: torch.Tensor, partition: Any, data: _SuiteData, config: EvaluationConfig
+) -> dict[str, Any]:
+    """DCI, MIG, SAP and FactorVAE on a seeded draw of images; for partitioned models, the importance per t-range."""
+    from .disentanglement import dci_from_importance, dci_importance, factor_vae_score, importance_by_group, mig, sap
+
+    if z.shape[1] > config.disentanglement_max_dim:
+        return {"skipped": f"{z.shape[1]} feature dims > disentanglement_max_dim={config.disentanglement_max_dim}"}
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    idx = rng.permutation(len(z))[: config.disentanglement_images]
+    features, labels = z[idx].double().numpy(), data.labels[idx].numpy()
+    importance, accuracy = dci_importance(
+        features, labels, seed=config.seed, estimator=config.disentanglement_estimator
+    )
+    scores = dci_from_importance(importance)
+    out: dict[str, Any] = {
+        "num_images": len(idx),
+        "dci_disentanglement": scores["disentanglement"],
+        "dci_completeness": scores["completeness"],
+        "dci_informativeness": float(np.mean(accuracy)),
+        "mig": mig(features, labels),
+        "sap": sap(features, labels, seed=config.seed),
+        "factor_vae": factor_vae_score(features, labels, seed=config.seed),
+        "estimator": config.disentanglement_estimator,
+    }
+    if partition is not None and partition.num_chunks > 1:
+        groups = timestep_groups(partition)
+        dims = [partition.dims_for_timesteps(lo, hi) for lo, hi in groups]
+        out["by_timestep_group"] = {
+            "groups": [list(g) for g in groups],
+            "dims": [list(d) for d in dims],
+            "factors": data.factor_names,
+            "importance_share": importance_by_group(importance, dims).tolist(),
+        }
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 def _needs_oracle(functions: Mapping[str, ModelFunctions], config: EvaluationConfig) -> bool:
