@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
@@ -15,6 +17,10 @@ from torch import nn
 from ..partition import TimestepPartition
 from ..safe_io import short_repr
 from .strict_loading import StrictLoadingMixin
+
+# The `model_type` written into the encoder's config.json: transformers' Auto classes dispatch on it
+# (`diti_hf.models.transformers_encoder` registers it); diffusers' loader never sees it.
+TRANSFORMERS_MODEL_TYPE = "diti_encoder"
 
 ENCODER_PRESETS: dict[str, dict] = {
     # The official 64×64 encoder (1,487,104 parameters at latent_dim=512).
@@ -203,6 +209,21 @@ class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"Unknown encoder preset {name!r}; expected one of {sorted(ENCODER_PRESETS)}.")
         return cls(**{**ENCODER_PRESETS[name], **kwargs})
 
+    def to_json_string(self) -> str:
+        """The diffusers config as JSON, with the `model_type` transformers' `AutoConfig` needs to read the folder."""
+        config = json.loads(super().to_json_string())
+        return json.dumps({**config, "model_type": TRANSFORMERS_MODEL_TYPE}, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def extract_init_dict(
+        cls, config_dict: dict[str, Any], **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        # `model_type` is for transformers; diffusers would otherwise warn that the key is not expected. Another
+        # value is left in, so that diffusers names it.
+        if config_dict.get("model_type") == TRANSFORMERS_MODEL_TYPE:
+            config_dict = {key: value for key, value in config_dict.items() if key != "model_type"}
+        return super().extract_init_dict(config_dict, **kwargs)
+
     def check_images(self, images: torch.Tensor, name: str = "images") -> None:
         """Raises `ValueError`/`TypeError` unless `images` is a float `(B, C, H, W)` batch this encoder accepts."""
         if not isinstance(images, torch.Tensor):
@@ -230,3 +251,7 @@ class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
             h = block(h)
         z = self.proj_out(self.act_out(self.norm_out(h)).flatten(1))
         return DiTiEncoderOutput(z=z, partition=self.partition) if return_dict else (z,)
+
+
+# Registers the encoder with transformers' Auto classes on `import diti_hf`; imported last, as it subclasses the above.
+from . import transformers_encoder as _transformers_encoder  # noqa: E402, F401
