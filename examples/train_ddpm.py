@@ -14,13 +14,13 @@ tensorboard (loss, lr, throughput, per-t loss histogram, sample grids).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from diti_hf.schedule import MAX_TRAIN_TIMESTEPS
 from diti_hf.training.args import (
     OneLineArgumentParser,
     ScriptArgumentError,
@@ -113,8 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     problems = check_data_arguments(args) + check_training_arguments(args)
     if args.unet_config is not None and not Path(args.unet_config).is_file():
         problems.append(f"--unet_config: {args.unet_config!r} is not a file")
-    if args.num_train_timesteps < 2:
-        problems.append(f"--num_train_timesteps: must be >= 2, got {args.num_train_timesteps}")
+    if not 2 <= args.num_train_timesteps <= MAX_TRAIN_TIMESTEPS:
+        problems.append(
+            f"--num_train_timesteps: must lie in [2, {MAX_TRAIN_TIMESTEPS}], got {args.num_train_timesteps}"
+        )
     if not 0 < args.beta_start < args.beta_end < 1:
         problems.append(f"--beta_start/--beta_end: need 0 < start < end < 1, got {args.beta_start}, {args.beta_end}")
     if args.validation_inference_steps < 1:
@@ -124,12 +126,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_unet(args: argparse.Namespace, resolution: int, in_channels: int):
-    """The UNet2DModel from `--unet_config` or the preset, with the overrides applied."""
+def build_unet(args: argparse.Namespace, resolution: int, in_channels: int, device: str | torch.device = "cpu"):
+    r"""
+    The UNet2DModel from `--unet_config` or the preset, with the overrides applied. Its config passes the pipeline
+    loader's bounds and its training memory on `device` is estimated from the config before the UNet is built.
+    """
     from diffusers import UNet2DModel
 
+    from diti_hf.models.frozen_ddpm import check_unet_memory
+    from diti_hf.pipelines.checks import check_config_bounds
+    from diti_hf.safe_io import read_json
+    from diti_hf.training.run import TRAINED_WEIGHT_COPIES
+
     if args.unet_config is not None:
-        config = json.loads(Path(args.unet_config).read_text())
+        try:
+            config = read_json(args.unet_config, "--unet_config")
+        except (OSError, ValueError) as error:
+            raise ScriptArgumentError(f"--unet_config: {error}") from error
+        if not isinstance(config, dict):
+            raise ScriptArgumentError(f"--unet_config: {args.unet_config!r} is not a JSON object")
         config = {k: v for k, v in config.items() if not k.startswith("_")}
     else:
         config = dict(UNET_PRESETS[args.unet_preset])
@@ -156,10 +171,16 @@ def build_unet(args: argparse.Namespace, resolution: int, in_channels: int):
     if args.dropout is not None:
         config["dropout"] = args.dropout
     config.update(sample_size=resolution, in_channels=in_channels, out_channels=in_channels)
+    where = "UNet config (--unet_preset/--unet_config and overrides)"
+    try:  # messages that start with `where`
+        check_config_bounds(config, where)
+        check_unet_memory(config, TRAINED_WEIGHT_COPIES, device, where)
+    except ValueError as error:
+        raise ScriptArgumentError(str(error)) from error
     try:
         return UNet2DModel(**config)
     except (ValueError, TypeError) as error:
-        raise ScriptArgumentError(f"UNet config (--unet_preset/--unet_config and overrides): {error}") from error
+        raise ScriptArgumentError(f"{where}: {error}") from error
 
 
 class DDPMTrainingModel(torch.nn.Module):
@@ -223,7 +244,7 @@ def main(args: argparse.Namespace) -> dict:
 
     from diti_hf.data import TRANSFORM_PRESETS
     from diti_hf.training.args import training_data_from_args
-    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging, tracker_config
+    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging, startup_step, tracker_config
 
     accelerator = make_accelerator(args)
     setup_logging(accelerator, logger)
@@ -241,10 +262,11 @@ def main(args: argparse.Namespace) -> dict:
         prediction_type=args.prediction_type,
         clip_sample=True,
     )
-    unet = build_unet(args, resolution, num_channels)
-    _, _, data = training_data_from_args(args, accelerator, resolution, num_channels)
-    model = DDPMTrainingModel(unet).train()
-    loop = TrainingLoop(accelerator, args, model, args.num_train_timesteps, data.batches_per_epoch)
+    unet = build_unet(args, resolution, num_channels, accelerator.device)
+    _, _, data = training_data_from_args(args, accelerator, resolution, num_channels, logger)
+    with startup_step(logger, "preparing the run"):
+        model = DDPMTrainingModel(unet).train()
+        loop = TrainingLoop(accelerator, args, model, args.num_train_timesteps, data.batches_per_epoch)
     if accelerator.is_main_process:
         accelerator.init_trackers(args.tracker_project_name or "train_ddpm", config=tracker_config(args))
     keep = f"the last {args.checkpoints_total_limit}" if args.checkpoints_total_limit else "all"

@@ -243,12 +243,22 @@ def frozen_ddpm_source(args: argparse.Namespace) -> dict:
     }
 
 
-def load_frozen_ddpm(args: argparse.Namespace):
-    """The frozen UNet and its noise-schedule config (see `diti_hf.models.load_frozen_ddpm`)."""
+def load_frozen_ddpm(args: argparse.Namespace, device: str | torch.device = "cpu"):
+    r"""
+    The frozen UNet and its noise-schedule config (see `diti_hf.models.load_frozen_ddpm`): both configs pass the
+    pipeline loader's bounds, and the weights this run holds on `device` (the frozen UNet, plus a decoder of about its
+    size with its gradients, Adam moments and EMA) must fit there, before any weight is loaded.
+    """
     from diti_hf.models import load_frozen_ddpm as load
+    from diti_hf.training.run import TRAINED_WEIGHT_COPIES
 
     try:
-        return load(**frozen_ddpm_source(args), cache_dir=args.cache_dir)
+        return load(
+            **frozen_ddpm_source(args),
+            cache_dir=args.cache_dir,
+            device=device,
+            memory_copies=1 + TRAINED_WEIGHT_COPIES,
+        )
     except ValueError as error:
         raise ScriptArgumentError(f"--pretrained_unet: {error}") from error
 
@@ -565,14 +575,14 @@ def main(args: argparse.Namespace) -> dict:
     from diti_hf.hub import save_model_card
     from diti_hf.training.args import training_data_from_args
     from diti_hf.training.export import record_run
-    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging
+    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging, startup_step
 
     accelerator = make_accelerator(args)
     setup_logging(accelerator, logger)
     set_seed(args.seed)  # same initial weights on every process (DDP would broadcast rank 0's anyway)
 
     # ---- the frozen DDPM and its schedule
-    unet, scheduler_config = load_frozen_ddpm(args)
+    unet, scheduler_config = load_frozen_ddpm(args, accelerator.device)
     coefficients = DiffusionCoefficients.from_scheduler_config(scheduler_config)
     T = coefficients.num_train_timesteps
     if args.stages is not None and args.stages[-1] != T:
@@ -583,7 +593,7 @@ def main(args: argparse.Namespace) -> dict:
     check_against_ddpm(args, unet, resolution, T)
 
     # ---- data: each process reads its own share, in a seeded order that a resumed run replays
-    raw, transform, data = training_data_from_args(args, accelerator, resolution, unet.config.in_channels)
+    raw, transform, data = training_data_from_args(args, accelerator, resolution, unet.config.in_channels, logger)
     validation_images = None
     if accelerator.is_main_process:
         validation_images = validation_batch(raw, transform, args.num_validation_images, args.image_column)
@@ -591,14 +601,18 @@ def main(args: argparse.Namespace) -> dict:
     # ---- where the frozen DDPM's error lies (and, with --partition auto, the partition fitted to it)
     profile = None
     if args.loss_profile_images:
-        profile_images = validation_batch(raw, transform, args.loss_profile_images, args.image_column)
-        profile = profile_and_partition(args, accelerator, unet.to(accelerator.device), coefficients, profile_images)
+        with startup_step(logger, f"measuring the DDPM loss profile on {args.loss_profile_images} images"):
+            profile_images = validation_batch(raw, transform, args.loss_profile_images, args.image_column)
+            profile = profile_and_partition(
+                args, accelerator, unet.to(accelerator.device), coefficients, profile_images
+            )
 
     # ---- trainable encoder + decoder; the optimisation (official: Adam 1e-4, β 0.9/0.999, ε 1e-8, no weight decay,
     # no warm-up, EMA 0.9999 from the first step, i.e. --no-ema_warmup; the default EMA warms up so that short runs
     # export trained weights)
-    model = build_model(args, unet, scheduler_config, resolution, transform)
-    loop = TrainingLoop(accelerator, args, model, T, data.batches_per_epoch)
+    with startup_step(logger, "building the encoder and decoder and preparing the run"):
+        model = build_model(args, unet, scheduler_config, resolution, transform)
+        loop = TrainingLoop(accelerator, args, model, T, data.batches_per_epoch)
     unet.to(accelerator.device)  # frozen: device placement only, no DDP wrapper
     coefficients = coefficients.to(accelerator.device)
     sampling_scheduler = ddim_scheduler(scheduler_config)

@@ -37,6 +37,7 @@ import train_ddpm  # noqa: E402
 import train_diti  # noqa: E402
 from conftest import reset_accelerate as _reset_accelerate  # noqa: E402
 from conftest import run_script_main as _run  # noqa: E402
+from conftest import script_fails  # noqa: E402
 
 RESOLUTION = 16
 
@@ -774,3 +775,185 @@ def test_compile_flag_compiles_every_trained_module_and_keeps_the_training(base_
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------- start-up: bounds, progress, the lock
+def _base_with(base: Path, folder: Path, config: str, **fields) -> Path:
+    """A copy of the frozen DDPM folder `base` whose `config` (e.g. `"scheduler/scheduler_config.json"`) says
+    `fields`."""
+    import shutil
+
+    shutil.copytree(base, folder)
+    path = folder / config
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+    return folder
+
+
+def test_a_frozen_ddpm_beyond_the_loader_bounds_is_one_line_exit_2(base_model, tmp_path):
+    """The script as a user runs it: no traceback, one line naming the flag, the file, the field and its bound."""
+    base = _base_with(base_model, tmp_path / "base", "scheduler/scheduler_config.json", num_train_timesteps=10**9)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_diti.py"), *diti_argv(base, out, "--report_to", "none")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    err = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(err) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert err[0].startswith("train_diti.py: error: --pretrained_unet: ")
+    assert "scheduler_config.json: `num_train_timesteps` must be an int in [1, 100000], got 1000000000" in err[0]
+    assert not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("channels", "expected"),
+    [
+        ([10**6, 32], "config.json: `block_out_channels` entries must be ints in [1, 65536], got 1000000"),
+        ([65536, 65536], "parameters (float32 × 6 copies, activations not counted) needs about"),
+    ],
+)
+def test_a_frozen_unet_too_large_is_refused_before_any_allocation(
+    base_model, tmp_path, capsys, monkeypatch, channels, expected
+):
+    """Out of the loader's bounds, or within them but beyond the memory its config needs: one line, exit 2, and the
+    weights are never loaded (loading them is an error here)."""
+    base = _base_with(base_model, tmp_path / "base", "unet/config.json", block_out_channels=channels)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the UNet was built")
+
+    monkeypatch.setattr(UNet2DModel, "from_pretrained", no_loading)
+    line = script_fails(train_diti, diti_argv(base, tmp_path / "out"), capsys)
+    assert ": error: --pretrained_unet: " in line and expected in line
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--block_out_channels", "65536", "65536"], "parameters (float32 × 5 copies, activations not counted)"),
+        (["--block_out_channels", "1000000", "32"], "`block_out_channels` entries must be ints in [1, 65536]"),
+        (["--num_train_timesteps", str(10**9)], "--num_train_timesteps: must lie in [2, 100000], got 1000000000"),
+    ],
+)
+def test_train_ddpm_refuses_a_unet_or_schedule_too_large_before_building_it(tmp_path, capsys, extra, expected):
+    argv = [
+        "--dataset_name", "diti-shapes", "--num_train_images", "16", "--resolution", str(RESOLUTION),
+        "--unet_preset", "tiny", "--attention_levels", "1", "--num_threads", "1", "--max_train_steps", "1",
+        "--output_dir", str(tmp_path / "out"), *extra,
+    ]  # fmt: skip
+    line = script_fails(train_ddpm, argv, capsys)
+    assert ": error: " in line and expected in line
+
+
+def test_start_up_reports_progress_and_every_exit_releases_the_lock(base_model, tmp_path, capsys, caplog,
+                                                                     monkeypatch):  # fmt: skip
+    """Dataset generation and the loss profile are announced (and timed) before the start-up line; the `.lock` of
+    the output folder is gone after a finished run, an argument error after the lock was taken, and Ctrl-C."""
+    import logging
+
+    from diti_hf.training.run import TrainingLoop, run_script
+
+    out = tmp_path / "run"
+    argv = diti_argv(base_model, out, "--max_train_steps", "2", "--loss_profile_images", "4", "--report_to", "none")
+    _reset_accelerate()
+    try:
+        with caplog.at_level(logging.INFO, logger="train_diti"):
+            run_script(train_diti.main, train_diti.parse_args, argv)
+    finally:
+        _reset_accelerate()
+    messages = [r.getMessage() for r in caplog.records if r.name == "train_diti"]
+    start = next(i for i, m in enumerate(messages) if m.startswith("training 2 steps"))
+    steps = (
+        "generating the diti-shapes dataset (64 images, 16×16)",
+        "measuring the DDPM loss profile on 4 images",
+    )
+    for step in steps:
+        begun, done = (
+            messages.index(f"{step}…"),
+            next(i for i, m in enumerate(messages) if m.startswith(f"{step}: done in")),
+        )
+        assert begun < done < start, messages
+    assert (out / "model_index.json").is_file()
+    assert not (out / ".lock").exists()
+
+    # an expected error once the lock is held (resolving the checkpoint comes after locking the folder)
+    line = script_fails(train_diti, [*argv, "--resume_from_checkpoint", str(out / "checkpoint-99")], capsys)
+    assert "--resume_from_checkpoint" in line
+    assert not (out / ".lock").exists()
+
+    # Ctrl-C during training
+    stopped = tmp_path / "stopped"
+
+    def interrupted(self, *args, **kwargs):
+        assert (stopped / ".lock").is_file()  # held while the run trains
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingLoop, "train", interrupted)
+    _reset_accelerate()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_script(train_diti.main, train_diti.parse_args, [*argv, "--output_dir", str(stopped)])
+    finally:
+        _reset_accelerate()
+    assert exit_info.value.code == 130
+    assert not (stopped / ".lock").exists()
+
+
+def test_running_out_of_memory_is_one_line_exit_2_and_a_bug_keeps_its_traceback(base_model, tmp_path, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    from diti_hf.training.run import TrainingLoop, run_script
+
+    def out_of_memory(self, *args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")  # fmt: skip
+
+    monkeypatch.setattr(TrainingLoop, "train", out_of_memory)
+    out = tmp_path / "run"
+    line = script_fails(train_diti, diti_argv(base_model, out, "--max_train_steps", "2"), capsys)
+    assert "error: out of memory" in line and "68719476736 bytes" in line and "--train_batch_size" in line
+    assert not (out / ".lock").exists()
+
+    def bug(self, *args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(TrainingLoop, "train", bug)
+    _reset_accelerate()
+    try:
+        with pytest.raises(RuntimeError, match="a bug"):
+            run_script(train_diti.main, train_diti.parse_args, diti_argv(base_model, out, "--max_train_steps", "2"))
+    finally:
+        _reset_accelerate()
+    assert not (out / ".lock").exists()
+
+
+def test_a_released_lock_deletes_only_its_own_file(tmp_path):
+    from diti_hf.safe_io import LOCK_NAME, FolderInUseError, FolderLock
+
+    folder = tmp_path / "out"
+    FolderLock(folder, "test").acquire()
+    assert (folder / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    FolderLock(folder, "test").release(remove=True)
+    assert not (folder / LOCK_NAME).exists()
+
+    # another process's lock: not ours to delete, and still refused
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(folder / LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT, 0o644)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0)\n"
+            "print('locked', flush=True); time.sleep(60)\n"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        FolderLock(folder, "test").release(remove=True)
+        assert (folder / LOCK_NAME).is_file()
+        with pytest.raises(FolderInUseError, match=f"in use by PID {holder.pid}"):
+            FolderLock(folder, "test").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without deleting its file: the kernel dropped its lock, and the folder is free again
+    with FolderLock(folder, "test"):
+        assert (folder / LOCK_NAME).read_text() == f"{os.getpid()}\n"

@@ -1,10 +1,16 @@
-"""Keeping freed CPU memory for reuse, so that PyTorch's large CPU tensors stop costing page faults."""
+"""Keeping freed CPU memory for reuse, so that PyTorch's large CPU tensors stop costing page faults; how much memory a
+device has free, and refusing a size estimate that does not fit it before anything is allocated."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # glibc's mallopt(3) parameters
 _M_TRIM_THRESHOLD = -1
@@ -41,3 +47,62 @@ def reuse_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # no mmap-served allocations: all come from the heap, whose freed blocks stay mapped and are reused
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _MAX_TRIM_THRESHOLD))
+
+
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    r"""
+    The bytes that can be allocated on `device` now without swapping: `MemAvailable` of `/proc/meminfo` (else the
+    free physical pages) on the CPU, the driver's free memory on a CUDA device; `None` where it cannot be known.
+
+    Args:
+        device (`str` or `torch.device`, defaults to `"cpu"`): The device.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def format_bytes(num_bytes: float) -> str:
+    """`num_bytes` in binary units, e.g. `"1.5 GiB"`."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    value, index = float(num_bytes), 0
+    while abs(value) >= 1024 and index < len(units) - 1:
+        value, index = value / 1024, index + 1
+    return f"{value:.0f} B" if index == 0 else f"{value:.1f} {units[index]}"
+
+
+def check_fits_in_memory(num_bytes: int, device: str | torch.device, what: str) -> None:
+    r"""
+    Raises a one-line `ValueError` when an estimate of `num_bytes` exceeds the [`available_memory`] of `device`, so
+    that a size read from a config is refused before the allocation that would fail (or swap) is tried. Does nothing
+    where the available memory cannot be known.
+
+    Args:
+        num_bytes (`int`): The estimate.
+        device (`str` or `torch.device`): Where it will be allocated.
+        what (`str`): What needs it and how it was estimated, for the message (e.g. `"a UNet of 1.2 G parameters"`).
+    """
+    available = available_memory(device)
+    if available is not None and num_bytes > available:
+        raise ValueError(
+            f"{what} needs about {format_bytes(num_bytes)}, but {format_bytes(available)} of memory is available on "
+            f"{device}."
+        )

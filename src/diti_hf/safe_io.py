@@ -140,11 +140,21 @@ class FolderInUseError(RuntimeError):
     """Another live process holds the lock of an output folder."""
 
 
+def _is_same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 class FolderLock:
     r"""
     An exclusive lock on `folder` (a `.lock` file holding the owner's PID, locked with `flock`): the kernel drops it
     when its process exits, even on kill -9, so a crashed writer never leaves the folder locked. Reentrant within one
-    process. Where `fcntl` does not exist (Windows) it locks nothing.
+    process. `release(remove=True)` also deletes the file, while still holding it; an acquirer that locked a file
+    deleted meanwhile notices and locks the new one instead. Where `fcntl` does not exist (Windows) it locks nothing.
 
     Args:
         folder (`str` or `os.PathLike`): The folder (created if needed).
@@ -170,22 +180,35 @@ class FolderLock:
             fd, count = self._held[key]
             self._held[key] = (fd, count + 1)
             return self
-        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise FolderInUseError(
-                f"{self.folder} is in use by PID {owner} (another {self.what}); wait for it to finish or use another "
-                "folder."
-            ) from None
+        path = self.folder / LOCK_NAME
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise FolderInUseError(
+                    f"{self.folder} is in use by PID {owner} (another {self.what}); wait for it to finish or use "
+                    "another folder."
+                ) from None
+            if _is_same_file(fd, path):
+                break
+            os.close(fd)  # its owner deleted the file between our open and our flock: lock the current one
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._held[key] = (fd, 1)
         return self
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
+        r"""
+        Drops one hold of this process on the lock; the last one unlocks the folder. Does nothing when this process
+        holds no lock on it.
+
+        Args:
+            remove (`bool`, defaults to `False`): Delete the `.lock` file when unlocking, so that a finished run leaves
+                no file behind. Only ever the file this process holds locked is deleted.
+        """
         key = str(self.folder.resolve())
         if key not in self._held:
             return
@@ -194,7 +217,10 @@ class FolderLock:
             self._held[key] = (fd, count - 1)
             return
         del self._held[key]
-        os.close(fd)  # closing the descriptor drops the flock; the file stays (deleting it would race a new owner)
+        path = self.folder / LOCK_NAME
+        if remove and _is_same_file(fd, path):  # deleted while locked: a waiting acquirer re-checks (see acquire)
+            path.unlink(missing_ok=True)
+        os.close(fd)  # closing the descriptor drops the flock
 
     def __enter__(self) -> FolderLock:
         return self.acquire()

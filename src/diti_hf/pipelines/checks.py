@@ -47,7 +47,17 @@ _BOUNDED_INTS = {
 }
 
 
-def _check_bounded(config: Mapping[str, Any], where: str) -> None:
+def check_config_bounds(config: Mapping[str, Any], where: str) -> None:
+    r"""
+    Raises `ValueError` naming `where` and the field unless every size field of a model or scheduler config that sets
+    how much memory or time the component costs (`sample_size`, channels, widths, `layers_per_block`,
+    `num_train_timesteps`, ...) is an int within its bound. The pipeline loader and the training scripts' frozen-DDPM
+    loader read every config through this check before building anything from it.
+
+    Args:
+        config (`Mapping`): The config (a field that is missing or `None` is skipped).
+        where (`str`): How to name the config in the message (its file, or the component).
+    """
     for key, bound in _BOUNDED_INTS.items():
         if config.get(key) is not None:  # None: the field is unused (e.g. a UNet's num_train_timesteps)
             value = config[key]
@@ -79,7 +89,7 @@ def check_component_configs(configs: Mapping[str, Mapping[str, Any] | None], whe
     """
     for name, config in configs.items():
         if config is not None:
-            _check_bounded(config, where[name])
+            check_config_bounds(config, where[name])
     unet, encoder, decoder = configs["unet"], configs["encoder"], configs["decoder"]
     scheduler, processor = configs["scheduler"], configs.get("image_processor")
     check_scheduler_config(dict(scheduler), where["scheduler"])
@@ -255,6 +265,7 @@ __all__ = [
     "COMPONENTS",
     "MAX_SAMPLE_SIZE",
     "check_component_configs",
+    "check_config_bounds",
     "check_components",
     "check_pipeline_folder",
     "sampling_grid",

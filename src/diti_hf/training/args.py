@@ -5,6 +5,8 @@ and the one-line argument errors."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import os
 import sys
@@ -490,9 +492,24 @@ def training_images_from_args(
     )
 
 
-def training_data_from_args(args: argparse.Namespace, accelerator, resolution: int, num_channels: int):
+def describe_dataset(args: argparse.Namespace, resolution: int) -> str:
+    """What loading the data flags' dataset does, for the start-up progress line."""
+    from ..data.shapes import SHAPES_DATASETS
+
+    if args.dataset_name in SHAPES_DATASETS:
+        count = args.num_train_images or DEFAULT_NUM_SHAPES
+        return f"generating the {args.dataset_name} dataset ({count:,} images, {resolution}×{resolution})"
+    if args.train_data_dir is not None:
+        return f"indexing the images of --train_data_dir {args.train_data_dir}"
+    return f"loading the dataset {args.dataset_name}{' (streaming)' if args.streaming else ''}"
+
+
+def training_data_from_args(
+    args: argparse.Namespace, accelerator, resolution: int, num_channels: int, logger: logging.Logger | None = None
+):
     r"""
-    The dataset, its transform and this process's share of the batches, as the data flags select them.
+    The dataset, its transform and this process's share of the batches, as the data flags select them. With a
+    `logger`, loading the dataset is reported as a start-up step.
 
     Returns:
         `(raw, transform, data)`: the 🤗 dataset, the [`ImageTransform`] and the [`TrainingImages`].
@@ -502,21 +519,24 @@ def training_data_from_args(args: argparse.Namespace, accelerator, resolution: i
         (a bad image, named) propagates as it is.
     """
     from ..data.images import BadImageError
+    from .run import startup_step
 
+    step = startup_step(logger, describe_dataset(args, resolution)) if logger else contextlib.nullcontext()
     try:
-        with accelerator.main_process_first():
-            raw = dataset_from_args(args, resolution)
-        transform = transform_from_args(args, resolution, num_channels)
-        data = training_images_from_args(
-            args,
-            raw,
-            transform,
-            args.train_batch_size,
-            accelerator.num_processes,
-            accelerator.process_index,
-            pin_memory=accelerator.device.type == "cuda",
-            device=accelerator.device,
-        )
+        with step:
+            with accelerator.main_process_first():
+                raw = dataset_from_args(args, resolution)
+            transform = transform_from_args(args, resolution, num_channels)
+            data = training_images_from_args(
+                args,
+                raw,
+                transform,
+                args.train_batch_size,
+                accelerator.num_processes,
+                accelerator.process_index,
+                pin_memory=accelerator.device.type == "cuda",
+                device=accelerator.device,
+            )
     except BadImageError:
         raise
     except (ValueError, FileNotFoundError) as error:

@@ -35,6 +35,10 @@ from .checkpointing import (
     set_aside_newer_checkpoints,
 )
 
+# float32 copies of each trained weight a launch holds (the weight, its gradient, Adam's two moments, the EMA): the
+# factor of the memory estimate made from a model's config before the model is built.
+TRAINED_WEIGHT_COPIES = 5
+
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a NaN/inf loss; reported as one line with exit code 3."""
@@ -45,10 +49,11 @@ class TrainingInterrupted(Exception):
 
 
 def run_script(main: Callable[[argparse.Namespace], Any], parse_args: Callable, argv: Sequence[str] | None = None):
-    """
-    `main(parse_args(argv))`, turning argument and data errors ([`ScriptArgumentError`], `BadImageError`) into one
-    line on stderr and exit code 2, and Ctrl-C into one line and exit code 130. Other exceptions propagate with their
-    traceback (they are bugs).
+    r"""
+    `main(parse_args(argv))`, turning argument and data errors ([`ScriptArgumentError`], `BadImageError`) and running
+    out of memory into one line on stderr and exit code 2, and Ctrl-C into one line and exit code 130. Other
+    exceptions propagate with their traceback (they are bugs). However the launch ends, the lock it holds on
+    `--output_dir` is released and its `.lock` file deleted.
     """
     from ..data.images import BadImageError
 
@@ -70,6 +75,43 @@ def run_script(main: Callable[[argparse.Namespace], Any], parse_args: Callable, 
     except KeyboardInterrupt:  # outside the training loop (loading, the final save): nothing half-done is reused
         print(f"{prog}: interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
         sys.exit(130)
+    except (MemoryError, RuntimeError) as error:  # after NonFiniteLossError, a RuntimeError too
+        if not _is_out_of_memory(error):
+            raise
+        print(
+            f"{prog}: error: out of memory ({' '.join(str(error).split())[:300]}); lower --train_batch_size (raise "
+            "--gradient_accumulation_steps to keep the batch), use --gradient_checkpointing or a smaller model",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    finally:
+        release_output_lock(args.output_dir)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation that failed: Python's, a device's, or PyTorch's CPU allocator's."""
+    if isinstance(error, MemoryError):
+        return True
+    out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(error, out_of_memory) or "DefaultCPUAllocator: can't allocate memory" in str(error)
+
+
+def acquire_output_lock(output_dir: str | os.PathLike) -> None:
+    """
+    Locks `--output_dir` against a second run ([`FolderLock`]); [`ScriptArgumentError`] when another process holds
+    it or the folder cannot be created.
+    """
+    try:
+        FolderLock(output_dir, "training run").acquire()
+    except FolderInUseError as error:
+        raise ScriptArgumentError(f"--output_dir: {error}") from error
+    except OSError as error:
+        raise ScriptArgumentError(f"--output_dir: cannot create or lock {output_dir!r}: {error}") from error
+
+
+def release_output_lock(output_dir: str | os.PathLike) -> None:
+    """Unlocks `--output_dir` and deletes its `.lock` file, if this process holds it (else does nothing)."""
+    FolderLock(output_dir, "training run").release(remove=True)
 
 
 def exit_without_teardown(code: int = 0) -> NoReturn:
@@ -195,6 +237,22 @@ def make_optimizer(
         weight_decay=args.adam_weight_decay,
         fused=device.type in ("cpu", "cuda"),
     )
+
+
+@contextlib.contextmanager
+def startup_step(logger: logging.Logger, message: str) -> Iterator[None]:
+    r"""
+    Logs `"<message>…"` before a slow start-up step and `"<message>: done in <s> s"` after it, so that the minutes
+    before the start-up line (data generation, the loss profile) show what is happening.
+
+    Args:
+        logger (`logging.Logger`): The script's logger (quiet on the processes that are not the local main one).
+        message (`str`): What the step does, e.g. `"generating the diti-shapes dataset (10,000 images)"`.
+    """
+    logger.info("%s…", message)
+    started = time.monotonic()
+    yield
+    logger.info("%s: done in %.1f s", message, time.monotonic() - started)
 
 
 def setup_logging(accelerator, logger: logging.Logger) -> None:
@@ -372,10 +430,7 @@ def resume_run(accelerator, args: argparse.Namespace, run: RunState, batches_per
 
     trust = bool(getattr(args, "trust_checkpoint", False))
     if accelerator.is_main_process:
-        try:
-            FolderLock(args.output_dir, "training run").acquire()
-        except FolderInUseError as error:
-            raise ScriptArgumentError(f"--output_dir: {error}") from error
+        acquire_output_lock(args.output_dir)
     try:
         checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir, trust, log=accelerator.print)
     except CheckpointError as error:
@@ -631,7 +686,7 @@ class TrainingLoop:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         if accelerator.is_main_process:
-            FolderLock(args.output_dir, "training run").release()
+            release_output_lock(args.output_dir)
         if accelerator.num_processes > 1:
             exit_without_teardown()
         return summary
