@@ -33,13 +33,25 @@ from huggingface_hub import SpaceCard
 from conftest import tiny_pipeline
 from diti_hf import DiTiPipeline, TimestepPartition
 from diti_hf.app import (
+    AIM,
+    FIELDS,
     MAX_IMAGE_PIXELS,
+    SHIPPED_FINDINGS,
+    UNMEASURED,
+    UPLOAD_MAX_AGE_S,
+    UPLOAD_SWEEP_EVERY_S,
     AppInputError,
     DiTiApp,
+    build_app,
     check_range,
+    check_seed,
+    check_steps,
+    check_top_k,
     describe_range,
     find_alignment_image,
     interpolation_alphas,
+    launch_app,
+    page_header,
     parse_scales,
     partition_figure,
     preset_ranges,
@@ -47,6 +59,7 @@ from diti_hf.app import (
     read_image,
 )
 from diti_hf.cli import main
+from diti_hf.data.shapes import generate_shapes
 from diti_hf.hub import check_space_folder, push_space_to_hub
 from test_hub import TOKEN, HubStandIn
 
@@ -116,18 +129,40 @@ def test_read_direction_wants_latent_dim_finite_numbers(tmp_path):
     np.save(tmp_path / "zero.npy", np.zeros(16))
     np.save(tmp_path / "text.npy", np.array(["a"] * 16))
     (tmp_path / "bad.npy").write_text("not numpy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 16, dtype=object), allow_pickle=True)
+    np.save(tmp_path / "long.npy", np.ones(17))
+    # a header claiming 10**12 float64 (8 TB) over 16 bytes of data: refused from the header, nothing allocated
+    header = {"descr": "<f8", "fortran_order": False, "shape": (10**12,)}
+    with open(tmp_path / "huge.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 16)
+    header["shape"] = (-16,)
+    with open(tmp_path / "negative.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+    header["shape"] = (16,)
+    with open(tmp_path / "cut.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 100)
     expected = "expected a .npy file of 16 numbers, one per dim of z (np.save('w.npy', w))."
     cases = {
-        "short.npy": f"the direction file 'short.npy' has shape (10,); {expected}",
-        "nan.npy": f"the direction file 'nan.npy' contains NaN or infinite values; {expected}",
-        "zero.npy": "the direction file 'zero.npy' is all zeros; a direction must be non-zero.",
-        "text.npy": f"the direction file 'text.npy' holds <U1 values; {expected}",
-        "bad.npy": f"the direction file 'bad.npy' is not a .npy array (ValueError); {expected}",
+        "short.npy": f"the direction file 'short.npy': has shape (10,); {expected}",
+        "nan.npy": f"the direction file 'nan.npy': contains NaN or infinite values; {expected}",
+        "zero.npy": "the direction file 'zero.npy': is all zeros; a direction must be non-zero.",
+        "text.npy": f"the direction file 'text.npy': holds <U1 values; {expected}",
+        "bad.npy": f"the direction file 'bad.npy': not a .npy array (no .npy header); {expected}",
+        "objects.npy": f"the direction file 'objects.npy': holds Python objects (a pickle); refused; {expected}",
+        "long.npy": "the direction file 'long.npy': its header claims 17 values (shape (17,)), more than the 16 "
+        f"allowed; refused before reading; {expected}",
+        "huge.npy": "the direction file 'huge.npy': its header claims 1000000000000 values (shape (1000000000000,)), "
+        f"more than the 16 allowed; refused before reading; {expected}",
+        "negative.npy": f"the direction file 'negative.npy': its header claims a negative shape (-16,); {expected}",
+        "cut.npy": f"the direction file 'cut.npy': its header claims 128 bytes of data, the file holds 100; {expected}",
+        "gone.npy": "the direction file 'gone.npy': no such file (uploads are deleted after a while); upload it again.",
     }
     for name, message in cases.items():
         with pytest.raises(AppInputError) as info:
             read_direction(tmp_path / name, 16)
-        assert str(info.value) == message
+        assert str(info.value) == message and "\n" not in message
 
 
 def test_ranges_scales_and_alphas():
@@ -144,12 +179,20 @@ def test_ranges_scales_and_alphas():
         == f"the range needs two whole numbers, got lo = None, hi = 2.5; a time-step range [lo, hi) must satisfy {rule}."
     )
     assert parse_scales("-1, −0.5 0 ,1") == [-1.0, -0.5, 0.0, 1.0]
-    for bad in ("", "a, b", "1, inf", ",".join(["1"] * 10)):
-        with pytest.raises(AppInputError, match="finite numbers; expected e.g. -1, -0.5, 0, 0.5, 1"):
+    assert parse_scales("-100 100") == [-100.0, 100.0]
+    # ±1e308 is finite but overflows z: refused up front, naming the field
+    for bad in ("", "a, b", "1, inf", "nan", ",".join(["1"] * 10), "1e308", "-1e308", "0, 100.5"):
+        with pytest.raises(AppInputError) as info:
             parse_scales(bad)
+        assert str(info.value) == (
+            "Scales s: expected 1 to 9 numbers in [-100, 100], e.g. -1, -0.5, 0, 0.5, 1; got " + repr(bad) + "."
+        )
     assert interpolation_alphas(5, 0.3) == [0.0, 0.25, 0.5, 0.75, 1.0, 0.3]
-    with pytest.raises(AppInputError, match=r"α must lie in \[0, 1\]"):
+    with pytest.raises(AppInputError, match=r"^α \(0 = A, 1 = B's range\): expected a number in \[0, 1\], got 1.5"):
         interpolation_alphas(3, 1.5)
+    for num in (1, 10, 2.5):
+        with pytest.raises(AppInputError, match=r"^Images in the strip: expected a whole number in \[2, 9\]"):
+            interpolation_alphas(num, 0.5)
 
 
 def test_partition_picker_shows_chunks_dims_and_stages():
@@ -231,12 +274,110 @@ def test_app_actions_are_the_pipeline_calls(pipe, tmp_path):
     same([im for im, _ in edited], pipe.edit([a, b], direction=w, scales=[-1, 1], z_std=std, top_k=4, **kw).images)
     for call, message in (
         (lambda: app.swap(a, b, 0, 2000, STEPS), "outside the model's time-steps"),
-        (lambda: app.swap(a, b, 0, 10, 0), r"the DDIM step count must be a whole number in \[1, 1000\], got 0"),
-        (lambda: app.edit(a, b, w, [1.0], STEPS, top_k=17), r"top-k must be empty \(all dims\) or in \[1, 16\]"),
-        (lambda: app.probe_direction("shape", "hexagon", 0), "'hexagon' is not a class of 'shape'"),
+        (lambda: app.swap(a, b, 0, 10, 0), r"^DDIM steps: expected a whole number in \[1, 1000\], got 0"),
+        (lambda: app.edit(a, b, w, [1.0], STEPS, top_k=17), r"^Top-k dims \(empty = all\): expected empty"),
+        (lambda: app.edit(a, b, w, [1e308], STEPS), r"^Scales s: expected 1 to 9 numbers in \[-100, 100\]"),
+        (lambda: app.probe_direction("shape", "hexagon", 0), "^Class: 'hexagon' is not a class of 'shape'"),
+        (
+            lambda: app.probe_direction("shape", "square", 2**70),
+            r"^Seed: expected a whole number in \[0, 4294967295\]",
+        ),
+        (lambda: app.draw_shapes(-1), r"^Seed: expected a whole number in \[0, 4294967295\], got -1"),
     ):
         with pytest.raises(AppInputError, match=message):
             call()
+
+
+def page_handler(page, elem_id: str):
+    """The function the page runs for the event of the component `elem_id` (a button or a file slot)."""
+    for function in page.fns.values():
+        if any(getattr(page.blocks[block_id], "elem_id", None) == elem_id for block_id, _ in function.targets):
+            return function.fn
+    raise KeyError(elem_id)
+
+
+def test_field_checks_name_the_fields_by_their_labels():
+    huge = 2**70
+    assert check_seed(None) == 0 and check_seed(7.0) == 7 and check_seed(2**32 - 1) == 2**32 - 1
+    for value, shown in ((huge, str(huge)), (-1, "-1"), (2.5, "2.5"), (float("inf"), "inf"), (10**400, None)):
+        with pytest.raises(AppInputError) as info:
+            check_seed(value)
+        assert str(info.value).startswith("Seed: expected a whole number in [0, 4294967295], got ")
+        assert shown is None or str(info.value).endswith(f"got {shown}.")
+    assert check_top_k(None, 64) is None and check_top_k(1, 64) == 1 and check_top_k(64.0, 64) == 64
+    for value in (0, 65, -3, 2.5, float("nan")):
+        with pytest.raises(AppInputError) as info:
+            check_top_k(value, 64)
+        assert str(info.value) == (
+            f"Top-k dims (empty = all): expected empty (all dims) or a whole number in [1, 64], got {value!r}."
+        )
+    for value in (0, 1001, 10**400, float("nan"), None):
+        with pytest.raises(AppInputError, match=r"^DDIM steps: expected a whole number in \[1, 1000\]"):
+            check_steps(value)
+    for lo in (10**400, 1e308):  # no OverflowError, and the message stays one short line
+        with pytest.raises(AppInputError, match="is outside the model's time-steps") as info:
+            check_range(TimestepPartition(latent_dim=16, num_chunks=4), lo, 5)
+        assert len(str(info.value)) < 200
+
+
+def test_the_page_answers_bad_fields_naming_them(pipe):
+    """Through the page's own handlers: each message names the field by the label the page shows."""
+    page = build_app(DiTiApp(pipe, probe_images=64))
+    labels = {block.elem_id: getattr(block, "label", None) for block in page.blocks.values()}
+    for elem_id, field in (("seed", "seed"), ("steps", "steps"), ("scales", "scales"), ("top-k", "top_k")):
+        assert labels[elem_id] == FIELDS[field]
+    a, b = generate_shapes(2, seed=0, resolution=16)["image"]
+    *cleared, status = page_handler(page, "draw-shapes")(2**70)
+    assert cleared == [None] * 6
+    assert status == f'<span class="error">⚠ Seed: expected a whole number in [0, 4294967295], got {2**70}.</span>'
+    edit = page_handler(page, "edit-button")
+    fields = {"source": "probe", "factor": "shape", "class": "circle", "file": None, "scales": "-1, 1", "top_k": None}
+    for change, message in (
+        ({"top_k": 0}, "Top-k dims (empty = all): expected empty (all dims) or a whole number in [1, 16], got 0."),
+        ({"scales": "1e308, -1e308"}, "Scales s: expected 1 to 9 numbers in [-100, 100], e.g. -1, -0.5, 0, 0.5, 1; "),
+        ({"seed": 2**70}, "Seed: expected a whole number in [0, 4294967295]"),
+    ):
+        values = {**fields, "steps": STEPS, "seed": 0, **change}
+        out, status = edit(a, b, *values.values())
+        assert out is None and status.startswith(f'<span class="error">⚠ {message}'), status
+
+
+def test_header_states_the_aim_and_what_the_model_measured(pipe):
+    shipped = DiTiApp(pipe, probe_dataset=None, findings=SHIPPED_FINDINGS)
+    other = DiTiApp(pipe, probe_dataset=None)
+    for app, measured in ((shipped, SHIPPED_FINDINGS), (other, UNMEASURED)):
+        header = page_header(app, "cpu")
+        assert header.endswith(f"{AIM} {measured}")
+        # the coarse/fine split is DiTi's aim, not a fact of every model
+        assert "hold coarse" not in header.lower() and "aims to" in header
+    assert "not yet" in SHIPPED_FINDINGS and "[0, 250)" in SHIPPED_FINDINGS
+    page = build_app(shipped)
+    shown = next(block.value for block in page.blocks.values() if getattr(block, "elem_id", None) == "header")
+    assert shown == page_header(shipped, str(pipe.device))
+
+
+def test_uploads_are_deleted_after_a_fixed_age_and_when_the_server_stops(pipe):
+    import httpx
+
+    assert build_app(DiTiApp(pipe, probe_dataset=None)).delete_cache == (UPLOAD_SWEEP_EVERY_S, UPLOAD_MAX_AGE_S)
+    assert UPLOAD_MAX_AGE_S <= 24 * 3600
+    # the same mechanism on a short schedule: an upload is kept while young, then swept while the server runs
+    page = build_app(DiTiApp(pipe, probe_dataset=None), delete_cache=(1, 2))
+    port = free_port()
+    launch_app(page, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        upload = f"http://127.0.0.1:{port}/gradio_api/upload"
+        swept = Path(httpx.post(upload, files={"files": ("w.npy", b"x" * 64)}).json()[0])
+        assert swept.is_file() and str(swept) in page.upload_file_set
+        start = time.perf_counter()
+        while swept.exists() and time.perf_counter() - start < 30:
+            time.sleep(0.2)
+        assert not swept.exists()
+        kept = Path(httpx.post(upload, files={"files": ("v.npy", b"y" * 64)}).json()[0])
+        assert kept.is_file()
+    finally:
+        page.close()
+    assert not kept.exists()  # every upload goes when the server stops
 
 
 # ---------------------------------------------------------------------------------------------------- the Space

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from diti_hf import DiTiPipeline
-from diti_hf.app import DiTiApp, build_app, find_alignment_image, launch_app
+from diti_hf.app import SHIPPED_FINDINGS, DiTiApp, build_app, find_alignment_image, launch_app
 
 HERE = Path(__file__).resolve().parent
 HUB_MODEL = "diti-hf/diti-shapes32"
@@ -20,7 +20,11 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 pipe = DiTiPipeline.from_pretrained(model).to(device)
 pipe.set_progress_bar_config(leave=False, desc="DDIM")
 app = DiTiApp(
-    pipe, model_name=os.environ.get("DITI_MODEL") or HUB_MODEL, alignment_image=find_alignment_image(HERE, model)
+    pipe,
+    model_name=os.environ.get("DITI_MODEL") or HUB_MODEL,
+    alignment_image=find_alignment_image(HERE, model),
+    # the header's measurements are those of the shipped model; another DITI_MODEL is not measured here
+    findings=None if os.environ.get("DITI_MODEL") else SHIPPED_FINDINGS,
 )
 page = build_app(app, device_label=device)
 

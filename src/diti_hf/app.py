@@ -8,8 +8,11 @@ Every model call goes through the pipeline's public methods (`swap`, `interpolat
 pictures on the page are what those methods return for the same inputs. The page works without internet: analytics,
 the version check and share links are off, the theme's fonts are served by the app itself, and the model is loaded
 before the server starts. Bad input (a file that is not an image, an animated, 16-bit or oversized image, a direction
-of the wrong length, a time-step range outside [0, T)) is answered in the page's status line with what was wrong and
-what was expected, never with a traceback.
+of the wrong length or a `.npy` whose header claims more values than z has, a time-step range outside [0, T), a
+seed, step count, top-k or scale outside its range) is answered in the page's status line naming the field (its label
+on the page), with what was wrong and what was expected, never with a traceback. Uploads and the images the page shows
+are temporary files: they are deleted [`UPLOAD_MAX_AGE_S`] after they were written, and all of them when the server
+stops.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 
 from .data.images import BadImageError, has_transparency, open_image
 from .partition import TimestepPartition
+from .safe_io import read_npy, short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,16 @@ OFFLINE_ENVIRONMENT = {
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_SCALES = 9
+# An edit step of scale s moves z by s·σ per dim on average: |s| = 100 is already far outside the data, and larger
+# values overflow float32 z to inf.
+MAX_ABS_SCALE = 100.0
+MAX_STRIP = 9
+# The seeds of numpy's and torch's generators that every platform accepts.
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 1000
+# Gradio keeps every upload and every image it serves as a file; sweep them this often, deleting those this old.
+UPLOAD_SWEEP_EVERY_S = 10 * 60
+UPLOAD_MAX_AGE_S = 60 * 60
 MAX_CACHED_PROBES = 16
 DEFAULT_STEPS = 20
 DEFAULT_PROBE_DATASET = "diti-shapes"
@@ -52,6 +66,37 @@ DEFAULT_PROBE_IMAGES = 512
 DEFAULT_REPORT = "benchmarks/shapes32"
 # The report files `diti-hf demo` and `examples/evaluate.py` write the factors × chunks heatmap to.
 ALIGNMENT_IMAGE_NAMES = ("alignment_heatmap.png", "alignment_diti.png", "evaluation/alignment_diti.png")
+
+# The labels of the page's fields: the page shows them and every message about a field's value names it by them.
+FIELDS = {
+    "seed": "Seed",
+    "steps": "DDIM steps",
+    "lo": "from t (lo, inclusive)",
+    "hi": "to t (hi, exclusive)",
+    "strip": "Images in the strip",
+    "alpha": "α (0 = A, 1 = B's range)",
+    "scales": "Scales s",
+    "top_k": "Top-k dims (empty = all)",
+    "factor": "Attribute",
+    "class": "Class",
+    "direction": "Direction w",
+}
+
+# What the page's header says about the method, and about a model whose measurements it is not given.
+AIM = (
+    "DiTi aims to tie ranges of time-steps to attributes, late ones to coarse attributes (shape, layout) and early "
+    "ones to fine attributes (colour, texture), so that swapping a range swaps those attributes."
+)
+UNMEASURED = (
+    "Whether a model achieves this is measured by its evaluation report (`diti-hf evaluate`), not assumed by this "
+    "page."
+)
+# The shipped pretrained/diti-shapes32, measured in benchmarks/shapes32 (README "Results", its model card).
+SHIPPED_FINDINGS = (
+    "Measured on this model: not yet. Only swaps of the earliest range [0, 250) change anything, and they change "
+    "several attributes at once (object colour 59 %, scale 46 %, texture 38 %); no attribute is cleanly controlled by "
+    "any range."
+)
 
 # Model images are 32×32 or 64×64: shown enlarged without smoothing, so that the pixels on screen are the model's.
 CSS = """
@@ -106,31 +151,81 @@ def read_image(path: str | os.PathLike, label: str = "the image") -> tuple[PIL.I
 def read_direction(path: str | os.PathLike, latent_dim: int) -> torch.Tensor:
     r"""
     Reads an edit direction `w` from a `.npy` file: `latent_dim` finite numbers, not all zero (a `(1, d)` or `(d, 1)`
-    array is accepted as a vector).
+    array is accepted as a vector). The header is checked first ([`~diti_hf.safe_io.read_npy`]), so that a file
+    claiming more values than `latent_dim` is refused before anything is allocated.
 
     Raises:
-        [`AppInputError`]: What is wrong with the file and what was expected.
+        [`AppInputError`]: What is wrong with the file and what was expected, in one line.
     """
     path = Path(path)
     what = f"the direction file {path.name!r}"
     expected = f"expected a .npy file of {latent_dim} numbers, one per dim of z (np.save('w.npy', w))"
+    if not path.is_file():
+        raise AppInputError(f"{what}: no such file (uploads are deleted after a while); upload it again.")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise AppInputError(f"{what} is not a .npy array ({type(error).__name__}); {expected}.") from None
-    if not isinstance(array, np.ndarray):  # an .npz archive
-        raise AppInputError(f"{what} is an .npz archive; {expected}.")
+        array = read_npy(path, what, max_values=latent_dim)
+    except (OSError, ValueError) as error:
+        raise AppInputError(f"{str(error).rstrip('.')}; {expected}.") from None
     if array.ndim == 2 and 1 in array.shape:
         array = array.reshape(-1)
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise AppInputError(f"{what} holds {array.dtype} values; {expected}.")
+        raise AppInputError(f"{what}: holds {array.dtype} values; {expected}.")
     if array.shape != (latent_dim,):
-        raise AppInputError(f"{what} has shape {array.shape}; {expected}.")
+        raise AppInputError(f"{what}: has shape {array.shape}; {expected}.")
     if not np.isfinite(array).all():
-        raise AppInputError(f"{what} contains NaN or infinite values; {expected}.")
+        raise AppInputError(f"{what}: contains NaN or infinite values; {expected}.")
     if not np.abs(array).sum() > 0:
-        raise AppInputError(f"{what} is all zeros; a direction must be non-zero.")
+        raise AppInputError(f"{what}: is all zeros; a direction must be non-zero.")
     return torch.from_numpy(array.astype(np.float32))
+
+
+def _whole_number(value: Any) -> int | None:
+    """`value` as an `int` if it is a whole number (an int, or a float or string of one), else `None`."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def check_whole(value: Any, field: str, lo: int, hi: int) -> int:
+    r"""
+    Validates a whole number typed in the page's field `field` (a key of [`FIELDS`]): `lo <= value <= hi`.
+
+    Raises:
+        [`AppInputError`]: Naming the field by its label, the range and the value.
+    """
+    number = _whole_number(value)
+    if number is None or not lo <= number <= hi:
+        raise AppInputError(f"{FIELDS[field]}: expected a whole number in [{lo}, {hi}], got {short_repr(value)}.")
+    return number
+
+
+def check_seed(value: Any) -> int:
+    """The seed field: a whole number in [0, [`MAX_SEED`]]; empty means 0."""
+    return 0 if value is None else check_whole(value, "seed", 0, MAX_SEED)
+
+
+def check_steps(value: Any) -> int:
+    """The DDIM steps field: a whole number in [1, [`MAX_STEPS`]]."""
+    return check_whole(value, "steps", 1, MAX_STEPS)
+
+
+def check_top_k(value: Any, latent_dim: int) -> int | None:
+    """The top-k field: empty (`None`: every dim of the direction) or a whole number in `[1, latent_dim]`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = _whole_number(value)
+    if number is None or not 1 <= number <= latent_dim:
+        raise AppInputError(
+            f"{FIELDS['top_k']}: expected empty (all dims) or a whole number in [1, {latent_dim}], "
+            f"got {short_repr(value)}."
+        )
+    return number
 
 
 def check_range(partition: TimestepPartition, lo: Any, hi: Any) -> tuple[int, int]:
@@ -142,39 +237,59 @@ def check_range(partition: TimestepPartition, lo: Any, hi: Any) -> tuple[int, in
     """
     T = partition.num_train_timesteps
     rule = f"a time-step range [lo, hi) must satisfy 0 <= lo < hi <= T = {T} (half-open, inside [0, {T}))"
-    values = []
-    for value in (lo, hi):
-        if value is None or isinstance(value, bool) or not float(value).is_integer():
-            raise AppInputError(f"the range needs two whole numbers, got lo = {lo!r}, hi = {hi!r}; {rule}.")
-        values.append(int(value))
+    values = [_whole_number(lo), _whole_number(hi)]
+    if None in values:
+        raise AppInputError(
+            f"the range needs two whole numbers, got lo = {short_repr(lo)}, hi = {short_repr(hi)}; {rule}."
+        )
     lo, hi = values
     if not 0 <= lo < hi <= T:
-        raise AppInputError(f"the range [{lo}, {hi}) is outside the model's time-steps: {rule}.")
+        raise AppInputError(
+            f"the range [{short_repr(lo)}, {short_repr(hi)}) is outside the model's time-steps: {rule}."
+        )
     return lo, hi
 
 
+def check_scales(scales: Sequence[float], text: Any = None) -> list[float]:
+    r"""
+    Validates edit step sizes: 1 to [`MAX_SCALES`] numbers, each in [-[`MAX_ABS_SCALE`], [`MAX_ABS_SCALE`]].
+
+    Args:
+        scales (`Sequence[float]`): The step sizes.
+        text (*optional*): What was typed in the scales field, quoted in the message (default: `scales`).
+
+    Raises:
+        [`AppInputError`]: Naming the scales field by its label.
+    """
+    limit = f"{MAX_ABS_SCALE:g}"
+    if not 1 <= len(scales) <= MAX_SCALES or not all(-MAX_ABS_SCALE <= float(s) <= MAX_ABS_SCALE for s in scales):
+        raise AppInputError(
+            f"{FIELDS['scales']}: expected 1 to {MAX_SCALES} numbers in [-{limit}, {limit}], e.g. -1, -0.5, 0, 0.5, 1; "
+            f"got {short_repr(scales if text is None else text)}."
+        )
+    return [float(s) for s in scales]
+
+
 def parse_scales(text: str) -> list[float]:
-    """Edit step sizes typed as comma- or space-separated numbers, e.g. `"-1, 0, 1"`."""
+    """Edit step sizes typed as comma- or space-separated numbers, e.g. `"-1, 0, 1"`, checked by [`check_scales`]."""
     parts = [p for p in str(text or "").replace(",", " ").split() if p]
     try:
         scales = [float(p.replace("−", "-")) for p in parts]
     except ValueError:
-        scales = []
-    if not scales or not all(math.isfinite(s) for s in scales) or len(scales) > MAX_SCALES:
-        raise AppInputError(
-            f"the scales {text!r} are not a list of 1 to {MAX_SCALES} finite numbers; expected e.g. -1, -0.5, 0, 0.5, 1."
-        )
-    return scales
+        scales = []  # refused below, quoting the text
+    return check_scales(scales, text)
 
 
 def interpolation_alphas(num: int, alpha: float) -> list[float]:
     """The α of the strip (`num` evenly from 0 to 1) followed by the single `alpha`, generated in one call."""
-    num = int(num)
-    if num < 2:
-        raise AppInputError(f"the strip needs at least 2 images, got {num}.")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise AppInputError(f"α must lie in [0, 1], got {alpha}.")
-    return [i / (num - 1) for i in range(num)] + [float(alpha)]
+    num = check_whole(num, "strip", 2, MAX_STRIP)
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        alpha = math.nan
+    if not 0.0 <= alpha <= 1.0:
+        raise AppInputError(f"{FIELDS['alpha']}: expected a number in [0, 1], got {alpha}.")
+    return [i / (num - 1) for i in range(num)] + [alpha]
 
 
 # ---------------------------------------------------------------------------------------------------- the partition
@@ -297,6 +412,9 @@ class DiTiApp:
             Its `ClassLabel` columns are the attributes offered.
         probe_images (`int`, defaults to 512): Images of `probe_dataset` a probe is trained on.
         alignment_image (`str` or `os.PathLike`, *optional*): The alignment heatmap shown with the partition.
+        findings (`str`, *optional*): What this model measured against DiTi's aim, one or two sentences for the
+            page's header (e.g. [`SHIPPED_FINDINGS`]); without it the header says it is not measured here
+            ([`UNMEASURED`]).
     """
 
     def __init__(
@@ -307,6 +425,7 @@ class DiTiApp:
         probe_dataset: str | None = DEFAULT_PROBE_DATASET,
         probe_images: int = DEFAULT_PROBE_IMAGES,
         alignment_image: str | os.PathLike | None = None,
+        findings: str | None = None,
     ):
         self.pipe = pipe
         self.model_name = model_name or "DiTi pipeline"
@@ -316,6 +435,7 @@ class DiTiApp:
         self.probe_dataset = probe_dataset
         self.probe_images = int(probe_images)
         self.alignment_image = None if alignment_image is None else Path(alignment_image)
+        self.findings = findings
         self._probes: dict[tuple, dict[str, Any]] = {}
         self._lock = threading.Lock()  # one pipeline call at a time, whatever the number of sessions
         self.factors: dict[str, list[str]] = {}
@@ -349,25 +469,19 @@ class DiTiApp:
         with self._lock:
             return fn()
 
-    @staticmethod
-    def _steps(steps: Any) -> int:
-        if steps is None or not float(steps).is_integer() or not 1 <= int(steps) <= 1000:
-            raise AppInputError(f"the DDIM step count must be a whole number in [1, 1000], got {steps!r}.")
-        return int(steps)
-
     # ------------------------------------------------------------------ actions
     def draw_shapes(self, seed: int) -> tuple[list[PIL.Image.Image], list[str]]:
         """Two images of the built-in shapes dataset (the first two of `seed`) and their factor values."""
         from .data.shapes import generate_shapes
 
-        data = generate_shapes(2, seed=int(seed), resolution=self.resolution)
+        data = generate_shapes(2, seed=check_seed(seed), resolution=self.resolution)
         factors = [name for name in data.column_names if name != "image"]
         labels = [", ".join(f"{f} {data.features[f].int2str(data[i][f])}" for f in factors) for i in range(len(data))]
         return list(data["image"]), labels
 
     def reconstruct(self, a: PIL.Image.Image, b: PIL.Image.Image, steps: int) -> list[tuple[PIL.Image.Image, str]]:
         """DDIM inversion and regeneration of A and B (`pipe.reconstruct`)."""
-        steps = self._steps(steps)
+        steps = check_steps(steps)
         out = self._run(
             lambda: self.pipe.reconstruct([a, b], num_inference_steps=steps, batch_size=self.batch_size).images
         )
@@ -378,7 +492,7 @@ class DiTiApp:
     ) -> list[tuple[PIL.Image.Image, str]]:
         """A with B's chunks of `[lo, hi)` and B with A's (`pipe.swap` of sources [A, B], targets [B, A])."""
         lo, hi = check_range(self.partition, lo, hi)
-        steps = self._steps(steps)
+        steps = check_steps(steps)
         out = self._run(
             lambda: (
                 self.pipe.swap(
@@ -397,7 +511,7 @@ class DiTiApp:
     ) -> tuple[list[tuple[PIL.Image.Image, str]], PIL.Image.Image]:
         """The strip A → B over `[lo, hi)` and the image at `alpha` (one `pipe.interpolate` call)."""
         lo, hi = check_range(self.partition, lo, hi)
-        steps = self._steps(steps)
+        steps = check_steps(steps)
         alphas = interpolation_alphas(num, alpha)
         out = self._run(
             lambda: (
@@ -425,17 +539,20 @@ class DiTiApp:
 
         if self.probe_error is not None:
             raise AppInputError(self.probe_error)
+        seed = check_seed(seed)
         if factor not in self.factors:
             raise AppInputError(
-                f"the attribute {factor!r} is not a factor of {self.probe_dataset} ({list(self.factors)})."
+                f"{FIELDS['factor']}: {factor!r} is not a factor of {self.probe_dataset} ({list(self.factors)})."
             )
         if class_name not in self.factors[factor]:
-            raise AppInputError(f"{class_name!r} is not a class of {factor!r} ({self.factors[factor]}).")
-        key = (factor, class_name, self.probe_images, int(seed))
+            raise AppInputError(
+                f"{FIELDS['class']}: {class_name!r} is not a class of {factor!r} ({self.factors[factor]})."
+            )
+        key = (factor, class_name, self.probe_images, seed)
         if key not in self._probes:
             if len(self._probes) >= MAX_CACHED_PROBES:  # one entry per attribute and seed asked for: bounded
                 self._probes.pop(next(iter(self._probes)))
-            data = self._dataset(self.probe_images, int(seed))
+            data = self._dataset(self.probe_images, seed)
 
             def fit() -> dict[str, Any]:
                 pixels = torch.cat(
@@ -445,7 +562,7 @@ class DiTiApp:
                 target = torch.tensor(list(data[factor])) == self.factors[factor].index(class_name)
                 if not 0 < int(target.sum()) < len(target):
                     raise AppInputError(f"no contrast: {int(target.sum())} of {len(target)} images are {class_name}.")
-                return {**fit_direction_probe(z, target, seed=int(seed)), "num_positive": int(target.sum())}
+                return {**fit_direction_probe(z, target, seed=seed), "num_positive": int(target.sum())}
 
             self._probes[key] = self._run(fit)
         probe = self._probes[key]
@@ -468,10 +585,9 @@ class DiTiApp:
         top_k: int | None = None,
     ) -> list[tuple[PIL.Image.Image, str]]:
         """A and B moved along `direction` by each scale (`pipe.edit`), image-major."""
-        steps = self._steps(steps)
-        d = self.partition.latent_dim
-        if top_k is not None and not 1 <= top_k <= d:
-            raise AppInputError(f"top-k must be empty (all dims) or in [1, {d}], got {top_k}.")
+        steps = check_steps(steps)
+        top_k = check_top_k(top_k, self.partition.latent_dim)
+        scales = check_scales(scales)
         out = self._run(
             lambda: (
                 self.pipe.edit(
@@ -505,11 +621,25 @@ def _error(error: BaseException | str) -> str:
     return f'<span class="error">⚠ {html.escape(str(error))}</span>'
 
 
+def page_header(app: DiTiApp, device: str) -> str:
+    """The page's header (markdown): the model, what to do, what DiTi aims for and what this model measured."""
+    partition, res = app.partition, app.resolution
+    kind = "staged" if partition.stages is not None else "uniform"
+    return (
+        f"# DiTi: swap what a range of diffusion time-steps encodes\n"
+        f"**{app.model_name}** · z of {partition.latent_dim} dims in {partition.num_chunks} chunks ({kind}) over "
+        f"T = {partition.num_train_timesteps} · {res}×{res} images · {device}. Upload two images (or draw two "
+        f"shapes), pick a time-step range, then reconstruct, swap, interpolate or edit. {AIM} "
+        f"{app.findings or UNMEASURED}"
+    )
+
+
 def build_app(
     app: DiTiApp | Any,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
     device_label: str | None = None,
+    delete_cache: tuple[int, int] | None = (UPLOAD_SWEEP_EVERY_S, UPLOAD_MAX_AGE_S),
 ) -> Any:
     r"""
     Builds the Gradio page around a [`DiTiApp`] (or a pipeline, wrapped with the defaults).
@@ -519,6 +649,9 @@ def build_app(
         steps (`int`, defaults to 20): Initial DDIM step count.
         seed (`int`, defaults to 0): Initial seed (shapes draw, probe data and training).
         device_label (`str`, *optional*): Shown in the header (default: the pipeline's device).
+        delete_cache (`tuple[int, int]`, *optional*, defaults to `(UPLOAD_SWEEP_EVERY_S, UPLOAD_MAX_AGE_S)`): Every
+            `delete_cache[0]` seconds, delete the page's temporary files (uploads, served images) older than
+            `delete_cache[1]` seconds; all of them are deleted when the server stops. `None` keeps them.
 
     Returns:
         `gradio.Blocks`: Serve it with [`launch_app`].
@@ -565,8 +698,9 @@ def build_app(
         return status_for(fn, 2)
 
     def draw(seed_value: Any):
-        images, labels = app.draw_shapes(int(seed_value or 0))
-        message = f"Drew two shapes (seed {int(seed_value or 0)}): A = {labels[0]}; B = {labels[1]}."
+        seed_value = check_seed(seed_value)
+        images, labels = app.draw_shapes(seed_value)
+        message = f"Drew two shapes (seed {seed_value}): A = {labels[0]}; B = {labels[1]}."
         return images[0], images[1], app.shown(images[0]), app.shown(images[1]), None, None, message
 
     def pick(label: str):
@@ -605,17 +739,18 @@ def build_app(
         progress=gr.Progress(track_tqdm=True),  # noqa: B008
     ):  # fmt: skip
         need_images(a, b)
+        # every field is checked before the probe trains or the file is read
         scales = parse_scales(scales_text)
-        if top_k not in (None, 0) and not float(top_k).is_integer():
-            raise AppInputError(f"top-k must be a whole number of dims (0 = all), got {top_k}.")
-        top_k = None if top_k in (None, 0) else int(top_k)
+        top_k = check_top_k(top_k, partition.latent_dim)
+        steps_value = check_steps(steps_value)
+        seed_value = check_seed(seed_value)
         if source == "probe":
             progress(0.0, desc="training the probe")
-            direction, z_std, summary = app.probe_direction(factor, class_name, int(seed_value or 0))
+            direction, z_std, summary = app.probe_direction(factor, class_name, seed_value)
         else:
             if direction_file is None:
                 raise AppInputError(
-                    f"no direction file: upload a .npy of {partition.latent_dim} numbers, or use a probe."
+                    f"{FIELDS['direction']}: no file; upload a .npy of {partition.latent_dim} numbers, or use a probe."
                 )
             direction, z_std = read_direction(direction_file, partition.latent_dim), None
             summary = f"direction from {Path(direction_file).name}"
@@ -627,14 +762,6 @@ def build_app(
         names = app.factors.get(factor, [])
         return gr.update(choices=names, value=names[0] if names else None)
 
-    kind = "staged" if partition.stages is not None else "uniform"
-    header = (
-        f"# DiTi: swap what a range of diffusion time-steps encodes\n"
-        f"**{app.model_name}** · z of {partition.latent_dim} dims in {partition.num_chunks} chunks ({kind}) over "
-        f"T = {partition.num_train_timesteps} · {res}×{res} images · {device}. Upload two images (or draw two "
-        "shapes), pick a time-step range, then reconstruct, swap, interpolate or edit. Late time-steps hold coarse "
-        "attributes (shape, layout), early ones fine attributes (colour, texture)."
-    )
     image_kwargs = {
         "format": "png",
         "interactive": False,
@@ -651,8 +778,8 @@ def build_app(
     }
     model_events = {"concurrency_id": "pipeline", "concurrency_limit": 1}
 
-    with gr.Blocks(title=f"DiTi · {app.model_name}", analytics_enabled=False) as page:
-        gr.Markdown(header)
+    with gr.Blocks(title=f"DiTi · {app.model_name}", analytics_enabled=False, delete_cache=delete_cache) as page:
+        gr.Markdown(page_header(app, device), elem_id="header")
         state_a, state_b = gr.State(None), gr.State(None)
         with gr.Row():
             with gr.Column():
@@ -662,18 +789,18 @@ def build_app(
                 file_b = gr.File(label="Image B (upload)", type="filepath", elem_id="file-b", height=120)
                 preview_b = gr.Image(label="B as the model sees it", elem_id="preview-b", **image_kwargs)
             with gr.Column():
-                seed_box = gr.Number(value=seed, precision=0, label="Seed", elem_id="seed",
+                seed_box = gr.Number(value=seed, precision=0, label=FIELDS["seed"], elem_id="seed",
                                      info="of the shapes draw and of the probe's data and training")  # fmt: skip
                 draw_button = gr.Button("Draw two from the built-in shapes dataset", elem_id="draw-shapes")
-                steps_box = gr.Slider(1, 100, value=steps, step=1, label="DDIM steps", elem_id="steps",
+                steps_box = gr.Slider(1, 100, value=steps, step=1, label=FIELDS["steps"], elem_id="steps",
                                       info="of the inversion and of the generation")  # fmt: skip
         with gr.Accordion("Time-step range and the partition of z", open=True):
             with gr.Row():
                 preset = gr.Dropdown(
                     list(presets), value=first_label, label="Preset (sets lo and hi)", elem_id="preset"
                 )
-                lo_box = gr.Number(value=first_lo, precision=0, label="from t (lo, inclusive)", elem_id="range-lo")
-                hi_box = gr.Number(value=first_hi, precision=0, label="to t (hi, exclusive)", elem_id="range-hi")
+                lo_box = gr.Number(value=first_lo, precision=0, label=FIELDS["lo"], elem_id="range-lo")
+                hi_box = gr.Number(value=first_hi, precision=0, label=FIELDS["hi"], elem_id="range-hi")
             figure = gr.Image(
                 value=partition_figure(partition, first_lo, first_hi), show_label=False, elem_id="partition-figure",
                 format="png", interactive=False, height=150, buttons=[],
@@ -688,8 +815,8 @@ def build_app(
                 swap_out = gr.Gallery(label="swapped", columns=6, height=210, elem_id="swap-out", **gallery_kwargs)
             with gr.Tab("Interpolate", id="interpolate"):
                 with gr.Row():
-                    num_box = gr.Slider(2, 9, value=5, step=1, label="Images in the strip", elem_id="strip-size")
-                    alpha_box = gr.Slider(0, 1, value=0.5, step=0.05, label="α (0 = A, 1 = B's range)",
+                    num_box = gr.Slider(2, MAX_STRIP, value=5, step=1, label=FIELDS["strip"], elem_id="strip-size")
+                    alpha_box = gr.Slider(0, 1, value=0.5, step=0.05, label=FIELDS["alpha"],
                                           elem_id="alpha")  # fmt: skip
                 interpolate_button = gr.Button("Interpolate the range from A to B", variant="primary",
                                                elem_id="interpolate-button")  # fmt: skip
@@ -702,15 +829,15 @@ def build_app(
                                       label="Direction", elem_id="direction-source",
                                       info=f"a probe trained now on {app.probe_dataset}, or an uploaded .npy")  # fmt: skip
                     factor = gr.Dropdown(factor_names, value=factor_names[0] if factor_names else None,
-                                         label="Attribute", elem_id="factor")  # fmt: skip
+                                         label=FIELDS["factor"], elem_id="factor")  # fmt: skip
                     first_classes = app.factors.get(factor_names[0], []) if factor_names else []
                     class_name = gr.Dropdown(first_classes, value=first_classes[0] if first_classes else None,
-                                             label="Class", elem_id="class")  # fmt: skip
-                    direction_file = gr.File(label=f"Direction w (.npy, {partition.latent_dim} numbers)",
+                                             label=FIELDS["class"], elem_id="class")  # fmt: skip
+                    direction_file = gr.File(label=f"{FIELDS['direction']} (.npy, {partition.latent_dim} numbers)",
                                              type="filepath", elem_id="direction-file", height=100)  # fmt: skip
                 with gr.Row():
-                    scales_box = gr.Textbox("-1, -0.5, 0, 0.5, 1", label="Scales s", elem_id="scales")
-                    top_k_box = gr.Number(value=0, precision=0, label="Top-k dims (0 = all)", elem_id="top-k")
+                    scales_box = gr.Textbox("-1, -0.5, 0, 0.5, 1", label=FIELDS["scales"], elem_id="scales")
+                    top_k_box = gr.Number(value=None, precision=0, label=FIELDS["top_k"], elem_id="top-k")
                 if app.probe_error:
                     gr.Markdown(_error(app.probe_error))
                 edit_button = gr.Button("Edit A and B", variant="primary", elem_id="edit-button")
@@ -802,15 +929,29 @@ def launch_app(
 
 
 __all__ = [
+    "AIM",
+    "FIELDS",
+    "MAX_ABS_SCALE",
     "MAX_IMAGE_PIXELS",
+    "MAX_SEED",
+    "SHIPPED_FINDINGS",
+    "UNMEASURED",
+    "UPLOAD_MAX_AGE_S",
+    "UPLOAD_SWEEP_EVERY_S",
     "AppInputError",
     "DiTiApp",
     "build_app",
     "check_range",
+    "check_scales",
+    "check_seed",
+    "check_steps",
+    "check_top_k",
+    "check_whole",
     "describe_range",
     "find_alignment_image",
     "interpolation_alphas",
     "launch_app",
+    "page_header",
     "parse_scales",
     "partition_figure",
     "preset_ranges",

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import reprlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 # JSON/YAML configs, manifests and markers are a few KB; 16 MiB leaves room for long per-dim lists (latent_std,
@@ -75,6 +77,56 @@ def read_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_CONFIG_BY
         raise ValueError(f"{os.fspath(path)}: not valid JSON ({error.msg} at line {error.lineno}).") from None
     except RecursionError:
         raise ValueError(f"{os.fspath(path)}: JSON nested too deeply.") from None
+
+
+def read_npy(path: str | os.PathLike, what: str, max_values: int) -> np.ndarray:
+    r"""
+    Reads a `.npy` array of at most `max_values` values, checking its header before anything is allocated: a file of
+    a few bytes whose header claims 10¹² values is refused, not allocated, and no pickled object is ever read.
+
+    Args:
+        path (`str` or `os.PathLike`): The file.
+        what (`str`): What the file is, the start of every message (e.g. `"the direction file 'w.npy'"`).
+        max_values (`int`): The most values (elements) the array may hold.
+
+    Returns:
+        `np.ndarray`: The array, as `np.load` returns it.
+
+    Raises:
+        `ValueError`: One line starting with `what`: not a `.npy` file, an object (pickle) array, more than
+            `max_values` values, or less data than the header claims. `OSError` if the file cannot be opened.
+    """
+    from numpy.lib import format as npy
+
+    with open(path, "rb") as f:
+        try:
+            version = npy.read_magic(f)
+        except (ValueError, EOFError):
+            raise ValueError(f"{what}: not a .npy array (no .npy header).") from None
+        if version not in ((1, 0), (2, 0)):  # 3.0 only adds UTF-8 field names of structured arrays
+            raise ValueError(f"{what}: .npy format version {version[0]}.{version[1]} is not supported.")
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        try:
+            shape, _, dtype = read_header(f)
+        except (ValueError, EOFError):
+            raise ValueError(f"{what}: not a .npy array (its header cannot be parsed).") from None
+        if dtype.hasobject:
+            raise ValueError(f"{what}: holds Python objects (a pickle); refused.")
+        if any(n < 0 for n in shape):
+            raise ValueError(f"{what}: its header claims a negative shape {short_repr(shape)}.")
+        count = math.prod(shape)  # Python ints: a claimed 10¹² or 2⁶⁴ values cannot overflow here
+        if count > max_values:
+            raise ValueError(
+                f"{what}: its header claims {count} values (shape {short_repr(shape)}), more than the {max_values} "
+                "allowed; refused before reading."
+            )
+        held = os.fstat(f.fileno()).st_size - f.tell()
+        if held < count * dtype.itemsize:
+            raise ValueError(
+                f"{what}: its header claims {count * dtype.itemsize} bytes of data, the file holds {held}."
+            )
+        f.seek(0)
+        return npy.read_array(f, allow_pickle=False)
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 2**20) -> str:
@@ -239,6 +291,7 @@ __all__ = [
     "check_finite_tensors",
     "file_record",
     "read_json",
+    "read_npy",
     "read_text",
     "record_problem",
     "sha256_file",

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("gradio") is None:
         raise common.UsageError("the app needs gradio: pip install 'diti_hf[app]'")
-    from ..app import DEFAULT_REPORT, DiTiApp, build_app, find_alignment_image, launch_app
+    from ..app import DEFAULT_REPORT, SHIPPED_FINDINGS, DiTiApp, build_app, find_alignment_image, launch_app
 
     device = common.check_device(args.device)
     default = resolve_default(DEFAULT_MODEL)
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         probe_dataset=args.probe_dataset,
         probe_images=args.probe_images,
         alignment_image=find_alignment_image(report, model if Path(model).is_dir() else None),
+        findings=SHIPPED_FINDINGS if args.model is None else None,  # measurements of another model are unknown here
     )
     launch_app(build_app(app, steps=args.steps, seed=args.seed, device_label=device), host=args.host, port=args.port)
     return 0
