@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 
 import torch
 
-from diti_hf.commands.evaluate import add_timesteps_argument
+from diti_hf.commands.evaluate import add_timesteps_argument, flag_message
 from diti_hf.data.shapes import SHAPES_DATASETS
 from diti_hf.evaluation import PROTOCOLS, benchmark_arguments, run_benchmark
 from diti_hf.evaluation.control import SWAP_PROTOCOLS
@@ -49,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0, help="Seed of the data, splits, probes, oracle and pairs.")
     g = p.add_argument_group("shapes benchmark")
-    g.add_argument("--num_images", type=int, default=3000, help="Images generated (default 3000).")
+    g.add_argument(
+        "--num_images",
+        type=int,
+        default=3000,
+        help="Images generated (default 3000; split 60/20/20). Per-image sizes not given are at most the test "
+        "split's images (the whole set's for --disentanglement_images).",
+    )
     g.add_argument("--data_seed", type=int, default=None, help="Seed of the generated images (default: --seed).")
     g.add_argument("--resolution", type=int, default=None, help="Image side (default: the first model's).")
     g.add_argument(
@@ -64,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         g, "A time-step range [LO, HI) to swap (repeatable; default --num_swap_ranges equal ranges)."
     )
     g.add_argument("--num_swap_ranges", type=int, default=4, help="Equal ranges when --timesteps is not given.")
-    g.add_argument("--num_swap_pairs", type=int, default=64)
+    g.add_argument("--num_swap_pairs", type=int, default=None, help="Default 64, at most the test images.")
     g.add_argument("--oracle_epochs", type=int, default=12)
-    g.add_argument("--num_reconstruction_images", type=int, default=64)
+    g.add_argument("--num_reconstruction_images", type=int, default=None, help="Default 32, at most the test images.")
     g.add_argument("--max_alignment_groups", type=int, default=64)
     g.add_argument("--no_counterfactual", action="store_true")
     g.add_argument("--no_reconstruction", action="store_true")
     g.add_argument("--no_attribute_loss", action="store_true", help="Skip the DDPM attribute-loss times.")
-    g.add_argument("--num_attribute_loss_images", type=int, default=128)
+    g.add_argument("--num_attribute_loss_images", type=int, default=None, help="Default 128, at most the test images.")
     g.add_argument("--no_loss_profile", action="store_true", help="Skip the frozen DDPM's loss profile.")
     g.add_argument("--no_regeneration", action="store_true", help="Skip the regeneration keep-rates.")
     g.add_argument(
@@ -81,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[250, 500, 750, 999],
         help="Noise levels of the regeneration keep-rates.",
     )
-    g.add_argument("--num_regeneration_images", type=int, default=48)
+    g.add_argument("--num_regeneration_images", type=int, default=None, help="Default 48, at most the test images.")
     g.add_argument(
         "--swap_protocols",
         nargs="*",
@@ -90,13 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Swap protocols compared on the counterfactual pairs (default: all; none: skip).",
     )
     g.add_argument("--no_sample_validity", action="store_true", help="Skip reading the DDPM's samples.")
-    g.add_argument("--num_validity_samples", type=int, default=64)
+    g.add_argument("--num_validity_samples", type=int, default=None, help="Default 64, at most the test images.")
     g.add_argument("--num_sample_steps", type=int, default=50, help="DDIM steps of the DDPM's samples.")
     g.add_argument("--sample_eta", type=float, default=0.0, help="DDIM η of a bare DDPM's samples (0: deterministic).")
     g.add_argument("--no_random_baseline", action="store_true")
     g.add_argument("--no_pixel_baseline", action="store_true")
     g.add_argument("--no_disentanglement", action="store_true", help="Skip DCI / MIG / SAP / FactorVAE.")
-    g.add_argument("--disentanglement_images", type=int, default=1000, help="Images of those metrics.")
+    g.add_argument(
+        "--disentanglement_images", type=int, default=None, help="Images of those metrics (default 1000, at most all)."
+    )
     g.add_argument("--no_plots", action="store_true")
     g.add_argument("--batch_size", type=int, default=None, help="Swap and encoding batch size (default 16 and 256).")
     r = p.add_argument_group("a dataset: celeba / lfw, or factor ClassLabel columns with --protocol shapes")
@@ -141,19 +148,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         models[name] = path
     args.models = models
     args.flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings} | FLAG_OF
-    try:
+    try:  # every size, --num_images against its minimum included, before a model loads
         args.benchmark = benchmark_arguments({**vars(args), "swap_ranges": args.timesteps})
     except ValueError as error:
-        parser.error(_with_flags(error, args.flags) or str(error))
+        parser.error(flag_message(error, args.flags) or str(error))
     return args
-
-
-def _with_flags(error: ValueError, flags: dict[str, str]) -> str | None:
-    """The library's message about `` `name` `` in terms of the flags, or None when it is about no flag."""
-    message = " ".join(str(error).split())
-    if not any(message.startswith(f"`{name}`") for name in flags):
-        return None
-    return re.sub(r"`(\w+)`", lambda m: flags.get(m[1], m[0]), message)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -163,7 +162,7 @@ def main(args: argparse.Namespace) -> dict:
     try:
         return run_benchmark(args.models, args.output_dir, **args.benchmark)
     except ValueError as error:
-        message = _with_flags(error, args.flags)
+        message = flag_message(error, args.flags)
         if message is None:
             raise
         raise ScriptArgumentError(message) from None

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
 
 from . import _common as common
 
@@ -22,17 +25,30 @@ _SKIPS = {
     "plots": "the plots (write report.json only)",
 }
 # the diagnostics' sizes: flag → (run_benchmark / EvaluationConfig name, what it is); unset, the library's default
+# (the per-image ones: at most the test split, the whole dataset for --disentanglement-images; see DEFAULT_SIZES)
 _SIZES = {
     "--num-swap-ranges": ("num_swap_ranges", "equal ranges swapped when no --timesteps is given (default 4)"),
     "--max-alignment-groups": ("max_alignment_groups", "chunk groups probed for the alignment (default 64)"),
-    "--attribute-loss-images": ("num_attribute_loss_images", "test images of the attribute-loss times (default 128)"),
-    "--regeneration-images": ("num_regeneration_images", "images regenerated at each noise level (default 48)"),
-    "--validity-samples": ("num_validity_samples", "DDPM samples read by the oracle (default 64)"),
+    "--attribute-loss-images": (
+        "num_attribute_loss_images",
+        "test images of the attribute-loss times (default 128, at most the test images)",
+    ),
+    "--regeneration-images": (
+        "num_regeneration_images",
+        "images regenerated at each noise level (default 48, at most the test images)",
+    ),
+    "--validity-samples": (
+        "num_validity_samples",
+        "DDPM samples read by the oracle (default 64, at most the test images)",
+    ),
     "--sample-steps": ("num_sample_steps", "DDIM steps of those samples (default 50)"),
     "--probe-batch-size": ("probe_batch_size", "probe mini-batch size (default 128)"),
     "--max-samples": ("max_samples", "celeba / lfw: rows per split (default: all)"),
     "--resolution": ("resolution", "side of the generated images (default: the model's)"),
-    "--disentanglement-images": ("disentanglement_images", "images of the DCI / MIG / SAP / FactorVAE metrics (1000)"),
+    "--disentanglement-images": (
+        "disentanglement_images",
+        "images of the DCI / MIG / SAP / FactorVAE metrics (default 1000, at most --num-images)",
+    ),
 }
 # the library's names (in its error messages) that the flags spell otherwise
 _FLAG_OF = {
@@ -71,7 +87,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--split", default="train", help="split of a loaded --dataset (default: train)")
     parser.add_argument(
-        "--num-images", type=common.positive_int, default=2000, metavar="N", help="images used (default 2000)"
+        "--num-images",
+        type=common.positive_int,
+        default=2000,
+        metavar="N",
+        help="images used (default 2000; split 60/20/20 into train/val/test). The per-image sizes not given "
+        "(--swap-pairs, --reconstruction-images, --attribute-loss-images, --regeneration-images, --validity-samples, "
+        "--disentanglement-images, the loss profile's and the granularity's) are at most the test split's images "
+        "(the whole set's for --disentanglement-images and the granularity)",
     )
     parser.add_argument(
         "--factors", "--factor-columns", dest="factors", nargs="+", default=None,
@@ -91,7 +114,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--probe-lr", type=common.finite_float, default=None, metavar="LR", help="probe learning rate (default 1e-3)"
     )
     parser.add_argument(
-        "--swap-pairs", type=common.positive_int, default=64, metavar="N", help="counterfactual pairs (default 64)"
+        "--swap-pairs",
+        type=common.positive_int,
+        default=None,
+        metavar="N",
+        help="counterfactual pairs (default 64, at most the test images)",
     )
     add_timesteps_argument(parser, "a swapped time-step range (repeatable; default --num-swap-ranges equal ranges)")
     parser.add_argument(
@@ -100,9 +127,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--reconstruction-images",
         type=common.positive_int,
-        default=64,
+        default=None,
         metavar="N",
-        help="images reconstructed (default 64)",
+        help="images reconstructed (default 32, at most the test images)",
     )
     for flag, (dest, what) in _SIZES.items():
         parser.add_argument(flag, dest=dest, type=common.positive_int, default=None, metavar="N", help=what)
@@ -157,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     values["num_reconstruction_images"] = args.reconstruction_images
     if args.no_baselines:
         values.update(no_random_baseline=True, no_pixel_baseline=True)
-    with common.library_errors(args.flags):
+    # every size is checked here, before a model loads; the report's folder is made only once the report is ready
+    with flag_errors(args.flags):
         kwargs = benchmark_arguments(values)
     sources = {"model": args.model, "baseline": args.baseline}
     models = {}
@@ -169,12 +197,39 @@ def run(args: argparse.Namespace) -> int:
         else:
             models[name] = common.load_pipeline(sources[name], device, flag, progress=kwargs["progress"])
             common.check_ranges(models[name], args.timesteps, None, required=False)
-    with common.library_errors(args.flags):
+    with flag_errors(args.flags):
         report = run_benchmark(models, out, sources=sources, **kwargs)
     for name in models:
         print(_evaluation_line(name, report["models"].get(name, {})))
     print(f"wrote {out / 'report.json'}" + (f" and {', '.join(report['plots'])}" if report.get("plots") else ""))
     return 0
+
+
+def flag_message(error: ValueError, flags: Mapping[str, str]) -> str | None:
+    r"""
+    The library's message about a parameter (it starts with `` `name` ``) with every parameter name spelt as the flag
+    it came from, or `None` when the message is about no flag.
+
+    Args:
+        error (`ValueError`): The library's error.
+        flags (`dict[str, str]`): Parameter name → flag (e.g. `{"num_images": "--num-images"}`).
+    """
+    message = common.one_line(error)
+    if not any(message.startswith(f"`{name}`") for name in flags):
+        return None
+    return re.sub(r"`(\w+)`", lambda m: flags.get(m[1], m[0]), message)
+
+
+@contextlib.contextmanager
+def flag_errors(flags: Mapping[str, str]) -> Iterator[None]:
+    """Re-raises the library's `ValueError` about a parameter as a `UsageError` in terms of the flags."""
+    try:
+        yield
+    except ValueError as error:
+        message = flag_message(error, flags)
+        if message is None:
+            raise
+        raise common.UsageError(message) from None
 
 
 def _evaluation_line(name: str, entry: dict) -> str:

@@ -23,7 +23,7 @@ PROTOCOLS = ("shapes", "celeba", "lfw")
 paper's real-data protocols (docs/method.md §9)."""
 
 _PROBE_VALUES = {"probe_epochs": "epochs", "probe_lr": "lr", "probe_batch_size": "batch_size"}
-_POSITIVE = ("num_attribute_loss_images", "num_reconstruction_images", "max_alignment_groups")
+_POSITIVE = ("max_alignment_groups",)  # EvaluationConfig allows None (every chunk); a given value must be >= 1
 
 
 def run_benchmark(
@@ -56,7 +56,8 @@ def run_benchmark(
         models (`dict[str, Any]`): Name → a pipeline folder or Hub id (loaded with [`load_model`]: a
             [`~diti_hf.DiTiPipeline`], or a diffusers `DDPMPipeline` for the frozen DDPM's diagnostics alone) or anything
             [`evaluate_pipeline`] takes. The names `"random_init"` and `"pixels"` are the baselines'.
-        output_dir (`str` or `os.PathLike`): Folder of the report (created).
+        output_dir (`str` or `os.PathLike`): Folder of the report, created only once the report is ready, so that a
+            failed run leaves no folder behind.
         config ([`EvaluationConfig`], *optional*): Sizes and switches (default: `EvaluationConfig()`); its `seed` seeds
             the data too unless `data_seed` is given. The celeba / lfw protocols use only its probe
             (`selection="joint"`).
@@ -69,7 +70,9 @@ def run_benchmark(
         shapes_factors (`str`, `os.PathLike` or `list`, *optional*): A variant of the generated shapes: a JSON file
             with a list of `ShapeFactor` dicts, or the list itself (of dicts or `ShapeFactor`s).
         split (`str`, defaults to `"train"`): Split of a loaded (not generated) `"shapes"` dataset.
-        num_images (`int`, defaults to 3000): Images generated (or the first ones kept of a loaded dataset).
+        num_images (`int`, defaults to 3000): Images generated (or the first ones kept of a loaded dataset); at least
+            [`~EvaluationConfig.minimum_images`], checked before anything is loaded. The config's unset per-image
+            sizes follow it (see [`~EvaluationConfig.sized_for`]).
         data_seed (`int`, *optional*): Seed of the generated images (default: `config.seed`).
         resolution (`int`, *optional*): Side of the generated images (default: the first model's sample size).
         factors (`list[str]`, *optional*): Factor columns evaluated (default: every `ClassLabel` column).
@@ -98,15 +101,17 @@ def run_benchmark(
 
     config = config or EvaluationConfig()
     _check_data(protocol, dataset, shapes_dataset, shapes_factors, num_images, max_samples)
+    if protocol == "shapes":
+        config.check_num_images(num_images)
     columns = _columns(columns)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     pipes = {name: _loaded(name, model, device, progress) for name, model in models.items()}
     _check_swap_ranges(pipes, config.swap_ranges)
     if protocol != "shapes":
         schema = _schema(protocol, columns, image_column, attributes_column)
         load = {"name": dataset_config} if dataset_config else {}
         report = _attribute_report(pipes, protocol, dataset, schema, config, max_samples, load)
+        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "report.json").write_text(json.dumps(report, indent=2))
     else:
         data_seed = config.seed if data_seed is None else data_seed
@@ -124,7 +129,8 @@ def benchmark_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
     (pass `vars(args)`): [`run_benchmark`]'s parameters and [`EvaluationConfig`]'s fields by name, `probe_epochs` /
     `probe_lr` / `probe_batch_size` for the probe's, `batch_size` for both the swap and the encoding batch size;
     `no_<switch>=True` turns a switch off (`no_plots`, `no_progress`, …). A missing or `None` value keeps the default;
-    other keys are ignored. Everything that does not need the models is checked here, before anything is loaded.
+    other keys are ignored. Everything that does not need the models is checked here, before anything is loaded,
+    `num_images` against the config's [`~EvaluationConfig.minimum_images`] included.
 
     Args:
         values (`dict[str, Any]`): The values.
@@ -154,6 +160,8 @@ def benchmark_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
         kwargs.get("num_images", 1),
         kwargs.get("max_samples"),
     )
+    if kwargs.get("protocol", "shapes") == "shapes" and "num_images" in kwargs:
+        kwargs["config"].check_num_images(kwargs["num_images"])
     if "columns" in kwargs:
         kwargs["columns"] = _columns(kwargs["columns"])
     return kwargs

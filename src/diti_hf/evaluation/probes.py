@@ -429,10 +429,16 @@ def split_indices(
     num_items: int, fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """A seeded random train/val/test partition of `range(num_items)` with the given fractions."""
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"`fractions` must be 3 positive numbers summing to 1, got {tuple(fractions)}.")
-    n_train, n_val = int(round(num_items * fractions[0])), int(round(num_items * fractions[1]))
-    if n_train < 1 or n_val < 1 or num_items - n_train - n_val < 1:
+    n_train, n_val, n_test = split_sizes(num_items, fractions)
+    if n_train < 1 or n_val < 1 or n_test < 1:
         raise ValueError(f"`num_items`={num_items} is too small for splits {tuple(fractions)}.")
     order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
     return {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+
+
+def split_sizes(num_items: int, fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> tuple[int, int, int]:
+    """The train/val/test sizes [`split_indices`] gives `num_items` items (any of them may be 0 when too few)."""
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"`fractions` must be 3 positive numbers summing to 1, got {tuple(fractions)}.")
+    n_train, n_val = int(round(num_items * fractions[0])), int(round(num_items * fractions[1]))
+    return n_train, n_val, num_items - n_train - n_val

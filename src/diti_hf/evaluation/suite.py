@@ -3,6 +3,7 @@ the generation-control diagnostics, with baselines, written as a JSON report and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from .control import SWAP_PROTOCOLS, regeneration_keep_rates, sample_validity, s
 from .counterfactual import CounterfactualResult, counterfactual_score, train_oracle
 from .loss_profile import loss_profile, partition_from_profile
 from .plots import write_plots
-from .probes import ProbeConfig, fit_linear_probes, spearman_r, split_indices
+from .probes import ProbeConfig, fit_linear_probes, spearman_r, split_indices, split_sizes
 from .reconstruction import compare_images, reconstruct
 from .targets import check_targets
 
@@ -38,12 +39,32 @@ logger = logging.getLogger(__name__)
 # Below this held-out accuracy the oracle's reads of a factor are too noisy to score generated images by.
 RELIABLE_ORACLE_ACCURACY = 0.95
 
+# The per-image sizes of [`EvaluationConfig`] that follow the dataset when left unset: size → (default, pool). An
+# unset size is `min(default, images in its pool)`, the pool being the test split its section draws from (`"test"`)
+# or the whole dataset (`"all"`), so that a run on a few images is a few images' work. A size given explicitly wins.
+DEFAULT_SIZES: dict[str, tuple[int, str]] = {
+    "num_swap_pairs": (64, "test"),
+    "num_attribute_loss_images": (128, "test"),
+    "num_reconstruction_images": (32, "test"),
+    "num_loss_profile_images": (128, "test"),
+    "num_regeneration_images": (48, "test"),
+    "num_validity_samples": (64, "test"),  # compared with the oracle's reads of the test images
+    "granularity_pairs": (256, "all"),
+    "disentanglement_images": (1000, "all"),
+}
+
 
 @dataclass
 class EvaluationConfig:
     r"""
     Sizes and switches of [`evaluate_pipeline`] (defaults: a few thousand 32×32 images in about a minute on 2 CPU
     cores, plus the counterfactual generation).
+
+    The per-image sizes (`num_swap_pairs`, `num_attribute_loss_images`, `num_reconstruction_images`,
+    `num_loss_profile_images`, `num_regeneration_images`, `num_validity_samples`, `granularity_pairs`,
+    `disentanglement_images`) default to `None`: the smaller of their default and the images of the pool they draw
+    from, the test split or the whole dataset (see `DEFAULT_SIZES` and [`~EvaluationConfig.sized_for`]). The report's
+    `config` holds the sizes used and names those set this way (`auto_sizes`).
 
     Args:
         seed (`int`, defaults to 0): Seed of the splits, probes, oracle, random encoder and pairs.
@@ -59,38 +80,44 @@ class EvaluationConfig:
         swap_ranges (`list[tuple[int, int]]`, *optional*): Time-step ranges to swap; default `num_swap_ranges`
             equal ranges of `[0, T)`.
         num_swap_ranges (`int`, defaults to 4): See `swap_ranges`.
-        num_swap_pairs (`int`, defaults to 64): Pairs per model.
+        num_swap_pairs (`int`, *optional*, defaults to 64, at most the test images): Pairs per model.
         swap_batch_size (`int`, defaults to 16): Pairs per swap call.
         oracle_epochs (`int`, defaults to 12): Oracle training epochs (on the train split).
         attribute_loss (`bool`, defaults to `True`): Measure each factor's attribute-loss time with the frozen DDPM of
             the first model that has one (needs the oracle).
-        num_attribute_loss_images (`int`, defaults to 128): Test images noised at each probed time-step.
+        num_attribute_loss_images (`int`, *optional*, defaults to 128, at most the test images): Test images noised
+            at each probed time-step.
         attribute_loss_timesteps (`list[int]`, defaults to 0, 100, …, 900): Time-steps probed.
         reconstruction (`bool`, defaults to `True`): Reconstruction metrics for models with a `reconstruct_fn`.
-        num_reconstruction_images (`int`, defaults to 32): Test images reconstructed.
+        num_reconstruction_images (`int`, *optional*, defaults to 32, at most the test images): Test images
+            reconstructed.
         num_inference_steps (`int`, defaults to 20): DDIM steps of swaps and reconstructions (pipelines).
         loss_profile (`bool`, defaults to `True`): The frozen DDPM's loss profile (see
             [`~diti_hf.evaluation.loss_profile`]) and the partition fitted to it.
-        num_loss_profile_images (`int`, defaults to 128): Test images of the loss profile.
+        num_loss_profile_images (`int`, *optional*, defaults to 128, at most the test images): Test images of the
+            loss profile.
         regeneration (`bool`, defaults to `True`): Regeneration keep-rates of models that can generate (see
             [`~diti_hf.evaluation.regeneration_keep_rates`]).
         regeneration_timesteps (`list[int]`, defaults to 250, 500, 750, 999): Noise levels regenerated from.
-        num_regeneration_images (`int`, defaults to 48): Images regenerated at each level.
+        num_regeneration_images (`int`, *optional*, defaults to 48, at most the test images): Images regenerated at
+            each level.
         swap_protocols (`list[str]`, defaults to every protocol): Swap protocols compared (see
             `evaluation.control.SWAP_PROTOCOLS`) on the same pairs as the counterfactual score; `[]` skips them.
         sample_validity (`bool`, defaults to `True`): Read unconditional samples of the frozen DDPM with the oracle.
-        num_validity_samples (`int`, defaults to 64): Samples drawn.
+        num_validity_samples (`int`, *optional*, defaults to 64, at most the test images): Samples drawn.
         validity_confidence (`float`, defaults to 0.9): Oracle probability that counts as a confident read.
         num_sample_steps (`int`, defaults to 50): DDIM steps of those samples.
         sample_eta (`float`, defaults to 0.0): DDIM η of a bare DDPM's samples (0: deterministic, the sampler DiTi
             generates with; 1: as stochastic as ancestral sampling). A DiTi pipeline samples with its own
             deterministic DDIM.
-        granularity_pairs (`int`, defaults to 256): Base images per factor for the granularity measure.
+        granularity_pairs (`int`, *optional*, defaults to 256, at most the images): Base images per factor for the
+            granularity measure.
         encode_batch_size (`int`, defaults to 256): Encoding batch size.
         disentanglement (`bool`, defaults to `True`): DCI, MIG, SAP and the FactorVAE score of every model and
             baseline (see [`~diti_hf.evaluation.disentanglement`]), and for partitioned models the DCI importance of
             each time-step group.
-        disentanglement_images (`int`, defaults to 1000): Images (a seeded draw from all splits) of those metrics.
+        disentanglement_images (`int`, *optional*, defaults to 1000, at most the images): Images (a seeded draw from
+            all splits) of those metrics.
         disentanglement_estimator (`str`, defaults to `"gbt"`): DCI's classifier, `"gbt"` or `"random_forest"`.
         disentanglement_max_dim (`int`, defaults to 512): Features wider than this (raw pixels) are skipped.
         plots (`bool`, defaults to `True`): Write PNG plots next to the JSON report.
@@ -107,30 +134,30 @@ class EvaluationConfig:
     counterfactual: bool = True
     swap_ranges: list[tuple[int, int]] | None = None
     num_swap_ranges: int = 4
-    num_swap_pairs: int = 64
+    num_swap_pairs: int | None = None
     swap_batch_size: int = 16
     oracle_epochs: int = 12
     attribute_loss: bool = True
-    num_attribute_loss_images: int = 128
+    num_attribute_loss_images: int | None = None
     attribute_loss_timesteps: list[int] = field(default_factory=lambda: list(range(0, 1000, 100)))
     reconstruction: bool = True
-    num_reconstruction_images: int = 32
+    num_reconstruction_images: int | None = None
     num_inference_steps: int = 20
     loss_profile: bool = True
-    num_loss_profile_images: int = 128
+    num_loss_profile_images: int | None = None
     regeneration: bool = True
     regeneration_timesteps: list[int] = field(default_factory=lambda: [250, 500, 750, 999])
-    num_regeneration_images: int = 48
+    num_regeneration_images: int | None = None
     swap_protocols: list[str] = field(default_factory=lambda: list(SWAP_PROTOCOLS))
     sample_validity: bool = True
-    num_validity_samples: int = 64
+    num_validity_samples: int | None = None
     validity_confidence: float = 0.9
     num_sample_steps: int = 50
     sample_eta: float = 0.0
-    granularity_pairs: int = 256
+    granularity_pairs: int | None = None
     encode_batch_size: int = 256
     disentanglement: bool = True
-    disentanglement_images: int = 1000
+    disentanglement_images: int | None = None
     disentanglement_estimator: str = "gbt"
     disentanglement_max_dim: int = 512
     plots: bool = True
@@ -141,21 +168,13 @@ class EvaluationConfig:
         unknown = [p for p in self.swap_protocols if p not in SWAP_PROTOCOLS]
         if unknown:
             raise ValueError(f"`swap_protocols` must be drawn from {SWAP_PROTOCOLS}, got {self.swap_protocols}.")
-        for name in (
-            "num_swap_ranges",
-            "num_swap_pairs",
-            "swap_batch_size",
-            "oracle_epochs",
-            "num_inference_steps",
-            "num_loss_profile_images",
-            "num_regeneration_images",
-            "num_validity_samples",
-            "num_sample_steps",
-            "disentanglement_images",
-            "disentanglement_max_dim",
-        ):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {getattr(self, name)!r}.")
+        sizes = ("num_swap_ranges", "swap_batch_size", "oracle_epochs", "num_inference_steps", "num_sample_steps")
+        for name in (*sizes, "disentanglement_max_dim", *DEFAULT_SIZES):
+            value = getattr(self, name)
+            if name in DEFAULT_SIZES and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         if self.disentanglement_estimator not in ("gbt", "random_forest"):
             raise ValueError(
                 f"`disentanglement_estimator` must be 'gbt' or 'random_forest', got {self.disentanglement_estimator!r}."
@@ -171,6 +190,67 @@ class EvaluationConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def sized_for(self, splits: Mapping[str, int]) -> EvaluationConfig:
+        r"""
+        This config with every unset per-image size set by the rule of `DEFAULT_SIZES`: the smaller of its default
+        and the images of its pool.
+
+        Args:
+            splits (`dict[str, int]`): Images in the `"train"`, `"val"` and `"test"` splits.
+
+        Returns:
+            [`EvaluationConfig`]: A copy whose sizes are all set.
+        """
+        pools = {"test": int(splits["test"]), "all": sum(int(n) for n in splits.values())}
+        unset = {name: min(default, pools[pool]) for name, (default, pool) in DEFAULT_SIZES.items()}
+        return dataclasses.replace(self, **{n: v for n, v in unset.items() if getattr(self, n) is None})
+
+    def minimum_images(self, pairs: bool | None = None) -> tuple[int, str]:
+        r"""
+        The fewest images from which on every run with this config works, and what for: one image in each split, and
+        two test images when a section pairs them (the counterfactual score and its swap protocols, the regeneration
+        keep-rates). The splits round, so a few sizes below it may work too (7 of the default fractions' 9).
+
+        Args:
+            pairs (`bool`, *optional*): Whether a section that pairs test images runs (default: whether one is
+                switched on).
+
+        Returns:
+            `(minimum, reason)`: the number of images and the end of a sentence saying what needs them.
+        """
+        pairs = (self.counterfactual or self.regeneration) if pairs is None else pairs
+        test = 2 if pairs else 1
+        reason = f"the train/val/test splits {tuple(self.split_fractions)}"
+        if pairs:
+            reason += " and 2 test images to pair (counterfactual swaps, regeneration)"
+        # each split is within 1 of its fraction of the images, so every size from `bound` on fits; the splits'
+        # rounding makes fitting not monotone below it (8 images split 5/2/1), hence the downward search
+        train, val, test_fraction = (float(f) for f in self.split_fractions)
+        bound = math.ceil(max((test + 1) / test_fraction, 1.5 / train, 1.5 / val))
+
+        def fits(num_images: int) -> bool:
+            n_train, n_val, n_test = split_sizes(num_images, self.split_fractions)
+            return n_train >= 1 and n_val >= 1 and n_test >= test
+
+        minimum = bound
+        while minimum > 1 and fits(minimum - 1):
+            minimum -= 1
+        return minimum, reason
+
+    def check_num_images(self, num_images: int, pairs: bool | None = None) -> None:
+        r"""
+        Raises a `ValueError` naming `num_images` when it is below [`~EvaluationConfig.minimum_images`].
+
+        Args:
+            num_images (`int`): The images of the run.
+            pairs (`bool`, *optional*): See [`~EvaluationConfig.minimum_images`].
+        """
+        minimum, reason = self.minimum_images(pairs)
+        if num_images < minimum:
+            raise ValueError(
+                f"`num_images` {num_images} is too small: at least {minimum} images are needed for {reason}."
+            )
 
 
 # ---------------------------------------------------------------------------------------------------- data helpers
@@ -361,9 +441,10 @@ def evaluate_pipeline(
     config = config or EvaluationConfig()
     functions = _model_functions(models, config)
     start = time.perf_counter()
-    data = _suite_data(dataset, factors, granularity, functions, config)
+    auto_sizes = [name for name in DEFAULT_SIZES if getattr(config, name) is None]
+    data, config = _suite_data(dataset, factors, granularity, functions, config)
     report: dict[str, Any] = {
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), "auto_sizes": auto_sizes},
         "dataset": _dataset_section(data, dataset_info),
         "models": {},
     }
@@ -441,25 +522,35 @@ def _suite_data(
     granularity: Mapping[str, float] | None,
     functions: Mapping[str, ModelFunctions],
     config: EvaluationConfig,
-) -> _SuiteData:
-    """The dataset's images and labels (checked against the models' image size), the factor granularities and the
-    train/val/test split."""
+) -> tuple[_SuiteData, EvaluationConfig]:
+    """
+    The dataset's images and labels (checked against the models' image size and the config's minimum), the factor
+    granularities and the train/val/test split; and the config sized for that split
+    ([`~EvaluationConfig.sized_for`]).
+    """
     images, labels, factor_names, num_classes, encodings = dataset_arrays(dataset, factors, return_encodings=True)
+    pairs = (config.counterfactual and any(fn.swap_fn is not None for fn in functions.values())) or (
+        config.regeneration and any(fn.regenerate_fn is not None for fn in functions.values())
+    )
+    minimum, reason = config.minimum_images(pairs)
+    if len(images) < minimum:
+        raise ValueError(f"`dataset` holds {len(images)} images, too few: at least {minimum} are needed for {reason}.")
     resolution = images.shape[-1]
     for name, fn in functions.items():
         if fn.sample_size is not None and fn.sample_size != resolution:
             raise ValueError(
                 f"model {name!r} expects {fn.sample_size}×{fn.sample_size} images, the dataset has {resolution}."
             )
+    splits = split_indices(len(images), config.split_fractions, config.seed)
+    config = config.sized_for({s: len(idx) for s, idx in splits.items()})
     if granularity is None:
         granularity = _granularity_from_dataset(
             dataset, factor_names, resolution, config.granularity_pairs, config.seed
         )
     elif any(n not in granularity for n in factor_names):
         raise ValueError(f"`granularity` must give every factor {factor_names}, got {sorted(granularity)}.")
-    splits = split_indices(len(images), config.split_fractions, config.seed)
     y = {s: labels[idx] for s, idx in splits.items()}
-    return _SuiteData(images, labels, factor_names, num_classes, granularity, splits, y, encodings)
+    return _SuiteData(images, labels, factor_names, num_classes, granularity, splits, y, encodings), config
 
 
 def _granularity_from_dataset(dataset: Any, factors: list[str], resolution: int, pairs: int, seed: int) -> dict | None:
@@ -699,6 +790,7 @@ def _attribute_loss_section(
     names = data.factor_names
     return {
         "ddpm_of": ddpm_name,
+        "num_images": len(idx),
         "timesteps": curve["timesteps"],
         "level": curve["level"],
         "accuracy": dict(zip(names, curve["accuracy"].tolist())),
@@ -821,7 +913,10 @@ def _counterfactual_sections(
     # every protocol is scored on the same test pool, ranges and pairs, so their rates compare directly
     pool = (data.test_images, data.y["test"], ranges, data.factor_names, config.num_swap_pairs, config.swap_batch_size)
     result = counterfactual_score(fn.swap_fn, oracle, *pool, config.seed, oracle_accuracy=oracle_test)
-    fields: dict[str, Any] = {"counterfactual": result.to_dict(), "seconds_counterfactual": time.perf_counter() - t0}
+    fields: dict[str, Any] = {
+        "counterfactual": {**result.to_dict(), "num_pairs": config.num_swap_pairs},
+        "seconds_counterfactual": time.perf_counter() - t0,
+    }
     others = [p for p in config.swap_protocols if p != "source_inverted" and p in (fn.swap_protocols or {})]
     if others:
         t0 = time.perf_counter()
@@ -830,7 +925,8 @@ def _counterfactual_sections(
         )
         fields["swap_protocols"] = {
             "default": "source_inverted",  # what the pipeline's `swap` does with its default arguments
-            "scores": {"source_inverted": result.to_dict(), **scores},
+            "num_pairs": config.num_swap_pairs,
+            "scores": {"source_inverted": fields["counterfactual"], **scores},
             "seconds": time.perf_counter() - t0,
         }
     return result, fields
