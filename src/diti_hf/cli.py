@@ -8,6 +8,9 @@ commands write PNG grids (`diti_hf.visualization`), `encode` writes features thr
 Expected failures (command-line mistakes, bad inputs and files: `ValueError`, `TypeError`, `OSError`, a folder in use,
 running out of memory) are reported as one line `diti-hf: error: ...` with exit code 2; anything else (a bug) as one
 line with exit code 1 that says to run with `--debug` for the traceback.
+
+Nothing here imports torch or diffusers: `main` builds the parser of the chosen command only (the others are listed by
+their help line, `diti_hf.commands.COMMANDS`), so `--help`, `--version` and `COMMAND --help` answer at once.
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from . import __version__
-from .commands import SUBCOMMANDS
+from ._naming import naming_flags
+from .commands import COMMANDS, command_module
 from .commands._common import PROG, UsageError, one_line, seed_everything, set_threads
 from .commands.evaluate import _evaluation_line
 from .cpu_memory import reuse_freed_memory
-from .safe_io import FolderInUseError
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -31,17 +34,37 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `diti-hf` argument parser with every subcommand."""
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """
+    The `diti-hf` argument parser.
+
+    Args:
+        commands (`Collection[str]`, *optional*): The commands whose own parsers (flags, imports) are built; the others
+            are listed by name and help line only. Default: every command.
+    """
     parser = _ArgumentParser(prog=PROG, description="DiTi: time-step-modular image representations, HF native.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     parser.set_defaults(handler=None)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for command in SUBCOMMANDS:
-        command.add_parser(subparsers)
+    for name, help in COMMANDS.items():
+        if commands is None or name in commands:
+            command_module(name).add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=help, add_help=False)
     parser.set_defaults(command_names=sorted(subparsers.choices))
     return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    # the options before the command take no value, so the command is the first word that is not an option
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (UsageError, ValueError, TypeError, OSError)
+    safe_io = sys.modules.get("diti_hf.safe_io")  # a folder lock can only be held once safe_io is loaded
+    return errors + ((safe_io.FolderInUseError,) if safe_io is not None else ())
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -56,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         `int`: The exit code: 0 on success, 2 for a usage or input error (one line on stderr, no traceback), 1 for an
         unexpected error (one line, or its traceback with `--debug`).
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = None
     try:
+        parser = build_parser([_chosen_command(argv)])
         args = parser.parse_args(argv)
         if args.handler is None:
             names = ", ".join(args.command_names)
@@ -73,20 +97,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the commands say these in terms of their own flags (check_ranges, read_for_model)
             warnings.filterwarnings("ignore", message=".*acts on whole chunks")
             warnings.filterwarnings("ignore", message=r"`images` of size .* are resized")
-            return args.handler(args)
+            with naming_flags():  # the library's messages name the flags, not the Python keywords
+                return args.handler(args)
     except SystemExit as exit_:  # --help / --version
         return exit_.code if isinstance(exit_.code, int) else 0
-    except (UsageError, ValueError, TypeError, OSError, FolderInUseError) as error:
-        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
-        return 2
     except MemoryError as error:
         print(f"{PROG}: error: out of memory ({one_line(error)}); try a smaller --batch-size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # a bug: one line unless asked for the traceback
-        if getattr(args, "debug", False):
+    except Exception as error:
+        if isinstance(error, _expected_errors()):
+            print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
+            return 2
+        if getattr(args, "debug", False):  # a bug: one line unless asked for the traceback
             raise
         print(
             f"{PROG}: error: unexpected {type(error).__name__}: {one_line(error)[:500]} (run with --debug for the "

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._naming import option
 from .data.images import BadImageError, open_image
 from .safe_io import MAX_CONFIG_BYTES, FolderLock, file_record, read_json, record_problem, short_repr
 
@@ -381,8 +382,8 @@ def _bad_item(item: _Item, skip: bool) -> None:
     where = f"image {item.index} ({item.path or item.id!r})"
     if not skip:
         raise BadImageError(
-            f"{where} could not be read: {item.error} Fix or remove it, or pass skip_bad_images=True "
-            "(--skip-bad-images) to skip unreadable images (each one is reported)."
+            f"{where} could not be read: {item.error} Fix or remove it, or pass {option('skip_bad_images')} to "
+            "skip unreadable images (each one is reported)."
         )
     logger.warning("skipping unreadable %s: %s", where, item.error)
 
@@ -725,8 +726,8 @@ def _start_manifest(out: Path, settings: dict[str, Any], resume: bool) -> tuple[
     manifest = _read_manifest(out)
     if manifest is not None and not resume:
         raise ValueError(
-            f"{str(out)!r} already holds a feature extraction ({MANIFEST_NAME}); continue it with `--resume` "
-            "(Python: `resume=True`), or choose another folder."
+            f"{str(out)!r} already holds a feature extraction ({MANIFEST_NAME}); continue it with "
+            f"`{option('resume')}`, or choose another folder."
         )
     if manifest is not None:
         diff = _settings_diff(manifest["settings"], settings)

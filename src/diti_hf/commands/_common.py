@@ -1,8 +1,12 @@
 """What the `diti-hf` subcommands share: argument types, the model / device / threads / seed flags, pipeline loading,
-reading image files, range checks in terms of the flags, the grid flags and writing the grids.
+reading image files, range checks in terms of the flags, the output rule, the grid flags and writing the grids.
 
 Every failure the user can fix is raised as `UsageError` naming the flag; `diti_hf.cli.main` prints it as one line
-with exit code 2 (as it does the library's `ValueError`s).
+with exit code 2 (as it does the library's `ValueError`s, whose options `diti_hf._naming.naming_flags` spells as flags).
+
+This module, like every command module's top level, imports neither torch nor diffusers: building a parser (for
+`--help`) must stay instant. Library constants that a help text shows are repeated below for that reason, and the
+tests check them against the library.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import COMMANDS
+
 PROG = "diti-hf"
+
+# for the help texts only (see the module docstring): diti_hf.visualization.DEFAULT_MIN_CELL, diti_hf.demo.DEFAULT_*
+DEFAULT_MIN_CELL = 96
+DEFAULT_MODEL = "pretrained/diti-shapes32"
+DEFAULT_BASELINE = "pretrained/pdae-shapes32"
+DEFAULT_FIXTURE = "tests/fixtures/official-diti"
 
 
 class UsageError(Exception):
@@ -25,6 +37,12 @@ class UsageError(Exception):
 
 def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def add_command_parser(subparsers: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """The parser of command `name`, with its help line from [`~diti_hf.commands.COMMANDS`] (what `diti-hf --help`
+    lists without building it)."""
+    return subparsers.add_parser(name, help=COMMANDS[name], **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------- argument types
@@ -87,8 +105,8 @@ def add_model_arguments(
     add_runtime_arguments(parser)
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """--threads (set by `main` before the command runs) and --no-progress."""
+def add_runtime_arguments(parser: argparse.ArgumentParser, progress: bool = True) -> None:
+    """--threads (set by `main` before the command runs) and, for a command with progress bars, --no-progress."""
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -96,7 +114,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="torch CPU threads (default: all cores but one, so that another job on the cores does not stall them)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def set_threads(threads: int | None) -> int:
@@ -195,7 +214,11 @@ def library_errors(flags: Mapping[str, str]) -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------------------ images
 def image_files(paths: Sequence[str], flag: str) -> list[Path]:
-    """Expands files and folders (recursively, sorted) into image files; refuses what is neither."""
+    """
+    Expands files and folders into image files: a folder's image files, recursively and sorted, through symbolic
+    links to folders inside it (each folder read once); a link to a folder outside it is skipped with a warning naming
+    it, or named in the error when the folder holds no image file. Refuses what is neither a file nor a folder.
+    """
     from PIL import Image
 
     extensions = {ext.lower() for ext in Image.registered_extensions()}
@@ -203,15 +226,53 @@ def image_files(paths: Sequence[str], flag: str) -> list[Path]:
     for name in paths:
         path = Path(name).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            found, outside = _folder_images(path, extensions)
+            skipped = ", ".join(f"{link.relative_to(path).as_posix()} → {link.resolve()}" for link in outside)
             if not found:
-                raise UsageError(f"{flag} {name!r}: the folder contains no image files")
+                also = f" (skipped, as links to folders outside it: {skipped})" if outside else ""
+                raise UsageError(f"{flag} {name!r}: the folder contains no image files{also}")
+            if outside:
+                warnings.warn(
+                    f"{flag} {name!r}: skipped {count(len(outside), 'link')} to folders outside it: {skipped}; give "
+                    "those folders themselves to read them",
+                    stacklevel=2,
+                )
             files += found
         elif path.is_file():
             files.append(path)
         else:
             raise UsageError(f"{flag} {name!r}: no such file or folder")
     return files
+
+
+def _folder_images(folder: Path, extensions: set[str]) -> tuple[list[Path], list[Path]]:
+    """The image files under `folder` (sorted) and the links in it to folders outside it (not followed). Its own
+    folders are read first, then the links inside it to folders not read yet (so a file keeps its own name)."""
+    root = folder.resolve()
+    found: list[Path] = []
+    outside: list[Path] = []
+    links: list[Path] = []
+    seen: set[Path] = set()
+
+    def walk(directory: Path) -> None:
+        seen.add(directory.resolve())
+        for entry in directory.iterdir():
+            if entry.is_symlink() and entry.is_dir():
+                links.append(entry)
+            elif entry.is_dir():
+                walk(entry)
+            elif entry.is_file() and entry.suffix.lower() in extensions:
+                found.append(entry)
+
+    walk(folder)
+    while links:
+        link = links.pop(0)
+        target = link.resolve()
+        if not target.is_relative_to(root):
+            outside.append(link)
+        elif target not in seen:  # a link back to a folder already read (or a loop) adds nothing
+            walk(link)
+    return sorted(found), sorted(outside)
 
 
 def read_images(files: Sequence[Path], flag: str) -> list:
@@ -229,25 +290,41 @@ def read_images(files: Sequence[Path], flag: str) -> list:
 
 
 def read_for_model(pipe: Any, files: Sequence[Path], flag: str) -> list:
-    """[`read_images`], saying which images the model will see resized."""
+    """[`read_images`], saying which images the model will see resized ([`warn_if_resized`])."""
     images = read_images(files, flag)
-    _warn_if_resized(pipe, files, images, flag)
+    warn_if_resized(pipe, files, [image.size for image in images], flag)
     return images
 
 
-def _warn_if_resized(pipe: Any, files: Sequence[Path], images: list, flag: str) -> None:
-    # Tensors of the wrong size are refused, PIL images are resized: say so, unless the model's own preprocessing
-    # (a crop box) is what every raw image goes through anyway.
+def image_size(path: Path) -> tuple[int, int] | None:
+    """`(width, height)` from the file's header, without decoding it; `None` for a file PIL cannot open (reading it
+    reports it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # unreadable, too large, not an image: the decoder names the problem when the file is read
+        return None
+
+
+def warn_if_resized(pipe: Any, files: Sequence[Path], sizes: Sequence[tuple[int, int] | None], flag: str) -> None:
+    """
+    Warns once for the images (`sizes`, `None` for unknown) that are not the model's size: tensors of the wrong size
+    are refused, PIL images are resized. Silent where the model's own preprocessing (a crop box) is what every raw
+    image goes through anyway.
+    """
     processor = pipe.image_processor
     if processor is not None and processor.crop_box is not None:
         return
     size = int(pipe.encoder.config.sample_size)
-    other = [(f, im.size) for f, im in zip(files, images) if im.size != (size, size)]
+    known = [(f, s) for f, s in zip(files, sizes) if s is not None]
+    other = [(f, s) for f, s in known if s != (size, size)]
     if other:
         (first, (w, h)), n = other[0], len(other)
         warnings.warn(
-            f"{flag}: {n} of {len(images)} image(s) are not {size}×{size} (e.g. {first.name}, {w}×{h}); the model "
-            f"sees them resized (shorter side to {size}) and centre-cropped, as shown in the grid",
+            f"{flag}: {n} of {len(known)} image(s) are not {size}×{size} (e.g. {first.name}, {w}×{h}); the model "
+            f"sees them resized (shorter side to {size}) and centre-cropped",
             stacklevel=2,
         )
 
@@ -350,10 +427,20 @@ def output_dir(name: str) -> Path:
     return path
 
 
-def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..visualization import DEFAULT_MIN_CELL
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that exist already")
 
+
+def check_new_files(paths: Sequence[Path], flag: str, overwrite: bool) -> None:
+    """The rule of every output file: an existing one is replaced only with `--overwrite`. Checked before any work."""
+    existing = [str(path) for path in paths if path.exists() or path.is_symlink()]
+    if existing and not overwrite:
+        raise UsageError(f"{flag}: {', '.join(existing)} exists already; pass --overwrite to replace it")
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the PNG grid(s)")
+    add_overwrite_argument(parser)
     parser.add_argument(
         "--zoom",
         type=positive_int,
@@ -361,6 +448,14 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"upscale every grid cell N times, nearest neighbour (default: cells of at least {DEFAULT_MIN_CELL} px)",
     )
+
+
+def grid_paths(args: argparse.Namespace, names: Sequence[str]) -> list[Path]:
+    """The grid files `names` in `--output-dir`, checked by the output rule ([`check_new_files`]) before any work."""
+    out = output_dir(args.output_dir)
+    paths = [out / name for name in names]
+    check_new_files(paths, "--output-dir", args.overwrite)
+    return paths
 
 
 def grid_zoom(args: argparse.Namespace, size: int) -> int:

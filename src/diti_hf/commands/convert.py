@@ -9,9 +9,9 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = common.add_command_parser(
+        subparsers,
         "convert",
-        help="convert an official PDAE/DiTi checkpoint to diti_hf folders",
         description=(
             "Convert an official pre-trained DDPM (and optionally a DiTi/PDAE checkpoint trained on it) to "
             "OUTPUT_DIR/{unet,encoder,decoder,scheduler}, each loadable with from_pretrained."
@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-ema", action="store_true", help="prefer the raw weights to the EMA weights")
     parser.add_argument("--overwrite", action="store_true", help="replace existing component folders")
+    common.add_runtime_arguments(parser, progress=False)
     parser.set_defaults(handler=run)
 
 

@@ -12,11 +12,11 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..demo import DEFAULT_BASELINE, DEFAULT_FIXTURE, DEFAULT_MODEL
+    from ._common import DEFAULT_BASELINE, DEFAULT_FIXTURE, DEFAULT_MODEL
 
-    parser = subparsers.add_parser(
+    parser = common.add_command_parser(
+        subparsers,
         "demo",
-        help="the demo (make demo): reconstructions, swaps, interpolation, edit, alignment, metrics report",
         description=(
             "Runs a trained DiTi pipeline (and optionally a PDAE baseline) on procedural shapes, offline, and writes "
             "reconstruction.png, swap_coarse.png, swap_fine.png, interpolation.png, edit.png, alignment_heatmap.png, "

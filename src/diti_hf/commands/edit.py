@@ -9,9 +9,9 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = common.add_command_parser(
+        subparsers,
         "edit",
-        help="move images along a linear classifier direction in z; edit.png",
         description=(
             "Edit images along a direction w of z (e.g. a linear probe's weight for one attribute): "
             "z' = z + s·√d·σ⊙w/‖w‖, generated from each image's own x_T. Writes OUTPUT_DIR/edit.png: one row per "
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--direction", args.direction), ("--z-std", args.z_std)):
         if path is not None and not Path(path).is_file():
             raise common.UsageError(f"{flag} {path!r}: no such file")
-    out = common.output_dir(args.output_dir)
+    (path,) = common.grid_paths(args, ["edit.png"])
     pipe = common.open_pipeline(args)
     dim = int(pipe.partition.latent_dim)
     direction = _load_vector(args.direction, "--direction", dim)
@@ -91,5 +91,5 @@ def run(args: argparse.Namespace) -> int:
         f"each row: the input | scale s = {', '.join(f'{s:g}' for s in args.scales)} along --direction "
         f"({dims}; s = 0 is the reconstruction; {args.steps} DDIM steps)"
     )
-    common.save_grid(rows, out / "edit.png", common.grid_zoom(args, rows[0][0].width), caption)
+    common.save_grid(rows, path, common.grid_zoom(args, rows[0][0].width), caption)
     return 0

@@ -10,9 +10,9 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = common.add_command_parser(
+        subparsers,
         "encode",
-        help="encode images into time-step-modular features z (.npy / .parquet, optionally sharded)",
         description=(
             "Encode image files or a 🤗 dataset into z with the model's encoder. Writes one file (--output) or, for "
             "large inputs, shards written atomically and a merged file (--output-dir; resumable with --resume). "
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     common.add_model_arguments(parser, steps=None, batch_size=64)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", metavar="DIR", help="a folder of image files (searched recursively)")
+    source.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     source.add_argument(
         "--dataset", metavar="NAME", help="a 🤗 Hub dataset id, a saved dataset folder, or diti-shapes (procedural)"
     )
@@ -50,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--shard-size", type=common.positive_int, default=4096, metavar="N", help="images per shard (default 4096)"
     )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted --output-dir extraction")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output file (an --output-dir run: --resume)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -63,27 +66,38 @@ def _check_arguments(args: argparse.Namespace) -> list[Path] | None:
             )
         if args.resume:
             raise common.UsageError("--resume needs --output-dir (a single --output file is written at once)")
+        output = Path(args.output).expanduser()
+        written = [output] + ([output.with_suffix(".json")] if suffix == ".npy" else [])  # write_features' files
+        common.check_new_files(written, "--output", args.overwrite)
     else:
+        if args.overwrite:
+            raise common.UsageError(
+                "--overwrite applies to --output; an --output-dir extraction is continued with --resume (or give "
+                "another folder)"
+            )
         common.output_dir(args.output_dir)
     if args.images is None:
         return None
     if args.split != "train" or args.image_column is not None:
         raise common.UsageError("--split and --image-column apply to --dataset, not --images")
-    if not Path(args.images).is_dir():
-        raise common.UsageError(f"--images {args.images!r}: no such folder")
-    return common.image_files([args.images], "--images")[: args.num_images]
+    return common.image_files(args.images, "--images")[: args.num_images]
 
 
-def _image_source(args: argparse.Namespace, files: list[Path], metadata: dict) -> tuple[list, list, Path]:
-    """The files of `--images` by their name inside it (their ids), and the resolved folder."""
+def _image_source(args: argparse.Namespace, files: list[Path], metadata: dict) -> tuple[list, list, Path | None]:
+    """The files of `--images` with their ids, and the folder they must lie in (`None` unless one folder is given)."""
     from ..features import printable_name
 
-    # ids by the name inside --images; a file that resolves outside it (a symbolic link) is a bad image
-    base = Path(args.images).expanduser()
-    root, names = base.resolve(), [p.relative_to(base) for p in files]
-    images = [base.absolute() / name for name in names]
+    base = Path(args.images[0]).expanduser()
+    if len(args.images) == 1 and base.is_dir():
+        # ids by the name inside the folder; a file that resolves outside it (a symbolic link) is a bad image
+        root, names = base.resolve(), [p.relative_to(base) for p in files]
+        images = [base.absolute() / name for name in names]
+        metadata["source"] = {"kind": "images", "root": printable_name(str(root)), "num_files": len(files)}
+    else:  # files named one by one: ids by the path given
+        root, names, images = None, files, [p.absolute() for p in files]
+        inputs = [printable_name(name) for name in args.images]
+        metadata["source"] = {"kind": "images", "inputs": inputs, "num_files": len(files)}
     ids = [printable_name(name.as_posix()) for name in names]
-    metadata["source"] = {"kind": "images", "root": printable_name(str(root)), "num_files": len(files)}
     return images, ids, root
 
 
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = common.open_pipeline(args)
     metadata = feature_metadata(pipe, args.model)
     if files is not None:
+        common.warn_if_resized(pipe, files, [common.image_size(path) for path in files], "--images")
         images, ids, root = _image_source(args, files, metadata)
         column = None
     else:

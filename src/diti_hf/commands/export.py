@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from . import _common as common
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = common.add_command_parser(
+        subparsers,
         "export",
-        help="write the pipeline folder (EMA weights) of a training checkpoint",
         description=(
             "Turn a checkpoint of an examples/train_diti.py run into a DiTiPipeline folder with the EMA weights and a "
             "model card (the run's training command, the step, the images seen). Needs no dataset and no training "
@@ -23,6 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--output", "--output-dir", dest="output", default=None, metavar="DIR",
         help="where to write the pipeline (default: RUN_DIR/pipeline-N)",
     )  # fmt: skip
+    common.add_runtime_arguments(parser, progress=False)
     parser.set_defaults(handler=run)
 
 

@@ -8,9 +8,9 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = common.add_command_parser(
+        subparsers,
         "interpolate",
-        help="interpolate the chunks of one time-step range between image pairs; interpolation.png",
         description=(
             "For each (source, target) pair, lerp the dims of one time-step range of z from the source's to the "
             "target's (the rest stays the source's) and generate from the source's x_T (with --slerp, from the "
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise common.UsageError(
             f"--source has {len(source_files)} images but --target has {len(target_files)}; give one target per source"
         )
-    out = common.output_dir(args.output_dir)
+    (path,) = common.grid_paths(args, ["interpolation.png"])
     pipe = common.open_pipeline(args)
     timesteps, chunks = [args.timesteps] if args.timesteps else None, [args.chunks] if args.chunks else None
     ranges = common.check_ranges(pipe, timesteps, chunks, required=False, single=True)
@@ -67,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         f"generated from {'the slerp of both x_T' if args.slerp else 'the source x_T'} ({args.steps} DDIM steps)"
     )
     rows = variant_rows(shown_s, images, after=shown_t)
-    common.save_grid(rows, out / "interpolation.png", common.grid_zoom(args, shown_s[0].width), caption)
+    common.save_grid(rows, path, common.grid_zoom(args, shown_s[0].width), caption)
     return 0

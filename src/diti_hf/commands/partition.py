@@ -8,11 +8,9 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..evaluation.loss_profile import PROFILE_SIGNALS
-
-    parser = subparsers.add_parser(
+    parser = common.add_command_parser(
+        subparsers,
         "partition",
-        help="fit a staged partition to a frozen DDPM's loss profile (what train_diti.py --partition auto does)",
         description=(
             "Measure where a frozen DDPM's error lies along the time axis on a dataset (the DiTi-weighted ε error and "
             "the posterior-mean error per t) and fit a staged TimestepPartition to it: stages of equal error mass, "
@@ -21,8 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--pretrained-unet", "--pretrained_unet", dest="pretrained_unet", required=True, metavar="ID_OR_DIR",
-        help="the frozen DDPM: a Hub id or a folder with a UNet2DModel (e.g. pretrained/ddpm-shapes32)",
+        "--model", "--pretrained-unet", "--pretrained_unet", dest="pretrained_unet", required=True,
+        metavar="ID_OR_DIR",
+        help="the frozen DDPM: a Hub id or a folder with a UNet2DModel (e.g. pretrained/ddpm-shapes32), or a DiTi "
+        "pipeline folder (its frozen unet/)",
     )  # fmt: skip
     parser.add_argument(
         "--dataset", "--dataset-name", "--dataset_name", dest="dataset", default="diti-shapes",
@@ -41,8 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--num-stages", type=common.positive_int, default=4, metavar="N", help="stages aimed at (default 4)"
     )
     parser.add_argument(
-        "--signal", default="weighted_eps_error", choices=PROFILE_SIGNALS,
-        help="the curve that sets where dims go (default: weighted_eps_error)",
+        "--signal", default="weighted_eps_error",
+        help="the curve that sets where dims go: weighted_eps_error (default) or x0_loss_rate",
     )  # fmt: skip
     parser.add_argument(
         "--num-images", type=common.positive_int, default=256, metavar="N", help="images profiled (default 256)"
@@ -53,6 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of diti-shapes data")
     parser.add_argument("--output-dir", default=None, metavar="DIR", help="write loss_profile.json/png here")
+    common.add_overwrite_argument(parser)
+    common.add_runtime_arguments(parser, progress=False)
     parser.set_defaults(handler=run)
 
 
@@ -72,13 +74,18 @@ def _print_partition(partition) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..data import ImageTransform, load_image_dataset, validation_batch
-    from ..evaluation.loss_profile import loss_profile, partition_from_profile, write_loss_profile
+    from ..evaluation.loss_profile import PROFILE_SIGNALS, loss_profile, partition_from_profile, write_loss_profile
     from ..models import eps_function, load_frozen_ddpm
     from ..schedule import DiffusionCoefficients
 
+    if args.signal not in PROFILE_SIGNALS:  # a choice checked here: the list would import torch for --help
+        raise common.UsageError(f"--signal {args.signal!r}: choose one of {', '.join(PROFILE_SIGNALS)}")
     device = common.check_device(args.device)
+    if args.output_dir is not None:
+        out = common.output_dir(args.output_dir)
+        outputs = [out / f"loss_profile{suffix}" for suffix in (".json", ".png")]  # write_loss_profile's names
+        common.check_new_files(outputs, "--output-dir", args.overwrite)
     unet, scheduler_config = load_frozen_ddpm(args.pretrained_unet)
     unet.to(device)
     coefficients = DiffusionCoefficients.from_scheduler_config(scheduler_config)
@@ -97,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
     partition = partition_from_profile(profile, args.latent_dim, args.num_chunks, args.num_stages, args.signal, T)
     _print_partition(partition)
     if args.output_dir is not None:
-        out = common.output_dir(args.output_dir)
         files = write_loss_profile(profile, out, partition)
         print(f"wrote {', '.join(str(out / f) for f in files)}")
     return 0

@@ -8,9 +8,9 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = common.add_command_parser(
+        subparsers,
         "reconstruct",
-        help="invert and regenerate images (autoencoding); writes reconstruction.png",
         description="Encode, invert with masked DDIM and regenerate images. Writes OUTPUT_DIR/reconstruction.png: "
         "the inputs (as the model sees them) in the first row, their reconstructions below.",
     )
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     files = common.image_files(args.images, "--images")
-    out = common.output_dir(args.output_dir)
+    (path,) = common.grid_paths(args, ["reconstruction.png"])
     pipe = common.open_pipeline(args)
     images = common.read_for_model(pipe, files, "--images")
     recon = []
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     caption = f"top: the inputs as the model sees them; bottom: their reconstructions ({args.steps} DDIM steps)"
     common.save_grid(
         [common.shown(pipe, images), recon],
-        out / "reconstruction.png",
+        path,
         common.grid_zoom(args, recon[0].width),
         caption,
     )

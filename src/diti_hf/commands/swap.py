@@ -8,9 +8,9 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = common.add_command_parser(
+        subparsers,
         "swap",
-        help="counterfactuals: swap the chunks of a time-step range from targets into sources; PNG grids",
         description=(
             "For every source × target pair and every range, generate the source with the chunks of z tied to the "
             "range taken from the target. Writes OUTPUT_DIR/swap_<range>.png per range: targets in the first row, "
@@ -30,17 +30,17 @@ def run(args: argparse.Namespace) -> int:
 
     source_files = common.image_files(args.source, "--source")
     target_files = common.image_files(args.target, "--target")
-    out = common.output_dir(args.output_dir)
+    common.output_dir(args.output_dir)
     pipe = common.open_pipeline(args)
     ranges = common.check_ranges(pipe, args.timesteps, args.chunks)
+    paths = common.grid_paths(args, [f"swap_{common.range_label(kind, bounds)}.png" for kind, bounds in ranges])
     sources = common.read_for_model(pipe, source_files, "--source")
     targets = common.read_for_model(pipe, target_files, "--target")
     shown_s, shown_t = common.shown(pipe, sources), common.shown(pipe, targets)
     zoom = common.grid_zoom(args, shown_s[0].width)
     grids = swap_grid_images(pipe, sources, targets, ranges, args.steps, args.batch_size)
-    for (kind, bounds), images in zip(ranges, grids):
+    for (kind, bounds), images, path in zip(ranges, grids, paths):
         what = common.range_text(pipe, kind, bounds)
         caption = f"{swap_caption(f'swap of {what}', what)} ({args.steps} DDIM steps)"
-        path = out / f"swap_{common.range_label(kind, bounds)}.png"
         common.save_grid(swap_grid_rows(shown_s, shown_t, images), path, zoom, caption)
     return 0
