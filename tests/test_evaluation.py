@@ -783,12 +783,15 @@ def test_evaluate_reads_a_shapes3d_schema_dataset_and_writes_the_disentanglement
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     labels = {f["name"]: f["labels"] for f in report["dataset"]["factors"]}
     assert labels["shape"].endswith("distinct values") and labels["orientation"].startswith("20 equal-width bins")
-    for name in ("model", "random_init"):
+    for name in ("model", "random_init", "pixels"):
         scores = report["models"][name]["disentanglement"]
         assert scores["num_images"] == 40
         for key in ("dci_disentanglement", "dci_completeness", "dci_informativeness", "mig", "sap", "factor_vae"):
             assert 0.0 <= scores[key] <= 1.0, (name, key)
-    assert "feature dims > disentanglement_max_dim=512" in report["models"]["pixels"]["disentanglement"]["skipped"]
+    pixels = report["models"]["pixels"]["disentanglement"]
+    # More pixels than disentanglement_max_dim: projected on at most 64 principal components of the 40 images.
+    assert pixels["input_dims"] > 512 and pixels["pca_components"] == 40
+    assert "pca_components" not in report["models"]["model"]["disentanglement"]
     groups = report["models"]["model"]["disentanglement"]["by_timestep_group"]
     assert groups["groups"] == [[0, 250], [250, 500], [500, 750], [750, 1000]] and groups["dims"][0] == [0, 4]
     share = np.asarray(groups["importance_share"])
