@@ -218,3 +218,14 @@ def test_readme_names_the_pickled_files_a_checkpoint_holds():
     resuming = text[text.index("`latest` is the newest complete checkpoint") :][:600]
     for name in ("`optimizer.bin`", "`scheduler.bin`", "`random_states_<i>.pkl`", "`torch.load(weights_only=True)`"):
         assert name in resuming, name
+
+
+@pytest.mark.parametrize("name", ["diti-shapes32", "pdae-shapes32"])
+def test_shipped_encoders_load_through_auto_model(name):
+    folder = Path(__file__).resolve().parents[1] / "pretrained" / name
+    model = AutoModel.from_pretrained(folder, subfolder="encoder")
+    encoder = DiTiEncoderModel.from_pretrained(folder, subfolder="encoder")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = model(pixel_values=x).z
+    assert z.shape == (2, encoder.config.latent_dim)
+    assert torch.equal(z, encoder(x).z)
