@@ -392,6 +392,8 @@ def _bad_cases(model, images, tmp):
         (["swap", "--model", model, "--source", img, "--target", img, "--output-dir", tmp], "at least one --timesteps"),
         (["edit", "--model", model, "--images", img, "--direction", tmp / "w5.npy", "--output-dir", tmp],
          "expected 16 numbers"),
+        (["edit", "--model", model, "--images", img, "--direction", tmp / "bomb.npy", "--output-dir", tmp],
+         "claims 1000000000000 values"),
         (["edit", "--model", model, "--images", img, "--direction", tmp / "missing.npy", "--output-dir", tmp],
          "no such file"),
         (["edit", "--model", model, "--images", img, "--direction", tmp / "w16.npy", "--top-k", "99",
@@ -414,7 +416,7 @@ def _bad_cases(model, images, tmp):
     ]  # fmt: skip
 
 
-N_BAD = 25
+N_BAD = 26
 
 
 @pytest.mark.parametrize("case", range(N_BAD))
@@ -422,6 +424,9 @@ def test_bad_arguments_give_one_line_and_exit_code_2(case, model_dir, image_dir,
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "w5.npy", np.ones(5, np.float32))
     np.save(tmp_path / "w16.npy", np.ones(16, np.float32))
+    with open(tmp_path / "bomb.npy", "wb") as f:  # a header claiming 4 TB of floats over 8 bytes of data
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+        f.write(bytes(8))
     cases = _bad_cases(model_dir, image_dir, tmp_path)
     assert len(cases) == N_BAD
     argv, message = cases[case]

@@ -33,7 +33,7 @@ import torch
 
 from .data.images import BadImageError, has_transparency, open_image
 from .partition import TimestepPartition
-from .safe_io import read_npy, short_repr
+from .safe_io import read_vector, short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def read_image(path: str | os.PathLike, label: str = "the image") -> tuple[PIL.I
 def read_direction(path: str | os.PathLike, latent_dim: int) -> torch.Tensor:
     r"""
     Reads an edit direction `w` from a `.npy` file: `latent_dim` finite numbers, not all zero (a `(1, d)` or `(d, 1)`
-    array is accepted as a vector). The header is checked first ([`~diti_hf.safe_io.read_npy`]), so that a file
+    array is accepted as a vector). The header is checked first ([`~diti_hf.safe_io.read_vector`]), so that a file
     claiming more values than `latent_dim` is refused before anything is allocated.
 
     Raises:
@@ -163,15 +163,9 @@ def read_direction(path: str | os.PathLike, latent_dim: int) -> torch.Tensor:
     if not path.is_file():
         raise AppInputError(f"{what}: no such file (uploads are deleted after a while); upload it again.")
     try:
-        array = read_npy(path, what, max_values=latent_dim)
+        array = read_vector(path, what, latent_dim)
     except (OSError, ValueError) as error:
         raise AppInputError(f"{str(error).rstrip('.')}; {expected}.") from None
-    if array.ndim == 2 and 1 in array.shape:
-        array = array.reshape(-1)
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise AppInputError(f"{what}: holds {array.dtype} values; {expected}.")
-    if array.shape != (latent_dim,):
-        raise AppInputError(f"{what}: has shape {array.shape}; {expected}.")
     if not np.isfinite(array).all():
         raise AppInputError(f"{what}: contains NaN or infinite values; {expected}.")
     if not np.abs(array).sum() > 0:

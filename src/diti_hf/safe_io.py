@@ -129,6 +129,33 @@ def read_npy(path: str | os.PathLike, what: str, max_values: int) -> np.ndarray:
         return npy.read_array(f, allow_pickle=False)
 
 
+def read_vector(path: str | os.PathLike, what: str, dim: int) -> np.ndarray:
+    r"""
+    Reads a vector of `dim` real numbers from a `.npy` file through [`read_npy`] (header checked first); a `(1, dim)`
+    or `(dim, 1)` array is accepted as the vector.
+
+    Args:
+        path (`str` or `os.PathLike`): The file.
+        what (`str`): What the file is, the start of every message.
+        dim (`int`): The length expected.
+
+    Returns:
+        `np.ndarray`: The `(dim,)` array, in its stored dtype.
+
+    Raises:
+        `ValueError`: One line starting with `what`: any of [`read_npy`]'s, values that are not real numbers, or
+            another shape. The caller adds what the vector is for.
+    """
+    array = read_npy(path, what, max_values=dim)
+    if array.ndim == 2 and 1 in array.shape:
+        array = array.reshape(-1)
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise ValueError(f"{what}: holds {array.dtype} values.")
+    if array.shape != (dim,):
+        raise ValueError(f"{what}: has shape {array.shape}.")
+    return array
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 2**20) -> str:
     """The hex SHA-256 of a file's content, read in chunks."""
     digest = hashlib.sha256()
@@ -292,6 +319,7 @@ __all__ = [
     "file_record",
     "read_json",
     "read_npy",
+    "read_vector",
     "read_text",
     "record_problem",
     "sha256_file",

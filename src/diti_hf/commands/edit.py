@@ -33,22 +33,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_vector(path: str, flag: str, dim: int):
-    """The `(dim,)` array in a .npy file as a float32 tensor (a `(1, dim)` or `(dim, 1)` array is flattened); whether
+    """The `(dim,)` array in a .npy file (header checked before anything is allocated) as a float32 tensor; whether
     its values make a usable direction or std is the pipeline's check."""
     import numpy as np
     import torch
 
+    from ..safe_io import read_vector
+
     try:
-        array = np.load(path, allow_pickle=False)
+        array = read_vector(path, f"{flag} {path!r}", dim)
     except (OSError, ValueError) as error:
-        raise common.UsageError(f"{flag} {path!r}: cannot read a .npy array ({common.one_line(error)})") from None
-    array = np.asarray(array)
-    if array.ndim == 2 and 1 in array.shape:
-        array = array.reshape(-1)
-    if array.shape != (dim,) or not np.issubdtype(array.dtype, np.number):
         raise common.UsageError(
-            f"{flag} {path!r}: expected {dim} numbers (the model's latent_dim), got shape {array.shape}"
-        )
+            f"{common.one_line(error).rstrip('.')}; expected {dim} numbers (the model's latent_dim)"
+        ) from None
     return torch.from_numpy(array.astype(np.float32))
 
 
