@@ -513,7 +513,14 @@ def _summary(evaluation: dict, reconstruction: dict, names: list[str]) -> dict[s
             "counterfactual_leakage": counterfactual.get("leakage"),
             **{
                 f"disentanglement_{key}": (entry.get("disentanglement") or {}).get(key)
-                for key in ("dci_disentanglement", "dci_completeness", "dci_informativeness", "mig", "sap", "factor_vae")
+                for key in (
+                    "dci_disentanglement",
+                    "dci_completeness",
+                    "dci_informativeness",
+                    "mig",
+                    "sap",
+                    "factor_vae",
+                )
             },
             "reconstruction_mse": rec.get("mse") if name in names else None,
             "reconstruction_psnr": rec.get("psnr") if name in names else None,
