@@ -149,3 +149,20 @@ def test_a_failed_run_leaves_no_folder(existing, tmp_path, monkeypatch):
         assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     else:
         assert not out.exists()
+
+
+def test_the_script_names_a_model_folder_it_cannot_load(tiny_dir, tmp_path):
+    import shutil
+
+    from test_evaluation import _load_example
+
+    broken = tmp_path / "no-unet"
+    shutil.copytree(tiny_dir, broken)
+    shutil.rmtree(broken / "unet")
+    example = _load_example()
+    args = example.parse_args(["--model", f"a={broken}", "--output_dir", str(tmp_path / "out"), "--num_images", "10"])
+    with pytest.raises(example.ScriptArgumentError) as info:
+        example.main(args)
+    message = str(info.value)
+    assert message.startswith(f"--model a='{broken}': cannot load a pipeline: ") and "['unet']" in message
+    assert "\n" not in message and not (tmp_path / "out").exists()

@@ -259,7 +259,11 @@ def load_model(source: str | os.PathLike, device: str = "cpu", progress: bool = 
 def _loaded(name: str, model: Any, device: str, progress: bool) -> Any:
     if isinstance(model, (str, os.PathLike)):
         logger.info("loading %s from %s", name, model)
-        return load_model(model, device, progress)
+        try:
+            return load_model(model, device, progress)
+        except (OSError, ValueError) as error:  # a user's folder or id: one line naming it, as the CLI reports it
+            message = " ".join(str(error).split())
+            raise ValueError(f"`model` {name}={str(model)!r}: cannot load a pipeline: {message}") from None
     return model
 
 
