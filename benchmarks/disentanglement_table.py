@@ -1,6 +1,7 @@
-"""The disentanglement rows of benchmarks/RESULTS.md from report.json files written by `examples/evaluate.py` /
-`diti-hf evaluate`: DCI (disentanglement, completeness, informativeness), MIG, SAP and the FactorVAE score per model,
-then, for partitioned models, the share of each factor's DCI importance held by each time-step group.
+"""The disentanglement rows of benchmarks/results/disentanglement.md from report.json files written by
+`examples/evaluate.py` / `diti-hf evaluate`: DCI (disentanglement, completeness, informativeness), MIG, SAP and the
+FactorVAE score per model, then, for partitioned models, the share of each factor's DCI importance held by each
+time-step group.
 
     python benchmarks/disentanglement_table.py REPORT_DIR_OR_JSON [...]
 """

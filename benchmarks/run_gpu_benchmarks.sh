@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU table of benchmarks/RESULTS.md: issue 7's configuration on one GPU, most important runs first, one process
-# per measurement, each JSON result appended to "$1/gpu.jsonl" as soon as it exists (a run over its time limit is
-# recorded as such and the rest go on). Usage: bash benchmarks/run_gpu_benchmarks.sh OUT_DIR [PEAK_BF16_TFLOPS]
+# The GPU tables of benchmarks/results/gpu.md: issue 7's configuration on one GPU, most important runs first, one
+# process per measurement, each JSON result appended to "$1/gpu.jsonl" as soon as it exists (a run over its time limit
+# is recorded as such and the rest go on). Usage: bash benchmarks/run_gpu_benchmarks.sh OUT_DIR [PEAK_BF16_TFLOPS]
 set -u
 out=${1:?usage: run_gpu_benchmarks.sh OUT_DIR [PEAK_BF16_TFLOPS]}
 peak=${2:-989}  # H100/H200 SXM dense bf16, datasheet

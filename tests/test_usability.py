@@ -406,7 +406,7 @@ def test_converting_a_ddpm_alone_gives_a_ddpm_pipeline_folder(tmp_path, capsys):
 
 
 def test_cli_model_commands_leave_a_core_free_by_default(model_dir, tmp_path, capsys, monkeypatch):
-    """torch's default of one thread per core stalls when another job holds a core (benchmarks/RESULTS.md)."""
+    """torch's default of one thread per core stalls when another job holds a core (benchmarks/results/speed.md)."""
     from diti_hf.data import generate_shapes
 
     (tmp_path / "images").mkdir()

@@ -1,5 +1,5 @@
-"""The ablation table of benchmarks/RESULTS.md from report.json files written by `examples/evaluate.py`: one markdown
-row per DiTi/PDAE model, with the numbers the modularity targets are judged on.
+"""The ablation tables of benchmarks/results/modularity.md from report.json files written by `examples/evaluate.py`: one
+markdown row per DiTi/PDAE model, with the numbers the modularity targets are judged on.
 
     python benchmarks/shapes32-v2/ablation_table.py REPORT_DIR_OR_JSON [...]
 

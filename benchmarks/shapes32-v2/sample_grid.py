@@ -1,5 +1,6 @@
 """Twelve samples of a DDPMPipeline folder with deterministic DDIM (η = 0, top row) and η = 1 (middle row), over twelve
-`diti-shapes-v2` images (bottom row), as one PNG: what the sample-validity numbers of benchmarks/RESULTS.md look like.
+`diti-shapes-v2` images (bottom row), as one PNG: what the sample-validity numbers of benchmarks/results/ddpm.md look
+like.
 
     python benchmarks/shapes32-v2/sample_grid.py DDPM_DIR OUT.png
 """

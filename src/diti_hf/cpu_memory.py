@@ -28,8 +28,9 @@ def reuse_freed_memory() -> bool:
     with a fresh `mmap`, and gives freed memory back at once; each new activation tensor then costs one page fault per
     4 KiB. On the CPU benchmark configuration that is about 100,000 page faults per denoiser evaluation; with this
     setting there are none once the heap has grown to the peak (a few evaluations), and a batch-8 evaluation ran
-    1.07–1.32× faster, a batch-2 one 1.24× (`benchmarks/RESULTS.md`). The cost is that the process keeps its peak memory mapped until it exits (peak RSS
-    itself barely changes).
+    1.07–1.32× faster, a batch-2 one 1.24× (`benchmarks/results/speed.md`, "Second pass: the non-convolution work and the
+    allocator"). The cost is that the process keeps its peak memory mapped until it exits (peak RSS itself barely
+    changes).
 
     It changes process-wide allocator settings, so the library never calls it on import; `diti-hf`, the training
     scripts on CPU and the benchmarks do. A no-op that returns `False` where the C library is not glibc.

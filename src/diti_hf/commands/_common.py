@@ -123,7 +123,8 @@ def set_threads(threads: int | None) -> int:
     import torch
 
     # torch's own default, one thread per core, stalls whenever another job holds a core: a 20-step inversion took
-    # 62-69 s with 2 threads on 2 cores (one busy) and 2.7-2.9 s with 1 (benchmarks/RESULTS.md)
+    # 62-69 s with 2 threads on 2 cores (one busy) and 2.7-2.9 s with 1 (benchmarks/results/speed.md, "Repeated
+    # identical inference calls in one process")
     threads = threads or max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
     torch.set_num_threads(threads)
     return threads

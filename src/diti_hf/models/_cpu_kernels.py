@@ -2,8 +2,8 @@
 
 Each gives the reference op's values (dropout: the same distribution, see `dropout`) and falls back to it off the
 CPU or for inputs it does not cover. `use_reference_ops(True)` switches both back to `F.dropout` / the upsampler
-module everywhere, for A/B timing and for debugging. Measured in `benchmarks/RESULTS.md` (2.3–2.5 % of a 64×64
-training step together).
+module everywhere, for A/B timing and for debugging. Measured in `benchmarks/results/speed.md`, "Third pass:
+dropout masks and the decoder's upsampling" (2.3–2.5 % of a 64×64 training step together).
 """
 
 from __future__ import annotations

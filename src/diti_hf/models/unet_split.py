@@ -111,8 +111,8 @@ def up_path(
                 continue
             if hidden_states.device.type == "cpu" and not torch.is_grad_enabled():
                 # On CPU, NCHW ×2 nearest upsampling is slow and the 3×3 convs at the doubled size are faster in
-                # channels_last: the 32→64 upsampler resnet runs 1.5× faster (benchmarks/RESULTS.md). Not under
-                # autograd, where the convs' weight gradients are slower in that layout.
+                # channels_last: the 32→64 upsampler resnet runs 1.5× faster (benchmarks/results/speed.md,
+                # "Second pass"). Not under autograd, where the convs' weight gradients are slower in that layout.
                 hidden_states = hidden_states.contiguous(memory_format=torch.channels_last)
             hidden_states = run_resnet(upsampler, hidden_states, temb)
     return hidden_states

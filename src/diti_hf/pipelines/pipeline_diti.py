@@ -363,8 +363,8 @@ class DiTiPipeline(DiffusionPipeline):
         r"""
         `torch.compile`s the encoder, the UNet's blocks and the decoder in place (see
         [`~diti_hf.models.compile_denoiser`]; `torch.compile(pipe.unet)` would not reach the blocks DiTi runs). Worth it
-        for many edits in one process (`benchmarks/RESULTS.md`: 1.17× on a CPU swap grid); the first call of each
-        batch shape pays the compilation (minutes on a small CPU).
+        for many edits in one process (1.15× on a CPU swap grid: `benchmarks/results/speed.md`, "Editing with the new
+        decoder"); the first call of each batch shape pays the compilation (minutes on a small CPU).
 
         Args:
             compile_kwargs: Passed to `torch.compile` (e.g. `mode="max-autotune"`).

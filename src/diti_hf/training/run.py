@@ -227,7 +227,8 @@ def make_optimizer(
 ) -> torch.optim.AdamW:
     """
     AdamW from the `--adam_*`/`--learning_rate` flags; on CPU and CUDA the fused (one kernel per parameter) update,
-    which takes 11 instead of 37 ms per step on the CPU benchmark configuration (benchmarks/RESULTS.md).
+    which takes 11 instead of 37 ms per step on the CPU benchmark configuration
+    (benchmarks/results/speed.md, "Second pass: the non-convolution work and the allocator").
     """
     return torch.optim.AdamW(
         parameters,
