@@ -279,8 +279,9 @@ def test_evaluate_writes_report_and_plots(model_dir, pdae_dir, tmp_path, capsys)
 def test_partition_prints_the_fitted_partition_and_writes_the_profile(pipe, model_dir, tmp_path, capsys):
     from diti_hf import TimestepPartition
     from diti_hf.data import ImageTransform, load_image_dataset, validation_batch
-    from diti_hf.evaluation.loss_profile import loss_profile, partition_from_profile
-    from diti_hf.schedule import DiffusionCoefficients
+    from diti_hf.evaluation.loss_profile import loss_profile
+    from diti_hf.partition import partition_from_profile
+    from diti_hf.sampling import DiffusionCoefficients
 
     argv = ["partition", "--pretrained_unet", str(model_dir), "--latent-dim", "16", "--num-chunks", "4",
             "--num-images", "8", "--num-stages", "3", "--output-dir", str(tmp_path / "p")]  # fmt: skip

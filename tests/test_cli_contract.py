@@ -101,7 +101,7 @@ def test_the_help_lines_and_help_constants_match_the_library():
     defaults and choices named in the help texts."""
     from diti_hf import demo, visualization
     from diti_hf.commands import _common
-    from diti_hf.evaluation.loss_profile import PROFILE_SIGNALS
+    from diti_hf.partition import PROFILE_SIGNALS
 
     parser = build_parser()
     listed = {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}

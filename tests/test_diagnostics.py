@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from diti_hf import TimestepPartition
 from diti_hf.evaluation.control import regeneration_keep_rates, sample_validity
-from diti_hf.evaluation.loss_profile import loss_profile, partition_from_profile
+from diti_hf.evaluation.loss_profile import loss_profile
 from diti_hf.evaluation.targets import clean_control
-from diti_hf.schedule import DiffusionCoefficients
+from diti_hf.partition import partition_from_profile
+from diti_hf.sampling import DiffusionCoefficients
 
 COEFFICIENTS = DiffusionCoefficients.from_betas(torch.linspace(1e-4, 0.02, 1000))
 
@@ -310,7 +311,7 @@ def test_stochastic_swap_starts_at_the_top_of_the_swapped_chunks():
 
 def test_report_defaults_swap_ranges_to_the_stages_of_a_staged_partition():
     from diti_hf.evaluation import ModelFunctions
-    from diti_hf.evaluation.suite import _default_ranges
+    from diti_hf.evaluation.generation_sections import _default_ranges
 
     staged = TimestepPartition(64, 16, stages=[125, 313, 1000], dims_per_stage=[20, 24, 20])
     assert _default_ranges(ModelFunctions(lambda x: x, partition=staged), 4) == [(0, 125), (125, 313), (313, 1000)]

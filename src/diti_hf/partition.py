@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -359,3 +359,33 @@ class TimestepPartition:
         """Half-open chunk range `[i, j)` the decoder sees at `timestep` under `mask_mode`."""
         i = self.chunk_of(timestep)
         return (i, i + 1) if self.mask_mode == "interval" else (0, i + 1)
+
+
+# The curves of a loss profile (`diti_hf.evaluation.loss_profile.loss_profile`) a partition can be fitted to.
+PROFILE_SIGNALS = ("weighted_eps_error", "x0_loss_rate")
+
+
+def partition_from_profile(
+    profile: Mapping[str, Any],
+    latent_dim: int,
+    num_chunks: int,
+    num_stages: int = 4,
+    signal: str = "weighted_eps_error",
+    num_train_timesteps: int = 1000,
+) -> TimestepPartition:
+    r"""
+    [`TimestepPartition.from_loss_profile`] on one curve of a loss profile
+    ([`~diti_hf.evaluation.loss_profile.loss_profile`]).
+
+    Args:
+        profile (`dict`): A `loss_profile` result.
+        latent_dim, num_chunks, num_stages, num_train_timesteps: See `from_loss_profile`.
+        signal (`str`, defaults to `"weighted_eps_error"`): The curve that sets where dims go, one of
+            `PROFILE_SIGNALS`: the weighted ε error (the training signal each chunk's time-steps give it, the
+            paper's reading of "where the loss peaks") or `x0_loss_rate` (where the DDPM newly loses information).
+    """
+    if signal not in PROFILE_SIGNALS:
+        raise ValueError(f"`signal` must be one of {PROFILE_SIGNALS}, got {signal!r}.")
+    return TimestepPartition.from_loss_profile(
+        profile["timesteps"], profile[signal], latent_dim, num_chunks, num_stages, num_train_timesteps
+    )

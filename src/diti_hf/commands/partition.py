@@ -75,9 +75,10 @@ def _print_partition(partition) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import ImageTransform, load_image_dataset, validation_batch
-    from ..evaluation.loss_profile import PROFILE_SIGNALS, loss_profile, partition_from_profile, write_loss_profile
+    from ..evaluation.loss_profile import loss_profile, write_loss_profile
     from ..models import eps_function, load_frozen_ddpm
-    from ..schedule import DiffusionCoefficients
+    from ..partition import PROFILE_SIGNALS, partition_from_profile
+    from ..sampling import DiffusionCoefficients
 
     if args.signal not in PROFILE_SIGNALS:  # a choice checked here: the list would import torch for --help
         raise common.UsageError(f"--signal {args.signal!r}: choose one of {', '.join(PROFILE_SIGNALS)}")

@@ -1,9 +1,9 @@
-"""Where a frozen DDPM's error lies along the time axis: the loss profile, and the partition fitted to it.
+"""Where a frozen DDPM's error lies along the time axis: the loss profile and its figure.
 
 DiTi trains the chunks tied to time-step `t` to correct what the frozen DDPM gets wrong at `t`. The profile measures
 that per `t` on real images — the DiTi-weighted ε error (the loss the decoder starts from) and the posterior-mean
 error `E‖x₀ − x̂₀(x_t)‖²` with its rate of increase (how much of `x₀` is newly lost at `t`) — so that a partition can
-put its dims where there is something to learn ([`~diti_hf.TimestepPartition.from_loss_profile`]).
+put its dims where there is something to learn ([`~diti_hf.partition.partition_from_profile`]).
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ import numpy as np
 import torch
 
 from ..partition import TimestepPartition
-from ..schedule import DiffusionCoefficients
-
-# Curves of a profile that can drive the partition (see `loss_profile`).
-PROFILE_SIGNALS = ("weighted_eps_error", "x0_loss_rate")
+from ..sampling import DiffusionCoefficients
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -50,7 +47,7 @@ def loss_profile(
     Args:
         eps_fn (`Callable`): The frozen DDPM, `(x_t, t) → ε̂`.
         images (`torch.Tensor`): `(N, C, H, W)` in [-1, 1].
-        coefficients ([`~diti_hf.schedule.DiffusionCoefficients`]): Tables of the DDPM's schedule.
+        coefficients ([`~diti_hf.sampling.DiffusionCoefficients`]): Tables of the DDPM's schedule.
         timesteps (`Sequence[int]`, *optional*): Increasing time-steps probed; default 25 from 0 to T − 1.
         batch_size (`int`, defaults to 64): Images per DDPM call.
         seed (`int`, defaults to 0): Seed of ε.
@@ -101,31 +98,6 @@ def loss_profile(
         "num_images": int(images.shape[0]),
         "seed": int(seed),
     }
-
-
-def partition_from_profile(
-    profile: Mapping[str, Any],
-    latent_dim: int,
-    num_chunks: int,
-    num_stages: int = 4,
-    signal: str = "weighted_eps_error",
-    num_train_timesteps: int = 1000,
-) -> TimestepPartition:
-    r"""
-    [`~diti_hf.TimestepPartition.from_loss_profile`] on one curve of a [`loss_profile`].
-
-    Args:
-        profile (`dict`): A [`loss_profile`] result.
-        latent_dim, num_chunks, num_stages, num_train_timesteps: See `from_loss_profile`.
-        signal (`str`, defaults to `"weighted_eps_error"`): The curve that sets where dims go, one of
-            `PROFILE_SIGNALS`: the weighted ε error (the training signal each chunk's time-steps give it, the
-            paper's reading of "where the loss peaks") or `x0_loss_rate` (where the DDPM newly loses information).
-    """
-    if signal not in PROFILE_SIGNALS:
-        raise ValueError(f"`signal` must be one of {PROFILE_SIGNALS}, got {signal!r}.")
-    return TimestepPartition.from_loss_profile(
-        profile["timesteps"], profile[signal], latent_dim, num_chunks, num_stages, num_train_timesteps
-    )
 
 
 def loss_profile_figure(
