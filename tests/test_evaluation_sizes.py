@@ -9,8 +9,8 @@ import pytest
 
 from diti_hf.data.shapes import generate_shapes
 from diti_hf.evaluation import EvaluationConfig, run_benchmark, split_indices
+from diti_hf.evaluation.config import DEFAULT_SIZES
 from diti_hf.evaluation.probes import split_sizes
-from diti_hf.evaluation.suite import DEFAULT_SIZES
 
 # the fast settings of a tiny run; no per-image size among them
 FAST = [

@@ -12,6 +12,7 @@ from .adapters import (
 from .alignment import AlignmentResult, chunk_masks, decodable_chunks, timestep_alignment
 from .attribute_loss import attribute_loss_curve
 from .benchmark import PROTOCOLS, benchmark_arguments, is_ddpm_folder, load_model, run_benchmark
+from .config import EvaluationConfig
 from .counterfactual import (
     CounterfactualResult,
     OracleClassifier,
@@ -20,6 +21,7 @@ from .counterfactual import (
     summarise_flips,
     train_oracle,
 )
+from .dataset import dataset_arrays
 from .plots import write_plots
 from .probes import (
     ProbeConfig,
@@ -33,7 +35,7 @@ from .probes import (
 )
 from .protocols import attribute_protocol, celeba_protocol, lfw_protocol, load_attribute_splits, preprocess_images
 from .reconstruction import compare_images, mse, psnr, reconstruct, reconstruction_metrics, ssim
-from .suite import EvaluationConfig, dataset_arrays, evaluate_pipeline, json_safe
+from .suite import evaluate_pipeline, json_safe
 from .targets import Targets, check_targets
 
 __all__ = [

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .suite import EvaluationConfig
+    from .config import EvaluationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def run_benchmark(
     >>> report = run_benchmark({"diti": "pretrained/diti-shapes32"}, "out/eval", num_images=2000)
     ```
     """
-    from .suite import EvaluationConfig, evaluate_pipeline
+    from .config import EvaluationConfig
+    from .suite import evaluate_pipeline
 
     config = config or EvaluationConfig()
     _check_data(protocol, dataset, shapes_dataset, shapes_factors, num_images, max_samples)
@@ -169,8 +170,8 @@ def benchmark_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _config(values: Mapping[str, Any]) -> EvaluationConfig:
     """The [`EvaluationConfig`] of flat values (see [`benchmark_arguments`])."""
+    from .config import EvaluationConfig
     from .probes import ProbeConfig
-    from .suite import EvaluationConfig
 
     for name in _POSITIVE:
         value = values.get(name)
