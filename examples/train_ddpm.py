@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diti_hf.schedule import MAX_TRAIN_TIMESTEPS
+from diti_hf.sampling import MAX_TRAIN_TIMESTEPS
 from diti_hf.training.args import (
     OneLineArgumentParser,
     ScriptArgumentError,

@@ -518,7 +518,7 @@ def build_model(
 ) -> DiTiTrainingModel:
     """Encoder + decoder (the decoder initialised from the frozen UNet), checked by the pipeline they will form."""
     from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiPipeline
-    from diti_hf.schedule import noise_schedule_of
+    from diti_hf.sampling import noise_schedule_of
 
     T = DiffusionCoefficients.from_scheduler_config(scheduler_config).num_train_timesteps
     encoder = build_encoder(args, resolution, T, unet.config.in_channels)

@@ -272,7 +272,7 @@ def test_load_frozen_ddpm_reads_eps_and_v_bases(tmp_path, prediction_type):
     from diffusers import DDPMScheduler
 
     from diti_hf.models import eps_function, load_frozen_ddpm
-    from diti_hf.schedule import DiffusionCoefficients
+    from diti_hf.sampling import DiffusionCoefficients
 
     unet = tiny_adm_unet()
     unet.save_pretrained(tmp_path / "unet")

@@ -13,7 +13,7 @@ import torch
 
 from diti_hf import DiTiPipeline
 from diti_hf.data.shapes import render_shapes, sample_factor_codes, timescale_factors
-from diti_hf.schedule import DiffusionCoefficients
+from diti_hf.sampling import DiffusionCoefficients
 from diti_hf.training.loss import diti_loss
 
 NUM_IMAGES = 256

@@ -32,7 +32,7 @@ _LAZY = {
     "denoise": "models",
     "unet_down": "models",
     "unet_up": "models",
-    "DiffusionCoefficients": "schedule",
+    "DiffusionCoefficients": "sampling",
     "DiTiImageProcessor": "pipelines",
     "DiTiInversionOutput": "pipelines",
     "DiTiPipeline": "pipelines",

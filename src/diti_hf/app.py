@@ -34,6 +34,7 @@ import torch
 from .data.images import BadImageError, has_transparency, open_image
 from .partition import TimestepPartition
 from .safe_io import read_vector, short_repr
+from .sampling import check_num_inference_steps
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,14 @@ MAX_ABS_SCALE = 100.0
 MAX_STRIP = 9
 # The seeds of numpy's and torch's generators that every platform accepts.
 MAX_SEED = 2**32 - 1
+# The steps field's bound when no model is at hand (with one, its T bounds the DDIM grid).
 MAX_STEPS = 1000
 # Gradio keeps every upload and every image it serves as a file; sweep them this often, deleting those this old.
 UPLOAD_SWEEP_EVERY_S = 10 * 60
 UPLOAD_MAX_AGE_S = 60 * 60
 MAX_CACHED_PROBES = 16
+# The page's initial DDIM steps: a UI choice for quick interactive edits on a CPU, below the pipeline API's
+# `diti_hf.sampling.DEFAULT_NUM_INFERENCE_STEPS`; `diti-hf app --steps` starts from it too.
 DEFAULT_STEPS = 20
 DEFAULT_PROBE_DATASET = "diti-shapes"
 DEFAULT_PROBE_IMAGES = 512
@@ -204,9 +208,20 @@ def check_seed(value: Any) -> int:
     return 0 if value is None else check_whole(value, "seed", 0, MAX_SEED)
 
 
-def check_steps(value: Any) -> int:
-    """The DDIM steps field: a whole number in [1, [`MAX_STEPS`]]."""
-    return check_whole(value, "steps", 1, MAX_STEPS)
+def check_steps(value: Any, num_train_timesteps: int = MAX_STEPS) -> int:
+    r"""
+    The DDIM steps field: a whole number that [`~diti_hf.sampling.check_num_inference_steps`] accepts for a model of
+    `num_train_timesteps` time-steps, i.e. in `[1, num_train_timesteps]`.
+
+    Raises:
+        [`AppInputError`]: Naming the field by its label, the range and the value.
+    """
+    try:
+        return check_num_inference_steps(_whole_number(value), num_train_timesteps)
+    except ValueError:
+        raise AppInputError(
+            f"{FIELDS['steps']}: expected a whole number in [1, {num_train_timesteps}], got {short_repr(value)}."
+        ) from None
 
 
 def check_top_k(value: Any, latent_dim: int) -> int | None:
@@ -475,7 +490,7 @@ class DiTiApp:
 
     def reconstruct(self, a: PIL.Image.Image, b: PIL.Image.Image, steps: int) -> list[tuple[PIL.Image.Image, str]]:
         """DDIM inversion and regeneration of A and B (`pipe.reconstruct`)."""
-        steps = check_steps(steps)
+        steps = check_steps(steps, self.partition.num_train_timesteps)
         out = self._run(
             lambda: self.pipe.reconstruct([a, b], num_inference_steps=steps, batch_size=self.batch_size).images
         )
@@ -486,7 +501,7 @@ class DiTiApp:
     ) -> list[tuple[PIL.Image.Image, str]]:
         """A with B's chunks of `[lo, hi)` and B with A's (`pipe.swap` of sources [A, B], targets [B, A])."""
         lo, hi = check_range(self.partition, lo, hi)
-        steps = check_steps(steps)
+        steps = check_steps(steps, self.partition.num_train_timesteps)
         out = self._run(
             lambda: (
                 self.pipe.swap(
@@ -505,7 +520,7 @@ class DiTiApp:
     ) -> tuple[list[tuple[PIL.Image.Image, str]], PIL.Image.Image]:
         """The strip A → B over `[lo, hi)` and the image at `alpha` (one `pipe.interpolate` call)."""
         lo, hi = check_range(self.partition, lo, hi)
-        steps = check_steps(steps)
+        steps = check_steps(steps, self.partition.num_train_timesteps)
         alphas = interpolation_alphas(num, alpha)
         out = self._run(
             lambda: (
@@ -579,7 +594,7 @@ class DiTiApp:
         top_k: int | None = None,
     ) -> list[tuple[PIL.Image.Image, str]]:
         """A and B moved along `direction` by each scale (`pipe.edit`), image-major."""
-        steps = check_steps(steps)
+        steps = check_steps(steps, self.partition.num_train_timesteps)
         top_k = check_top_k(top_k, self.partition.latent_dim)
         scales = check_scales(scales)
         out = self._run(
@@ -640,7 +655,7 @@ def build_app(
 
     Args:
         app ([`DiTiApp`] or [`DiTiPipeline`]): The model side.
-        steps (`int`, defaults to 20): Initial DDIM step count.
+        steps (`int`, defaults to [`DEFAULT_STEPS`]): Initial DDIM step count.
         seed (`int`, defaults to 0): Initial seed (shapes draw, probe data and training).
         device_label (`str`, *optional*): Shown in the header (default: the pipeline's device).
         delete_cache (`tuple[int, int]`, *optional*, defaults to `(UPLOAD_SWEEP_EVERY_S, UPLOAD_MAX_AGE_S)`): Every
@@ -736,7 +751,7 @@ def build_app(
         # every field is checked before the probe trains or the file is read
         scales = parse_scales(scales_text)
         top_k = check_top_k(top_k, partition.latent_dim)
-        steps_value = check_steps(steps_value)
+        steps_value = check_steps(steps_value, partition.num_train_timesteps)
         seed_value = check_seed(seed_value)
         if source == "probe":
             progress(0.0, desc="training the probe")

@@ -35,7 +35,7 @@ from .models.encoder import ENCODER_PRESETS, DiTiEncoderModel
 from .partition import TimestepPartition
 from .pipelines.checks import MAX_SAMPLE_SIZE
 from .safe_io import check_dense_tensor, check_finite_tensors, read_text, short_repr
-from .schedule import MAX_TRAIN_TIMESTEPS, check_scheduler_config, noise_schedule_of
+from .sampling import MAX_TRAIN_TIMESTEPS, check_scheduler_config, noise_schedule_of
 
 PathLike = str | os.PathLike
 

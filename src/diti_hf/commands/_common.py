@@ -24,8 +24,10 @@ from . import COMMANDS
 
 PROG = "diti-hf"
 
-# for the help texts only (see the module docstring): diti_hf.visualization.DEFAULT_MIN_CELL, diti_hf.demo.DEFAULT_*
+# for the help texts only (see the module docstring): diti_hf.visualization.DEFAULT_MIN_CELL, diti_hf.demo.DEFAULT_*,
+# diti_hf.sampling.DEFAULT_NUM_INFERENCE_STEPS
 DEFAULT_MIN_CELL = 96
+DEFAULT_STEPS = 50
 DEFAULT_MODEL = "pretrained/diti-shapes32"
 DEFAULT_BASELINE = "pretrained/pdae-shapes32"
 DEFAULT_FIXTURE = "tests/fixtures/official-diti"
@@ -78,7 +80,10 @@ def add_numbers_argument(
 
 # ---------------------------------------------------------------------------------------------- the model flags
 def add_model_arguments(
-    parser: argparse.ArgumentParser, steps: int | None = 50, batch_size: int = 16, model_required: bool = True
+    parser: argparse.ArgumentParser,
+    steps: int | None = DEFAULT_STEPS,
+    batch_size: int = 16,
+    model_required: bool = True,
 ) -> None:
     """The flags every model command shares: --model, --device, --batch-size, --steps, --seed, --threads,
     --no-progress."""
@@ -195,8 +200,15 @@ def load_pipeline(model: str, device: str, flag: str = "--model", progress: bool
 
 
 def open_pipeline(args: argparse.Namespace):
-    """The pipeline of `--model` on `--device`, with progress bars unless `--no-progress`."""
-    return load_pipeline(args.model, check_device(args.device), progress=not args.no_progress)
+    """The pipeline of `--model` on `--device`, with progress bars unless `--no-progress`; a `--steps` the model's
+    sampling grid cannot hold is refused now, before any image is read."""
+    pipe = load_pipeline(args.model, check_device(args.device), progress=not args.no_progress)
+    if getattr(args, "steps", None) is not None:
+        from ..sampling import check_num_inference_steps
+
+        with library_errors({"num_inference_steps": "--steps"}):
+            check_num_inference_steps(args.steps, pipe.partition.num_train_timesteps)
+    return pipe
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..app import DEFAULT_STEPS
     from ..demo import DEFAULT_MODEL
 
     parser = subparsers.add_parser(
@@ -22,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "(no analytics, no share link; set HF_HUB_OFFLINE=1 for a cached Hub model). Stop it with Ctrl-C."
         ),
     )
-    common.add_model_arguments(parser, steps=20, batch_size=16, model_required=False)  # with --threads
+    common.add_model_arguments(parser, steps=DEFAULT_STEPS, batch_size=16, model_required=False)  # with --threads
     parser.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument(
         "--port", type=common.positive_int, default=None, help="port (default: 7860 or the next free one)"

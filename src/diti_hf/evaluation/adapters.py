@@ -181,7 +181,7 @@ def ddpm_functions(
     """
     from diffusers import DDIMScheduler
 
-    from ..schedule import DiffusionCoefficients
+    from ..sampling import DiffusionCoefficients
 
     coefficients = DiffusionCoefficients.from_scheduler_config(scheduler_config)
     scheduler = DDIMScheduler.from_config(dict(scheduler_config), clip_sample=True, set_alpha_to_one=True)

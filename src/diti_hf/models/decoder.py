@@ -147,7 +147,7 @@ class DiTiDecoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         latent_dim (`int`, defaults to 512): Width of `z`.
         dropout (`float`, defaults to 0.0): Dropout in the decoder's resnets.
         noise_schedule (`dict`, *optional*): The betas the decoder was trained with
-            (`diti_hf.schedule.noise_schedule_of(scheduler.config)`); a pipeline warns when its scheduler differs.
+            (`diti_hf.sampling.noise_schedule_of(scheduler.config)`); a pipeline warns when its scheduler differs.
         **unet_topology: The entries of the frozen UNet's config listed in `UNET_TOPOLOGY_KEYS`.
 
     Examples:

@@ -9,7 +9,7 @@ import torch
 from diffusers import UNet2DModel
 from diffusers.utils import BaseOutput
 
-from ..schedule import DiffusionCoefficients
+from ..sampling import DiffusionCoefficients
 from .decoder import DiTiDecoderModel
 from .unet_split import UNetFeatures, unet_down, unet_up, up_path_modules
 

@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from ..cpu_memory import check_fits_in_memory
 from ..pipelines.checks import check_config_bounds
 from ..safe_io import read_json
-from ..schedule import PREDICTION_TYPES, DiffusionCoefficients, check_scheduler_config
+from ..sampling import PREDICTION_TYPES, DiffusionCoefficients, check_scheduler_config
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def load_frozen_ddpm(
     pipeline folder (`unet/` + `scheduler/`), a UNet folder, or what `train_ddpm.py` / `diti-hf convert` write.
 
     Both configs are read and checked before any weight is: the same size bounds as the pipeline loader's
-    ([`~diti_hf.pipelines.checks.check_config_bounds`], [`~diti_hf.schedule.check_scheduler_config`]), then the
+    ([`~diti_hf.pipelines.checks.check_config_bounds`], [`~diti_hf.sampling.check_scheduler_config`]), then the
     memory the UNet's weights will take ([`check_unet_memory`]).
 
     Args:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..safe_io import read_json, short_repr
-from ..schedule import MAX_TRAIN_TIMESTEPS, PREDICTION_TYPES, check_scheduler_config
+from ..sampling import MAX_TRAIN_TIMESTEPS, PREDICTION_TYPES, check_scheduler_config
 
 # Far above any image size DiTi is trained at (64, 128, 256), far below one whose activations exhaust a machine.
 MAX_SAMPLE_SIZE = 4096
@@ -148,7 +148,7 @@ def check_components(unet: Any, encoder: Any, decoder: Any, scheduler: Any, imag
 
     from ..models.decoder import DiTiDecoderModel
     from ..models.encoder import DiTiEncoderModel
-    from ..schedule import DiffusionCoefficients
+    from ..sampling import DiffusionCoefficients
     from .image_processing_diti import DiTiImageProcessor
 
     hints = {"scheduler": " (use DDIMScheduler.from_config(scheduler.config): the sampler is deterministic DDIM)"}
@@ -230,37 +230,6 @@ def check_pipeline_folder(path: str | os.PathLike) -> None:
     check_component_configs(configs, where)
 
 
-def sampling_grid(scheduler: Any, num_inference_steps: int, num_train_timesteps: int) -> list[int]:
-    r"""
-    The `num_inference_steps` distinct time-steps of the sampling grid, ascending, spread over `[0, T)`.
-
-    `"leading"` (the official grid) and `"trailing"` spacings are computed here as `⌊i·T/n⌋` (`+ steps_offset`)
-    and `T − 1 − ⌊i·T/n⌋`: equal to diffusers' grids when `n` divides `T`, and of the asked length and range when
-    it does not. diffusers' `"leading"` steps by `T // n` and stops short of `T` (at `n = 600` its largest step is
-    599, so the chunks of later time-steps never act), and its `"trailing"` grid has `n + 1` entries for some `n`.
-    `"linspace"` is diffusers' own.
-
-    Raises:
-        `ValueError` if the scheduler's spacing or offset puts a time-step outside `[0, T)`.
-    """
-    T, n = num_train_timesteps, num_inference_steps
-    config = scheduler.config
-    spacing = config.get("timestep_spacing", "leading")
-    if spacing == "leading":
-        grid = [i * T // n + int(config.get("steps_offset", 0)) for i in range(n)]
-    elif spacing == "trailing":
-        grid = sorted(T - 1 - i * T // n for i in range(n))
-    else:
-        scheduler.set_timesteps(n)
-        grid = sorted(int(t) for t in scheduler.timesteps)
-    if len(grid) != n or len(set(grid)) != n or grid[0] < 0 or grid[-1] >= T:
-        raise ValueError(
-            f"the scheduler's grid for num_inference_steps={n} (timestep_spacing={spacing!r}, steps_offset="
-            f"{config.get('steps_offset', 0)}) is not {n} distinct time-steps in [0, {T})."
-        )
-    return grid
-
-
 __all__ = [
     "COMPONENTS",
     "MAX_SAMPLE_SIZE",
@@ -268,5 +237,4 @@ __all__ = [
     "check_config_bounds",
     "check_components",
     "check_pipeline_folder",
-    "sampling_grid",
 ]

@@ -21,8 +21,15 @@ from ..models.denoiser import compile_denoiser, denoise
 from ..models.encoder import DiTiEncoderModel, DiTiEncoderOutput
 from ..models.strict_loading import check_finite_weights, check_saved_weights
 from ..partition import TimestepPartition
-from ..schedule import DiffusionCoefficients, noise_schedule_of
-from .checks import check_components, check_pipeline_folder, sampling_grid
+from ..sampling import (
+    DEFAULT_NUM_INFERENCE_STEPS,
+    DiffusionCoefficients,
+    ddim_inverse_step,
+    ddim_step,
+    noise_schedule_of,
+    sampling_grid,
+)
+from .checks import check_components, check_pipeline_folder
 from .image_processing_diti import DiTiImageProcessor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -305,14 +312,7 @@ class DiTiPipeline(DiffusionPipeline):
         return z * self.partition.condition_table(z.device).to(z.dtype)[self.partition.chunk_of(timestep)]
 
     def _grid(self, num_inference_steps: int) -> list[int]:
-        if (
-            not isinstance(num_inference_steps, int)
-            or not 1 <= num_inference_steps <= self.partition.num_train_timesteps
-        ):
-            raise ValueError(
-                f"`num_inference_steps` must be an int in [1, {self.partition.num_train_timesteps}], "
-                f"got {num_inference_steps!r}."
-            )
+        """The sampling grid, ascending ([`~diti_hf.sampling.sampling_grid`], which checks the step count)."""
         return sampling_grid(self.scheduler, num_inference_steps, self.partition.num_train_timesteps)
 
     def _ddim(
@@ -326,7 +326,9 @@ class DiTiPipeline(DiffusionPipeline):
         start_timestep: int | None = None,
     ) -> torch.Tensor:
         r"""
-        The one deterministic DDIM loop (η = 0) behind inversion, generation and every edit.
+        The one deterministic DDIM loop (η = 0) behind inversion, generation and every edit: at each time-step, mask
+        `z` ([`~DiTiPipeline.condition`]), run [`~diti_hf.models.denoise`], then [`~diti_hf.sampling.ddim_step`] (or
+        [`~diti_hf.sampling.ddim_inverse_step`]).
 
         Generation walks the grid from the largest time-step down and its last step goes to ᾱ = 1 (returns x̂_0);
         inversion walks it upward from 0 and its last step goes to ᾱ = 0 (returns ε̂ as x_T). Generation from
@@ -337,25 +339,15 @@ class DiTiPipeline(DiffusionPipeline):
         if start_timestep is not None:
             order = [start_timestep, *(t for t in order if t < start_timestep)]
         c = self.coefficients(sample.device)
-        end_alpha = 0.0 if invert else float(self.scheduler.final_alpha_cumprod)
-        end = (
-            c.sqrt_alphas_cumprod.new_tensor(end_alpha).sqrt(),
-            c.sqrt_alphas_cumprod.new_tensor(1 - end_alpha).sqrt(),
-        )
+        final_alpha_cumprod = float(self.scheduler.final_alpha_cumprod)
         for i, t in enumerate(self.progress_bar(order) if progress else order):
             condition = None if z is None else self.condition(z, t, use_masks)
             out = denoise(self.unet, self.decoder, sample, t, condition, coefficients=c)
-            eps = out.eps if out.shift is None else out.eps + c.sampling_coef[t] * out.shift
-            x0 = (c.sqrt_recip_alphas_cumprod[t] * sample - c.sqrt_recipm1_alphas_cumprod[t] * eps).clamp(-1, 1)
-            eps = (c.sqrt_recip_alphas_cumprod[t] * sample - x0) / c.sqrt_recipm1_alphas_cumprod[t]
-            if i + 1 < len(order):
-                sqrt_alpha_next, sqrt_one_minus_next = (
-                    c.sqrt_alphas_cumprod[order[i + 1]],
-                    c.sqrt_one_minus_alphas_cumprod[order[i + 1]],
-                )
+            to = order[i + 1] if i + 1 < len(order) else None
+            if invert:
+                sample = ddim_inverse_step(c, sample, t, to, out.eps, out.shift)
             else:
-                sqrt_alpha_next, sqrt_one_minus_next = end
-            sample = x0 * sqrt_alpha_next + sqrt_one_minus_next * eps
+                sample = ddim_step(c, sample, t, to, out.eps, out.shift, final_alpha_cumprod)
         return sample
 
     # ------------------------------------------------------------------ public API
@@ -394,7 +386,7 @@ class DiTiPipeline(DiffusionPipeline):
         self,
         images: ImageInput,
         z: torch.Tensor | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         use_masks: bool = True,
         guidance: bool = True,
         return_dict: bool = True,
@@ -423,7 +415,7 @@ class DiTiPipeline(DiffusionPipeline):
         self,
         z: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         use_masks: bool = True,
@@ -564,7 +556,7 @@ class DiTiPipeline(DiffusionPipeline):
     def reconstruct(
         self,
         images: ImageInput,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         output_type: str = "pil",
         batch_size: int | None = None,
         use_masks: bool = True,
@@ -594,7 +586,7 @@ class DiTiPipeline(DiffusionPipeline):
         target: ImageInput,
         timesteps: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
         chunks: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         output_type: str = "pil",
         batch_size: int | None = None,
         inversion: str = "ddim",
@@ -668,7 +660,7 @@ class DiTiPipeline(DiffusionPipeline):
         timesteps: tuple[int, int] | None = None,
         chunks: tuple[int, int] | None = None,
         slerp_latents: bool = False,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         output_type: str = "pil",
         batch_size: int | None = None,
         use_masks: bool = True,
@@ -723,7 +715,7 @@ class DiTiPipeline(DiffusionPipeline):
         scales: float | Sequence[float] = 1.0,
         z_std: torch.Tensor | None = None,
         top_k: int | None = None,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         output_type: str = "pil",
         batch_size: int | None = None,
         use_masks: bool = True,

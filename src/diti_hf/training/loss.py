@@ -12,7 +12,7 @@ from torch import nn
 from ..models.decoder import DiTiDecoderModel
 from ..models.denoiser import denoise
 from ..partition import TimestepPartition
-from ..schedule import DiffusionCoefficients
+from ..sampling import DiffusionCoefficients
 
 LOSS_MODES = ("base", "stop_grad", "dual")
 # `official`: weight[t] alone (docs/method.md §4); `interval`: each chunk's samples rescaled to the same mean loss.

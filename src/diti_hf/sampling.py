@@ -1,13 +1,18 @@
-"""Coefficient tables of DiTi's loss and sampler, computed from the frozen DDPM's noise schedule (docs/method.md §4)."""
+"""DiTi's sampler layer: the coefficient tables of the loss and the sampler (docs/method.md §4), the DDIM step count and
+sampling grid, and one deterministic (η = 0) DDIM step and its inverse (§7).
+
+Everything here is maths on tensors: the steps take the frozen UNet's ε and the decoder's shift `G` already computed
+(by [`~diti_hf.models.denoise`] on the masked condition), so that `DiTiPipeline`'s loop is: mask `z`, denoise, step.
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler
 
 from .safe_io import short_repr
 
@@ -143,6 +148,8 @@ class DiffusionCoefficients:
     def from_scheduler_config(cls, config: dict[str, Any]) -> DiffusionCoefficients:
         """Builds the tables from any diffusers scheduler config (its betas through `DDPMScheduler`, and its
         `prediction_type`)."""
+        from diffusers import DDPMScheduler  # only here: the rest of the sampler needs torch alone
+
         check_scheduler_config(dict(config))
         prediction_type = config.get("prediction_type", "epsilon")
         return cls.from_betas(DDPMScheduler.from_config(dict(config)).betas, prediction_type)
@@ -170,3 +177,167 @@ class DiffusionCoefficients:
             self.sqrt_one_minus_alphas_cumprod[index].view(shape).to(model_output.device, model_output.dtype)
         )
         return sqrt_alpha * model_output + sqrt_one_minus * sample
+
+
+# ------------------------------------------------------------------------------------------------ the DDIM sampler
+# The pipeline API's step count, also the default `--steps` of `diti-hf reconstruct`, `swap`, `interpolate` and `edit`
+# (the app's page starts lower, at `diti_hf.app.DEFAULT_STEPS`).
+DEFAULT_NUM_INFERENCE_STEPS = 50
+
+
+def check_num_inference_steps(num_inference_steps: Any, num_train_timesteps: int) -> int:
+    r"""
+    Returns the DDIM step count as an `int`, or raises a one-line `ValueError` naming `num_inference_steps`, the
+    value and the range: a grid of distinct time-steps in `[0, T)` has between 1 and `T` of them.
+
+    Args:
+        num_inference_steps (`Any`): The value to check (an `int`; a numpy integer is accepted, a `bool` is not).
+        num_train_timesteps (`int`): `T`, the frozen DDPM's number of training time-steps.
+    """
+    valid = isinstance(num_inference_steps, numbers.Integral) and not isinstance(num_inference_steps, bool)
+    if not valid or not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(
+            f"`num_inference_steps` must be an int in [1, {num_train_timesteps}] (at most one step per training "
+            f"time-step), got {short_repr(num_inference_steps)}."
+        )
+    return int(num_inference_steps)
+
+
+def sampling_grid(scheduler: Any, num_inference_steps: int, num_train_timesteps: int) -> list[int]:
+    r"""
+    The `num_inference_steps` distinct time-steps of the sampling grid, ascending, spread over `[0, T)`.
+
+    `"leading"` (the official grid) and `"trailing"` spacings are computed here as `⌊i·T/n⌋` (`+ steps_offset`)
+    and `T − 1 − ⌊i·T/n⌋`: equal to diffusers' grids when `n` divides `T`, and of the asked length and range when
+    it does not. diffusers' `"leading"` steps by `T // n` and stops short of `T` (at `n = 600` its largest step is
+    599, so the chunks of later time-steps never act), and its `"trailing"` grid has `n + 1` entries for some `n`.
+    `"linspace"` is diffusers' own.
+
+    Args:
+        scheduler (`DDIMScheduler`): Its config gives `timestep_spacing` and `steps_offset`.
+        num_inference_steps (`int`): `n`, checked by [`check_num_inference_steps`].
+        num_train_timesteps (`int`): `T`.
+
+    Raises:
+        `ValueError` for a bad `num_inference_steps`, or if the scheduler's spacing or offset puts a time-step
+        outside `[0, T)`.
+    """
+    T, n = num_train_timesteps, check_num_inference_steps(num_inference_steps, num_train_timesteps)
+    config = scheduler.config
+    spacing = config.get("timestep_spacing", "leading")
+    if spacing == "leading":
+        grid = [i * T // n + int(config.get("steps_offset", 0)) for i in range(n)]
+    elif spacing == "trailing":
+        grid = sorted(T - 1 - i * T // n for i in range(n))
+    else:
+        scheduler.set_timesteps(n)
+        grid = sorted(int(t) for t in scheduler.timesteps)
+    if len(grid) != n or len(set(grid)) != n or grid[0] < 0 or grid[-1] >= T:
+        raise ValueError(
+            f"the scheduler's grid for num_inference_steps={n} (timestep_spacing={spacing!r}, steps_offset="
+            f"{config.get('steps_offset', 0)}) is not {n} distinct time-steps in [0, {T})."
+        )
+    return grid
+
+
+def ddim_step(
+    coefficients: DiffusionCoefficients,
+    sample: torch.Tensor,
+    timestep: int,
+    prev_timestep: int | None,
+    eps: torch.Tensor,
+    shift: torch.Tensor | None = None,
+    final_alpha_cumprod: float = 1.0,
+) -> torch.Tensor:
+    r"""
+    One deterministic (η = 0) masked DDIM step of generation, `x_t → x_{t'}` with `t' < t`.
+
+    The noise estimate is `ε̂ = ε_θ(x_t, t) − √(1 − ᾱ_t) · G(x_t, t, z_t)`; `x̂_0 = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε̂`
+    is clamped to [−1, 1] and `ε̂` recomputed from it; then `x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'}) ε̂`.
+
+    Args:
+        coefficients ([`DiffusionCoefficients`]): The frozen DDPM's tables, on `sample`'s device.
+        sample (`torch.Tensor`): `x_t`, `(B, C, H, W)`.
+        timestep (`int`): `t`.
+        prev_timestep (`int`, *optional*): `t'`, the next smaller time-step of the grid; `None` for the last step,
+            which goes to `ᾱ = final_alpha_cumprod` (and, at 1, returns `x̂_0`).
+        eps (`torch.Tensor`): `ε_θ(x_t, t)`, e.g. [`~diti_hf.models.DenoiseOutput`]'s `eps`.
+        shift (`torch.Tensor`, *optional*): `G(x_t, t, z_t)` on the condition masked for `t`; `None`: ε_θ alone.
+        final_alpha_cumprod (`float`, defaults to 1.0): `ᾱ` after the last step (`DDIMScheduler.final_alpha_cumprod`).
+
+    Returns:
+        `torch.Tensor`: `x_{t'}`.
+    """
+    if prev_timestep is not None and not prev_timestep < timestep:
+        raise ValueError(f"`prev_timestep` must be smaller than `timestep`={timestep}, got {prev_timestep}.")
+    return _ddim_update(coefficients, sample, timestep, prev_timestep, final_alpha_cumprod, eps, shift)
+
+
+def ddim_inverse_step(
+    coefficients: DiffusionCoefficients,
+    sample: torch.Tensor,
+    timestep: int,
+    next_timestep: int | None,
+    eps: torch.Tensor,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""
+    One step of deterministic DDIM inversion, `x_t → x_{t'}` with `t' > t`: the update of [`ddim_step`] run towards
+    larger time-steps, with `ε̂` read at `x_t` (DDIM inversion's approximation). With the same `eps` and `shift`, it
+    undoes [`ddim_step`] up to float error whenever `x̂_0` needs no clamping.
+
+    Args:
+        coefficients ([`DiffusionCoefficients`]): The frozen DDPM's tables, on `sample`'s device.
+        sample (`torch.Tensor`): `x_t`, `(B, C, H, W)`.
+        timestep (`int`): `t`.
+        next_timestep (`int`, *optional*): `t'`, the next larger time-step of the grid; `None` for the last step,
+            which goes to `ᾱ = 0` and so returns `ε̂` as `x_T`.
+        eps (`torch.Tensor`): `ε_θ(x_t, t)`.
+        shift (`torch.Tensor`, *optional*): `G(x_t, t, z_t)` on the condition masked for `t`; `None`: ε_θ alone.
+
+    Returns:
+        `torch.Tensor`: `x_{t'}`.
+    """
+    if next_timestep is not None and not next_timestep > timestep:
+        raise ValueError(f"`next_timestep` must be larger than `timestep`={timestep}, got {next_timestep}.")
+    return _ddim_update(coefficients, sample, timestep, next_timestep, 0.0, eps, shift)
+
+
+def _ddim_update(
+    c: DiffusionCoefficients,
+    sample: torch.Tensor,
+    timestep: int,
+    to_timestep: int | None,
+    end_alpha_cumprod: float,
+    eps: torch.Tensor,
+    shift: torch.Tensor | None,
+) -> torch.Tensor:
+    """The DDIM update both directions share: from `x_t` to `to_timestep`, or to `ᾱ = end_alpha_cumprod` if `None`."""
+    if to_timestep is None:
+        # float32 square roots of the float32 ᾱ, as the scheduler's own final_alpha_cumprod
+        sqrt_alpha_to = c.sqrt_alphas_cumprod.new_tensor(end_alpha_cumprod).sqrt()
+        sqrt_one_minus_alpha_to = c.sqrt_alphas_cumprod.new_tensor(1 - end_alpha_cumprod).sqrt()
+    else:
+        sqrt_alpha_to = c.sqrt_alphas_cumprod[to_timestep]
+        sqrt_one_minus_alpha_to = c.sqrt_one_minus_alphas_cumprod[to_timestep]
+    if shift is not None:
+        eps = eps + c.sampling_coef[timestep] * shift
+    sqrt_recip, sqrt_recipm1 = c.sqrt_recip_alphas_cumprod[timestep], c.sqrt_recipm1_alphas_cumprod[timestep]
+    x0 = (sqrt_recip * sample - sqrt_recipm1 * eps).clamp(-1, 1)
+    eps = (sqrt_recip * sample - x0) / sqrt_recipm1
+    return x0 * sqrt_alpha_to + sqrt_one_minus_alpha_to * eps
+
+
+__all__ = [
+    "DEFAULT_NUM_INFERENCE_STEPS",
+    "MAX_TRAIN_TIMESTEPS",
+    "NOISE_SCHEDULE_KEYS",
+    "PREDICTION_TYPES",
+    "DiffusionCoefficients",
+    "check_num_inference_steps",
+    "check_scheduler_config",
+    "ddim_inverse_step",
+    "ddim_step",
+    "noise_schedule_of",
+    "sampling_grid",
+]
