@@ -3,6 +3,7 @@
 import inspect
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -144,3 +145,25 @@ def test_one_default_step_count_for_the_pipeline_and_the_command_line():
         assert default == DEFAULT_NUM_INFERENCE_STEPS, name
     # repeated there so that `--help` imports no torch (see its docstring)
     assert _common.DEFAULT_STEPS == DEFAULT_NUM_INFERENCE_STEPS == 50
+
+
+def test_the_command_line_refuses_more_steps_than_the_model_has_time_steps(pipe, tmp_path, capsys):
+    from diti_hf.cli import main
+
+    pipe.save_pretrained(tmp_path / "model")
+    PIL.Image.new("RGB", (16, 16)).save(tmp_path / "img.png")
+    argv = ["reconstruct", "--model", tmp_path / "model", "--images", tmp_path / "img.png", "--steps", "1001"]
+    code = main([str(a) for a in [*argv, "--output-dir", tmp_path / "out", "--no-progress"]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--steps: `num_inference_steps` must be an int in [1, 1000]" in err and err.rstrip().endswith("got 1001.")
+    assert not (tmp_path / "out").exists()  # refused before any image was read or written
+
+
+def test_the_app_checks_its_steps_field_with_the_models_number_of_time_steps():
+    from diti_hf.app import AppInputError, check_steps
+
+    assert check_steps("40", 100) == 40 and check_steps(40.0, 100) == 40 and check_steps(3000, 4000) == 3000
+    for value in (0, 101, 2.5, "x", None):
+        with pytest.raises(AppInputError, match=r"^DDIM steps: expected a whole number in \[1, 100\], got "):
+            check_steps(value, 100)
