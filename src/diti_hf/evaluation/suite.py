@@ -17,6 +17,8 @@ from .adapters import ModelFunctions, ddpm_functions, encoder_functions, pipelin
 from .alignment import AlignmentResult
 from .config import DEFAULT_SIZES, EvaluationConfig
 from .counterfactual import CounterfactualResult
+
+# the steps of evaluate_pipeline: private to the suite, which alone runs them
 from .dataset import _dataset_section, _suite_data, _SuiteData
 from .feature_sections import _feature_sections
 from .generation_sections import (

@@ -18,6 +18,8 @@ import torch
 from .._naming import option
 from ..data.images import BadImageError, open_image
 from ..safe_io import FolderLock, file_record, short_repr
+
+# the private names are the folder format's internals, which only the extraction job shares
 from .store import (
     _TMP_PREFIX,
     MANIFEST_FORMAT,
