@@ -203,6 +203,7 @@ def factor_vae_score(
     active = scale >= prune_threshold
     if not active.any():
         return 0.0
+    scale = np.where(active, scale, 1.0)  # collapsed dims never vote; this only keeps 0 / 0 out of the division
     num_factors = factors.shape[1]
     by_value = [{v: np.flatnonzero(factors[:, k] == v) for v in np.unique(factors[:, k])} for k in range(num_factors)]
     varying = [k for k in range(num_factors) if len(by_value[k]) > 1]
