@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -38,8 +39,13 @@ def import_baseline(revision: str, directory: Path) -> object:
     (directory / "src" / "diti_hf").rename(package)
     for source in package.rglob("*.py"):  # absolute imports of the package name, if any, point at the copy
         source.write_text(source.read_text().replace("diti_hf", "diti_baseline"))
-    sys.path.insert(0, str(directory))
-    baseline = importlib.import_module("diti_baseline")
+    # loaded from its folder; its submodules are found through the registered package's __path__
+    spec = importlib.util.spec_from_file_location(
+        "diti_baseline", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    baseline = importlib.util.module_from_spec(spec)
+    sys.modules["diti_baseline"] = baseline
+    spec.loader.exec_module(baseline)
     for submodule in ("models", "training"):
         importlib.import_module(f"diti_baseline.{submodule}")
     return baseline

@@ -108,7 +108,6 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=8, help="Images per call.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
     if args.child == "subnormals":
         print(json.dumps(count_subnormals(args.steps, args.batch_size)))
         return

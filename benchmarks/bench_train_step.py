@@ -6,9 +6,9 @@
 - `shapes32`: `pretrained/diti-shapes32` — the frozen UNet is `examples/train_ddpm.py`'s `small32` preset
   (32, 64, 64 channels, one resnet per level, attention at 8×8, 1.11M parameters, dropout 0), the encoder preset
   `small32` (d = 64, k = 16), the decoder `DiTiDecoderModel.from_unet(unet, latent_dim=64, dropout=0.0)`; loss as
-  `examples/train_diti.py`'s `DiTiTrainingModel.forward` (`diti_loss`, stop_grad); fused AdamW as
+  `diti_hf.training.DiTiTrainingModel.forward` (`diti_loss`, stop_grad); fused AdamW as
   `diti_hf.training.run.make_optimizer` builds it (lr 5e-4, the shipped run's); batch 32 by default;
-- `ddpm-shapes32`: the base DDPM's step on that UNet (`examples/train_ddpm.py`'s `DDPMTrainingModel`, gradient
+- `ddpm-shapes32`: the base DDPM's step on that UNet (`diti_hf.training.DDPMTrainingModel`, gradient
   clipping at 1.0 as that script does by default, fused AdamW lr 1e-3); batch 32 by default.
 
 Configuration `adm64`: 64×64 images; frozen UNet = the diffusers equivalent of an official ADM UNet (base 64, multipliers
@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import torch
@@ -48,7 +47,6 @@ from diti_hf.training.run import make_optimizer
 
 CONFIGS = ("adm64", "shapes32", "ddpm-shapes32")
 DEFAULT_BATCH_SIZE = {"adm64": 16, "shapes32": 32, "ddpm-shapes32": 32}
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def batch_size_of(args: argparse.Namespace) -> int:
@@ -56,20 +54,9 @@ def batch_size_of(args: argparse.Namespace) -> int:
     return args.batch_size or DEFAULT_BATCH_SIZE[args.config]
 
 
-def _examples() -> tuple[ModuleType, ModuleType]:
-    """`examples/train_ddpm.py` and `examples/train_diti.py` as modules (their presets and training models)."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    import train_ddpm
-    import train_diti
-
-    return train_ddpm, train_diti
-
-
 def small32_unet() -> UNet2DModel:
     """The frozen UNet of `pretrained/diti-shapes32`: `examples/train_ddpm.py --unet_preset small32` at 32×32."""
-    train_ddpm, _ = _examples()
-    return UNet2DModel(**train_ddpm.UNET_PRESETS["small32"], sample_size=32, in_channels=3, out_channels=3)
+    return UNet2DModel(**diti_hf.training.UNET_PRESETS["small32"], sample_size=32, in_channels=3, out_channels=3)
 
 
 def fused_adamw(parameters: list[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.AdamW:
@@ -126,7 +113,7 @@ def build_step(args: argparse.Namespace, package: ModuleType = diti_hf) -> Calla
 
     def step() -> None:
         with autocast(device, args.precision):
-            # examples/train_diti.py's DiTiTrainingModel.forward, with `package`'s loss
+            # diti_hf.training.DiTiTrainingModel.forward, with `package`'s loss
             z = encoder(images).z
             loss = package.training.diti_loss(
                 unet, decoder, z, images, encoder.partition, coefficients, "stop_grad", generator=generator
@@ -169,11 +156,10 @@ def _ddpm_step(
     compile_parts: tuple[str, ...],
 ) -> Callable[[], None]:
     """The base DDPM's training step on the small32 UNet: `DDPMTrainingModel`, clipping at 1.0, fused AdamW."""
-    train_ddpm, _ = _examples()
     unet = small32_unet().train().to(device=device, memory_format=memory_format)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    model = train_ddpm.DDPMTrainingModel(unet)
+    model = diti_hf.training.DDPMTrainingModel(unet)
     if compile_parts:
         unet.compile()
     optimizer = fused_adamw(list(unet.parameters()), 1e-3, device)

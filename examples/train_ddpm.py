@@ -18,50 +18,19 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from diti_hf.sampling import MAX_TRAIN_TIMESTEPS
 from diti_hf.training.args import (
     OneLineArgumentParser,
-    ScriptArgumentError,
     add_data_arguments,
     add_training_arguments,
     check_data_arguments,
     check_training_arguments,
 )
+from diti_hf.training.model import UNET_PRESETS, DDPMTrainingModel, build_unet
 from diti_hf.training.run import run_script
 
 logger = logging.getLogger("train_ddpm")
-
-# UNet2DModel architectures. "tiny": the test UNet; "small32": measured on 2 CPU cores (docs/cpu-training-notes.md:
-# recognisable shapes after ~40 min); "ddpm-cifar10": google/ddpm-cifar10-32's.
-UNET_PRESETS: dict[str, dict] = {
-    "tiny": {
-        "block_out_channels": (32, 64),
-        "layers_per_block": 1,
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
-        "attention_head_dim": 16,
-        "norm_num_groups": 16,
-    },
-    "small32": {
-        "block_out_channels": (32, 64, 64),
-        "layers_per_block": 1,
-        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        "attention_head_dim": 32,
-        "norm_num_groups": 32,
-    },
-    "ddpm-cifar10": {
-        "block_out_channels": (128, 256, 256, 256),
-        "layers_per_block": 2,
-        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        "attention_head_dim": None,
-        "norm_num_groups": 32,
-        "dropout": 0.1,
-    },
-}
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -126,100 +95,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_unet(args: argparse.Namespace, resolution: int, in_channels: int, device: str | torch.device = "cpu"):
-    r"""
-    The UNet2DModel from `--unet_config` or the preset, with the overrides applied. Its config passes the pipeline
-    loader's bounds and its training memory on `device` is estimated from the config before the UNet is built.
-    """
-    from diffusers import UNet2DModel
-
-    from diti_hf.models.frozen_ddpm import check_unet_memory
-    from diti_hf.pipelines.checks import check_config_bounds
-    from diti_hf.safe_io import read_json
-    from diti_hf.training.run import TRAINED_WEIGHT_COPIES
-
-    if args.unet_config is not None:
-        try:
-            config = read_json(args.unet_config, "--unet_config")
-        except (OSError, ValueError) as error:
-            raise ScriptArgumentError(f"--unet_config: {error}") from error
-        if not isinstance(config, dict):
-            raise ScriptArgumentError(f"--unet_config: {args.unet_config!r} is not a JSON object")
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
-    else:
-        config = dict(UNET_PRESETS[args.unet_preset])
-    if args.block_out_channels is not None:
-        config["block_out_channels"] = tuple(args.block_out_channels)
-    levels = len(config["block_out_channels"])
-    if args.attention_levels is not None:
-        bad = [i for i in args.attention_levels if not 0 <= i < levels]
-        if bad:
-            raise ScriptArgumentError(f"--attention_levels: {bad} outside [0, {levels})")
-        config["down_block_types"] = tuple(
-            "AttnDownBlock2D" if i in args.attention_levels else "DownBlock2D" for i in range(levels)
-        )
-        config["up_block_types"] = tuple(
-            "AttnUpBlock2D" if i in args.attention_levels else "UpBlock2D" for i in reversed(range(levels))
-        )
-    elif args.block_out_channels is not None and len(config["down_block_types"]) != levels:
-        raise ScriptArgumentError(
-            f"--block_out_channels: {levels} levels but the preset has {len(config['down_block_types'])}; "
-            "pass --attention_levels too"
-        )
-    if args.layers_per_block is not None:
-        config["layers_per_block"] = args.layers_per_block
-    if args.dropout is not None:
-        config["dropout"] = args.dropout
-    config.update(sample_size=resolution, in_channels=in_channels, out_channels=in_channels)
-    where = "UNet config (--unet_preset/--unet_config and overrides)"
-    try:  # messages that start with `where`
-        check_config_bounds(config, where)
-        check_unet_memory(config, TRAINED_WEIGHT_COPIES, device, where)
-    except ValueError as error:
-        raise ScriptArgumentError(str(error)) from error
-    try:
-        return UNet2DModel(**config)
-    except (ValueError, TypeError) as error:
-        raise ScriptArgumentError(f"{where}: {error}") from error
-
-
-class DDPMTrainingModel(torch.nn.Module):
-    """The loss of a UNet predicting the scheduler's `prediction_type` (ε or v), per sample (for the per-t histogram)
-    and averaged."""
-
-    def __init__(self, unet: torch.nn.Module):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, images, noise_scheduler, generator: torch.Generator):
-        batch = images.shape[0]
-        T = noise_scheduler.config.num_train_timesteps
-        # t and ε come from this process's own generator (on CPU, so a resumed run redraws them exactly).
-        timesteps = torch.randint(0, T, (batch,), generator=generator).to(images.device)
-        noise = torch.randn(images.shape, generator=generator, dtype=torch.float32).to(images.device, images.dtype)
-        noisy = noise_scheduler.add_noise(images, noise, timesteps)
-        prediction = self.unet(noisy, timesteps).sample
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(images, noise, timesteps)
-        else:
-            target = noise
-        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
-        return per_sample.mean(), per_sample.detach(), timesteps
-
-
 @torch.no_grad()
 def log_validation(accelerator, model, ema, noise_scheduler, args, step: int, num_images: int) -> None:
     """A grid of samples of the EMA weights (DDIM with η = 1, which keeps colour saturation; see the CPU notes)."""
     from diffusers import DDIMPipeline, DDIMScheduler
 
+    from diti_hf.training.ema import ema_weights
     from diti_hf.training.run import log_image
     from diti_hf.visualization import tensor_grid
 
-    unet = accelerator.unwrap_model(model).unet
-    ema.store(unet.parameters())
-    ema.copy_to(unet.parameters())
-    unet.eval()
-    try:
+    with ema_weights(ema, accelerator.unwrap_model(model).unet) as unet:
         pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
         pipe.set_progress_bar_config(disable=True)
         generator = torch.Generator().manual_seed(args.seed)  # the same noise every time: comparable grids
@@ -232,9 +117,6 @@ def log_validation(accelerator, model, ema, noise_scheduler, args, step: int, nu
         ).images
         grid = tensor_grid([torch.from_numpy(images).permute(0, 3, 1, 2)])
         log_image(accelerator, "validation/samples", grid, step)
-    finally:
-        ema.restore(unet.parameters())
-        unet.train()
 
 
 def main(args: argparse.Namespace) -> dict:

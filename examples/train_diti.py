@@ -18,14 +18,11 @@ import logging
 import os
 import shlex
 import sys
-from pathlib import Path
 
 import torch
-from torch import nn
 
-from diti_hf.evaluation.loss_profile import PROFILE_SIGNALS
 from diti_hf.models.encoder import ENCODER_PRESETS
-from diti_hf.partition import MASK_MODES, TimestepPartition
+from diti_hf.partition import MASK_MODES, PROFILE_SIGNALS
 from diti_hf.training.args import (
     OneLineArgumentParser,
     ScriptArgumentError,
@@ -35,12 +32,19 @@ from diti_hf.training.args import (
     check_training_arguments,
 )
 from diti_hf.training.loss import LOSS_MODES, LOSS_WEIGHTINGS
+from diti_hf.training.model import (
+    build_diti_model,
+    ddim_scheduler,
+    diti_preflight,
+    frozen_ddpm_source,
+    image_processor_for,
+    load_frozen_ddpm_from_args,
+    profile_and_partition,
+    swap_ranges,
+)
 from diti_hf.training.run import run_script
 
 logger = logging.getLogger("train_diti")
-
-# Encoder preset per training resolution when no architecture is given (docs/method.md §2).
-PRESET_FOR_RESOLUTION = {32: "small32", 64: "celeba64", 128: "ffhq128"}
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -195,245 +199,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.command_line = list(sys.argv[1:] if argv is None else argv)
     args.histogram_steps = args.histogram_steps or 10 * args.logging_steps
 
-    problems = check_data_arguments(args) + check_training_arguments(args)
-    problems += _check_diti_arguments(args)
+    problems = check_data_arguments(args) + check_training_arguments(args) + diti_preflight(args).problems
     if problems:
         parser.error("; ".join(problems))
     return args
-
-
-def _check_diti_arguments(args: argparse.Namespace) -> list[str]:
-    problems = []
-    if args.latent_dim < 1:
-        problems.append(f"--latent_dim: must be >= 1, got {args.latent_dim}")
-    elif not 1 <= args.num_chunks <= args.latent_dim:
-        problems.append(f"--num_chunks (k): must lie in [1, --latent_dim={args.latent_dim}], got {args.num_chunks}")
-    elif (args.stages is None) != (args.dims_per_stage is None):
-        problems.append("--stages/--dims_per_stage: give both or neither")
-    elif args.partition == "auto" and args.stages is not None:
-        problems.append("--partition auto: fits the stages itself; drop --stages/--dims_per_stage")
-    elif args.stages is not None:
-        try:  # T is checked against the DDPM later; here T = the last stage end
-            TimestepPartition(args.latent_dim, args.num_chunks, args.stages[-1], args.stages, args.dims_per_stage)
-        except ValueError as error:
-            problems.append(f"--stages/--dims_per_stage: {error}")
-    if args.loss_profile_images < 0 or (args.partition == "auto" and args.loss_profile_images < 1):
-        need = ">= 1 with --partition auto" if args.partition == "auto" else ">= 0"
-        problems.append(f"--loss_profile_images: must be {need}, got {args.loss_profile_images}")
-    if args.partition_stages < 1:
-        problems.append(f"--partition_stages: must be >= 1, got {args.partition_stages}")
-    if args.validation_inference_steps < 1:
-        problems.append(f"--validation_inference_steps: must be >= 1, got {args.validation_inference_steps}")
-    for lo, hi in args.validation_swap_timesteps or ():
-        if not 0 <= lo < hi:
-            problems.append(f"--validation_swap_timesteps {lo} {hi}: expected 0 <= LO < HI")
-    if args.decoder_dropout is not None and not 0 <= args.decoder_dropout < 1:
-        problems.append(f"--decoder_dropout: must lie in [0, 1), got {args.decoder_dropout}")
-    return problems
-
-
-# ------------------------------------------------------------------------------------------------- model pieces
-def frozen_ddpm_source(args: argparse.Namespace) -> dict:
-    """The arguments of `diti_hf.models.load_frozen_ddpm` that `--pretrained_unet` and its flags give."""
-    return {
-        "pretrained_model_name_or_path": args.pretrained_unet,
-        "unet_subfolder": args.unet_subfolder,
-        "scheduler_subfolder": args.scheduler_subfolder,
-        "revision": args.revision,
-    }
-
-
-def load_frozen_ddpm(args: argparse.Namespace, device: str | torch.device = "cpu"):
-    r"""
-    The frozen UNet and its noise-schedule config (see `diti_hf.models.load_frozen_ddpm`): both configs pass the
-    pipeline loader's bounds, and the weights this run holds on `device` (the frozen UNet, plus a decoder of about its
-    size with its gradients, Adam moments and EMA) must fit there, before any weight is loaded.
-    """
-    from diti_hf.models import load_frozen_ddpm as load
-    from diti_hf.training.run import TRAINED_WEIGHT_COPIES
-
-    try:
-        return load(
-            **frozen_ddpm_source(args),
-            cache_dir=args.cache_dir,
-            device=device,
-            memory_copies=1 + TRAINED_WEIGHT_COPIES,
-        )
-    except ValueError as error:
-        raise ScriptArgumentError(f"--pretrained_unet: {error}") from error
-
-
-def profile_and_partition(args: argparse.Namespace, accelerator, unet, coefficients, images) -> dict | None:
-    r"""
-    The frozen DDPM's loss profile on `images` and, with `--partition auto`, the partition fitted to it (written to
-    `--output_dir/loss_profile.json|png`). A resumed run reuses the partition recorded there, so that it matches the
-    checkpointed encoder. Every process gets the main process's result.
-    """
-    import json
-
-    from accelerate.utils import broadcast_object_list
-
-    from diti_hf.evaluation.loss_profile import loss_profile, partition_from_profile, write_loss_profile
-    from diti_hf.models.frozen_ddpm import eps_function
-
-    if args.loss_profile_images == 0:
-        return None
-    record = Path(args.output_dir) / "loss_profile.json"
-    result = [None]
-    if accelerator.is_main_process:
-        if args.partition == "auto" and record.is_file() and args.resume_from_checkpoint:
-            payload = json.loads(record.read_text())
-            logger.info("--partition auto: reusing the partition recorded in %s", record)
-        else:
-            profile = loss_profile(eps_function(unet, coefficients), images, coefficients, seed=args.seed)
-            partition = None
-            if args.partition == "auto":
-                partition = partition_from_profile(
-                    profile, args.latent_dim, args.num_chunks, args.partition_stages, args.partition_signal,
-                    coefficients.num_train_timesteps,
-                )  # fmt: skip
-            write_loss_profile(profile, args.output_dir, partition)
-            payload = {"profile": profile, "partition": None if partition is None else partition.to_dict()}
-        result = [payload]
-    broadcast_object_list(result)
-    payload = result[0]
-    if args.partition == "auto":
-        partition = TimestepPartition.from_dict(payload["partition"])
-        args.stages, args.dims_per_stage = partition.stages, partition.dims_per_stage
-        logger.info("--partition auto: stages %s, dims per stage %s", args.stages, args.dims_per_stage)
-    return payload
-
-
-def build_encoder(args: argparse.Namespace, resolution: int, num_train_timesteps: int, in_channels: int):
-    """The encoder from a preset and/or explicit fields; the partition is recorded in its config."""
-    from diti_hf import DiTiEncoderModel
-
-    preset = args.encoder_preset
-    if preset is None and args.encoder_block_out_channels is None:
-        preset = PRESET_FOR_RESOLUTION.get(resolution)
-        if preset is None:
-            raise ScriptArgumentError(
-                f"--encoder_preset: no default encoder for resolution {resolution}; pass --encoder_preset or "
-                "--encoder_block_out_channels"
-            )
-    fields = dict(ENCODER_PRESETS[preset]) if preset else {}
-    overrides = {
-        "block_out_channels": args.encoder_block_out_channels,
-        "attention_stages": args.encoder_attention_stages,
-        "num_attention_heads": args.encoder_num_attention_heads,
-        "norm_num_groups": args.encoder_norm_num_groups,
-    }
-    fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None})
-    fields.update(
-        sample_size=resolution,
-        in_channels=in_channels,
-        latent_dim=args.latent_dim,
-        num_chunks=args.num_chunks,
-        num_train_timesteps=num_train_timesteps,
-        stages=args.stages,
-        dims_per_stage=args.dims_per_stage,
-        mask_mode=args.mask_mode,
-    )
-    try:
-        return DiTiEncoderModel(**fields)
-    except ValueError as error:
-        raise ScriptArgumentError(f"encoder (--encoder_*, --latent_dim, --num_chunks, --stages): {error}") from error
-
-
-def check_against_ddpm(args: argparse.Namespace, unet, resolution: int, num_train_timesteps: int) -> None:
-    r"""
-    Raises [`ScriptArgumentError`] for every mismatch between the flags and the frozen DDPM that would otherwise
-    surface only in training or in the final validation: channels, the training resolution against the UNet's
-    `sample_size` (the pipeline samples at the UNet's size), the encoder preset's resolution, the validation swap
-    ranges against `T`, and an encoder that cannot encode `resolution`-sized images.
-    """
-    config = unet.config
-    if config.out_channels != config.in_channels:
-        raise ScriptArgumentError(
-            f"--pretrained_unet: the UNet has in_channels={config.in_channels} but out_channels={config.out_channels}; "
-            "DiTi needs an ε-prediction UNet (a learned variance is not supported)"
-        )
-    size = config.sample_size
-    if isinstance(size, int) and size != resolution:
-        flag = "--resolution" if args.resolution is not None else f"--preprocessing {args.preprocessing}"
-        raise ScriptArgumentError(
-            f"{flag}: trains at {resolution}×{resolution} but the frozen UNet ({args.pretrained_unet}) has "
-            f"sample_size={size}; DiTi trains and samples at the DDPM's resolution: use --resolution {size} or omit it"
-        )
-    preset = args.encoder_preset
-    if preset is not None and ENCODER_PRESETS[preset]["sample_size"] != resolution:
-        raise ScriptArgumentError(
-            f"--encoder_preset: {preset} is the encoder for {ENCODER_PRESETS[preset]['sample_size']}×"
-            f"{ENCODER_PRESETS[preset]['sample_size']} images, but training is at {resolution}×{resolution}; choose "
-            "the preset of that size (or omit it), or give --encoder_block_out_channels"
-        )
-    swap_ranges(args, num_train_timesteps)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():  # a throw-away encoder: the real one's init is unchanged
-        encoder = build_encoder(args, resolution, num_train_timesteps, config.in_channels)
-        try:
-            encoder(torch.zeros(1, config.in_channels, resolution, resolution))
-        except RuntimeError as error:
-            raise ScriptArgumentError(
-                f"encoder (--encoder_*): cannot encode {resolution}×{resolution} images: {error}"
-            ) from error
-
-
-def init_decoder_from_unet(decoder: nn.Module, unet: nn.Module) -> None:
-    """Copies the frozen up path (mid block, up blocks, output norm) into the decoder; `conv_out` stays zero."""
-    trainable = ("mid_block.", "up_blocks.", "conv_norm_out.")
-    source = {k: v for k, v in unet.state_dict().items() if k.startswith(trainable)}
-    missing, unexpected = decoder.load_state_dict(source, strict=False)
-    leftover = [k for k in missing if not (k.startswith(("label_emb.", "conv_out.")) or ".z_emb_proj." in k)]
-    if unexpected or leftover:
-        raise RuntimeError(f"decoder/UNet mismatch: unexpected {unexpected}, not initialised {leftover}")
-
-
-class DiTiTrainingModel(nn.Module):
-    r"""
-    Encoder and decoder as one module, so that DDP wraps (and all-reduces) them once per step. The frozen UNet is
-    an argument of `forward`, not a sub-module: it needs no gradient synchronisation and no optimizer state.
-    """
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, loss_weighting: str = "official"):
-        from diti_hf.training import IntervalLossNormalizer
-
-        super().__init__()
-        self.encoder, self.decoder = encoder, decoder
-        num_chunks = encoder.partition.num_chunks
-        self.normalizer = IntervalLossNormalizer(num_chunks) if loss_weighting == "interval" else None
-
-    def forward(self, images, unet, coefficients, mode: str, generator: torch.Generator):
-        from diti_hf.training import diti_loss
-
-        # nanoGPT order: z = E(x_0) → t, ε ~ generator → x_t → frozen ε_θ and features → mask z by t → G → loss.
-        partition = self.encoder.partition
-        z = self.encoder(images).z
-        out = diti_loss(unet, self.decoder, z, images, partition, coefficients, mode=mode, generator=generator)
-        loss = out.loss
-        if self.normalizer is not None:
-            loss = self.normalizer(out.per_sample, partition.chunk_of(out.timesteps))
-        return loss, out.per_sample.detach(), out.timesteps
-
-
-def ddim_scheduler(config: dict):
-    """The sampling scheduler of the final pipeline: the DDPM's betas on the official DDIM grid (docs/method.md §7)."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_config(config, timestep_spacing="leading", set_alpha_to_one=True, clip_sample=True)
-
-
-def image_processor_for(transform):
-    """The pipeline's image processor: the training preprocessing without its random parts (RGB models only)."""
-    from diti_hf.pipelines.image_processing_diti import DiTiImageProcessor
-
-    if transform.num_channels != 3:
-        return None
-    box = transform.crop_box
-    return DiTiImageProcessor(
-        resolution=transform.resolution,
-        crop_box=None if box is None else [box.top, box.left, box.height, box.width],
-        interpolation=transform.interpolation,
-    )
 
 
 def card_kwargs(args: argparse.Namespace) -> dict:
@@ -455,17 +224,6 @@ def card_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
-def swap_ranges(args: argparse.Namespace, num_train_timesteps: int) -> list[tuple[int, int]]:
-    if args.validation_swap_timesteps:
-        ranges = [(lo, hi) for lo, hi in args.validation_swap_timesteps]
-        bad = [r for r in ranges if r[1] > num_train_timesteps]
-        if bad:
-            raise ScriptArgumentError(f"--validation_swap_timesteps: {bad} exceed T={num_train_timesteps}")
-        return ranges
-    half = num_train_timesteps // 2
-    return [(0, half), (half, num_train_timesteps)]
-
-
 @torch.no_grad()
 def log_validation(accelerator, model, ema, unet, scheduler, images, args, step: int) -> dict[str, float]:
     r"""
@@ -474,14 +232,11 @@ def log_validation(accelerator, model, ema, unet, scheduler, images, args, step:
     (the last row).
     """
     from diti_hf import DiTiPipeline
+    from diti_hf.training.ema import ema_weights
     from diti_hf.training.run import log_image
     from diti_hf.visualization import tensor_grid
 
-    trainer = accelerator.unwrap_model(model)
-    ema.store(trainer.parameters())
-    ema.copy_to(trainer.parameters())
-    trainer.eval()
-    try:
+    with ema_weights(ema, accelerator.unwrap_model(model)) as trainer:
         pipe = DiTiPipeline(unet=unet, encoder=trainer.encoder, decoder=trainer.decoder, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
         images = images.to(accelerator.device)
@@ -493,51 +248,7 @@ def log_validation(accelerator, model, ema, unet, scheduler, images, args, step:
         rows = [images / 2 + 0.5, recon] + [swaps[r :: len(ranges)] for r in range(len(ranges))] + [target / 2 + 0.5]
         log_image(accelerator, "validation/original_recon_swaps_target", tensor_grid(rows), step)
         mse = float((recon - (images / 2 + 0.5)).square().mean())
-    finally:
-        ema.restore(trainer.parameters())
-        trainer.train()
     return {"validation/reconstruction_mse": mse}
-
-
-# ------------------------------------------------------------------------------------------------------ training
-def resolution_for(args: argparse.Namespace, unet) -> int:
-    """The training resolution: `--resolution`, else the `--preprocessing` preset's, else the UNet's `sample_size`."""
-    from diti_hf.data import TRANSFORM_PRESETS
-
-    resolution = args.resolution
-    if resolution is None:
-        preset = TRANSFORM_PRESETS.get(args.preprocessing or "", {})
-        resolution = preset.get("resolution") or unet.config.sample_size
-    if not isinstance(resolution, int):
-        raise ScriptArgumentError("--resolution: the UNet config has no integer sample_size; pass --resolution")
-    return resolution
-
-
-def build_model(
-    args: argparse.Namespace, unet, scheduler_config: dict, resolution: int, transform
-) -> DiTiTrainingModel:
-    """Encoder + decoder (the decoder initialised from the frozen UNet), checked by the pipeline they will form."""
-    from diti_hf import DiffusionCoefficients, DiTiDecoderModel, DiTiPipeline
-    from diti_hf.sampling import noise_schedule_of
-
-    T = DiffusionCoefficients.from_scheduler_config(scheduler_config).num_train_timesteps
-    encoder = build_encoder(args, resolution, T, unet.config.in_channels)
-    decoder = DiTiDecoderModel.from_unet(unet, latent_dim=args.latent_dim, dropout=args.decoder_dropout)
-    decoder.register_to_config(noise_schedule=noise_schedule_of(scheduler_config))
-    if args.init_decoder_from_unet:
-        init_decoder_from_unet(decoder, unet)
-    if args.gradient_checkpointing:
-        decoder.enable_gradient_checkpointing()
-    if args.compile:
-        from diti_hf.models import compile_denoiser
-
-        encoder.compile(backend=args.compile_backend)
-        compile_denoiser(unet, decoder, backend=args.compile_backend)
-    try:  # the final pipeline's own consistency checks, now instead of after training
-        DiTiPipeline(unet, encoder, decoder, ddim_scheduler(scheduler_config), image_processor_for(transform))
-    except (TypeError, ValueError) as error:
-        raise ScriptArgumentError(f"the pipeline this run would save: {error}") from error
-    return DiTiTrainingModel(encoder, decoder, args.loss_weighting).train()
 
 
 def log_start(loop, args: argparse.Namespace, partition, profile: dict | None) -> None:
@@ -546,11 +257,14 @@ def log_start(loop, args: argparse.Namespace, partition, profile: dict | None) -
 
     accelerator = loop.accelerator
     if accelerator.is_main_process:
-        accelerator.init_trackers(args.tracker_project_name or "train_diti", config=tracker_config(args))
+        config = tracker_config(args)
+        if args.partition == "auto":  # the fitted stages, not the flags' None
+            config.update(stages=str(partition.stages), dims_per_stage=str(partition.dims_per_stage))
+        accelerator.init_trackers(args.tracker_project_name or "train_diti", config=config)
         if profile is not None and loop.start_step == 0:
             from diti_hf.evaluation.loss_profile import loss_profile_figure
 
-            log_figure(accelerator, "ddpm/loss_profile", loss_profile_figure(profile["profile"], partition), 0)
+            log_figure(accelerator, "ddpm/loss_profile", loss_profile_figure(profile, partition), 0)
     layout = (
         f"uniform partition ({partition.latent_dim // partition.num_chunks} dims per chunk)"
         if partition.stages is None
@@ -581,16 +295,14 @@ def main(args: argparse.Namespace) -> dict:
     setup_logging(accelerator, logger)
     set_seed(args.seed)  # same initial weights on every process (DDP would broadcast rank 0's anyway)
 
-    # ---- the frozen DDPM and its schedule
-    unet, scheduler_config = load_frozen_ddpm(args, accelerator.device)
+    # ---- the frozen DDPM and its schedule, and the flags checked against them before any data is read
+    unet, scheduler_config = load_frozen_ddpm_from_args(args, accelerator.device)
     coefficients = DiffusionCoefficients.from_scheduler_config(scheduler_config)
     T = coefficients.num_train_timesteps
-    if args.stages is not None and args.stages[-1] != T:
-        raise ScriptArgumentError(f"--stages: must end at the DDPM's T={T}, got {args.stages}")
-    if args.num_chunks > T:
-        raise ScriptArgumentError(f"--num_chunks (k): must be <= T={T}, got {args.num_chunks}")
-    resolution = resolution_for(args, unet)
-    check_against_ddpm(args, unet, resolution, T)
+    preflight = diti_preflight(args, unet, T)
+    if preflight.problems:
+        raise ScriptArgumentError("; ".join(preflight.problems))
+    resolution = preflight.resolution
 
     # ---- data: each process reads its own share, in a seeded order that a resumed run replays
     raw, transform, data = training_data_from_args(args, accelerator, resolution, unet.config.in_channels, logger)
@@ -599,19 +311,19 @@ def main(args: argparse.Namespace) -> dict:
         validation_images = validation_batch(raw, transform, args.num_validation_images, args.image_column)
 
     # ---- where the frozen DDPM's error lies (and, with --partition auto, the partition fitted to it)
-    profile = None
+    profile, fitted_partition = None, None
     if args.loss_profile_images:
         with startup_step(logger, f"measuring the DDPM loss profile on {args.loss_profile_images} images"):
             profile_images = validation_batch(raw, transform, args.loss_profile_images, args.image_column)
-            profile = profile_and_partition(
-                args, accelerator, unet.to(accelerator.device), coefficients, profile_images
+            profile, fitted_partition = profile_and_partition(
+                args, accelerator, unet.to(accelerator.device), coefficients, profile_images, logger
             )
 
     # ---- trainable encoder + decoder; the optimisation (official: Adam 1e-4, β 0.9/0.999, ε 1e-8, no weight decay,
     # no warm-up, EMA 0.9999 from the first step, i.e. --no-ema_warmup; the default EMA warms up so that short runs
     # export trained weights)
     with startup_step(logger, "building the encoder and decoder and preparing the run"):
-        model = build_model(args, unet, scheduler_config, resolution, transform)
+        model = build_diti_model(args, unet, scheduler_config, resolution, transform, fitted_partition)
         loop = TrainingLoop(accelerator, args, model, T, data.batches_per_epoch)
     unet.to(accelerator.device)  # frozen: device placement only, no DDP wrapper
     coefficients = coefficients.to(accelerator.device)

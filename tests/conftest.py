@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from safetensors.torch import load_file
 torch.set_num_threads(1)
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "official-diti"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def tiny_ddpm_unet(seed: int = 0, sample_size: int = 16) -> UNet2DModel:
@@ -109,6 +113,16 @@ def reset_accelerate() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def load_example(name: str) -> ModuleType:
+    """`examples/<name>.py` as a module, loaded from its file (the examples folder is not a package), once."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
 
 
 def run_script_main(module, argv: list[str]) -> dict:

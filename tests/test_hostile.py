@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import FIXTURE_DIR, run_script_main, script_fails, tiny_images, tiny_pipeline
+from conftest import FIXTURE_DIR, load_example, run_script_main, script_fails, tiny_images, tiny_pipeline
 from conftest import reset_accelerate as _reset_accelerate
 from diti_hf import DiTiPipeline
 from diti_hf.cli import main as cli_main
@@ -44,9 +44,7 @@ from diti_hf.training.checkpointing import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-
-import train_ddpm  # noqa: E402
+train_ddpm = load_example("train_ddpm")
 
 
 # ------------------------------------------------------------------------------------------------------ helpers

@@ -233,11 +233,10 @@ SCRIPT_BAD_ARGUMENTS = [
 
 @pytest.mark.parametrize(("extra", "match"), SCRIPT_BAD_ARGUMENTS, ids=[e[0] for e, _ in SCRIPT_BAD_ARGUMENTS])
 def test_training_script_bad_arguments(extra, match, capsys, tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import train_diti
+    from conftest import load_example
     from diti_hf.training.run import run_script
+
+    train_diti = load_example("train_diti")
 
     argv = ["--pretrained_unet", str(tmp_path), "--dataset_name", "diti-shapes", "--output_dir", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as exit_info:

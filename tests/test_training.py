@@ -14,6 +14,17 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
+from conftest import EXAMPLES, load_example, script_fails
+from conftest import reset_accelerate as _reset_accelerate
+from conftest import run_script_main as _run
+from diti_hf.training import (
+    UNET_PRESETS,
+    DDPMTrainingModel,
+    DiTiTrainingModel,
+    build_diti_model,
+    init_decoder_from_unet,
+    load_frozen_ddpm_from_args,
+)
 from diti_hf.training.checkpointing import (
     COMPLETE_MARKER,
     TMP_PREFIX,
@@ -30,14 +41,8 @@ from diti_hf.training.ema import make_ema
 from diti_hf.training.logging_utils import ThroughputMeter, TimestepLossHistogram, image_grid, parameter_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-sys.path.insert(0, str(EXAMPLES))
-
-import train_ddpm  # noqa: E402
-import train_diti  # noqa: E402
-from conftest import reset_accelerate as _reset_accelerate  # noqa: E402
-from conftest import run_script_main as _run  # noqa: E402
-from conftest import script_fails  # noqa: E402
+train_ddpm = load_example("train_ddpm")
+train_diti = load_example("train_diti")
 
 RESOLUTION = 16
 
@@ -362,12 +367,10 @@ def test_train_ddpm_output_is_a_diti_base(tmp_path):
 def test_train_ddpm_v_prediction_regresses_the_velocity():
     from diffusers import DDPMScheduler, UNet2DModel
 
-    unet = UNet2DModel(**{**train_ddpm.UNET_PRESETS["tiny"], "sample_size": 8, "block_out_channels": (16, 32)})
+    unet = UNet2DModel(**{**UNET_PRESETS["tiny"], "sample_size": 8, "block_out_channels": (16, 32)})
     scheduler = DDPMScheduler(prediction_type="v_prediction")
     images = torch.rand(3, 3, 8, 8) * 2 - 1
-    loss, per_sample, timesteps = train_ddpm.DDPMTrainingModel(unet)(
-        images, scheduler, torch.Generator().manual_seed(0)
-    )
+    loss, per_sample, timesteps = DDPMTrainingModel(unet)(images, scheduler, torch.Generator().manual_seed(0))
     # the same draws, in the order the model makes them
     generator = torch.Generator().manual_seed(0)
     t = torch.randint(0, 1000, (3,), generator=generator)
@@ -436,7 +439,7 @@ def test_init_decoder_from_unet_copies_up_path_and_keeps_g_zero():
 
     unet = tiny_base_unet(seed=3)
     decoder = DiTiDecoderModel.from_unet(unet, latent_dim=16)
-    train_diti.init_decoder_from_unet(decoder, unet)
+    init_decoder_from_unet(decoder, unet)
     unet_state, dec_state = unet.state_dict(), decoder.state_dict()
     copied = [k for k in dec_state if k.startswith(("mid_block.", "up_blocks.", "conv_norm_out."))]
     copied = [k for k in copied if ".z_emb_proj." not in k]
@@ -569,7 +572,7 @@ def test_fingerprint_and_throughput():
 # --------------------------------------------------------------------------------------------- NaN/inf guard
 def _nan_on_calls(monkeypatch, bad_calls: set[int]) -> None:
     """Makes the training model's loss NaN on the given forward calls (counted from 0)."""
-    original = train_diti.DiTiTrainingModel.forward
+    original = DiTiTrainingModel.forward
     calls = {"n": 0}
 
     def forward(self, *args, **kwargs):
@@ -578,7 +581,7 @@ def _nan_on_calls(monkeypatch, bad_calls: set[int]) -> None:
         calls["n"] += 1
         return (loss * float("nan"), per_sample, timesteps) if bad else (loss, per_sample, timesteps)
 
-    monkeypatch.setattr(train_diti.DiTiTrainingModel, "forward", forward)
+    monkeypatch.setattr(DiTiTrainingModel, "forward", forward)
 
 
 def test_nonfinite_loss_batches_are_skipped_and_counted(base_model, tmp_path, monkeypatch):
@@ -762,10 +765,10 @@ def test_compile_flag_compiles_every_trained_module_and_keeps_the_training(base_
     args = train_diti.parse_args(
         diti_argv(base_model, tmp_path / "c", *common, "--compile", "--compile_backend", "eager")
     )
-    unet, config = train_diti.load_frozen_ddpm(args)
+    unet, config = load_frozen_ddpm_from_args(args)
     from diti_hf.data import ImageTransform
 
-    model = train_diti.build_model(args, unet, config, RESOLUTION, ImageTransform(RESOLUTION))
+    model = build_diti_model(args, unet, config, RESOLUTION, ImageTransform(RESOLUTION))
     compiled = [model.encoder, model.decoder, unet.conv_in, *unet.down_blocks, unet.conv_out]
     assert all(m._compiled_call_impl is not None for m in compiled)
     _run(train_diti, diti_argv(base_model, tmp_path / "compiled", *common, "--compile", "--compile_backend", "eager"))

@@ -21,16 +21,14 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
+from conftest import EXAMPLES, load_example
+from conftest import run_script_main as _run
+from conftest import script_fails as _fails
 from diti_hf.training.checkpointing import COMPLETE_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-sys.path.insert(0, str(EXAMPLES))
-
-import train_ddpm  # noqa: E402
-import train_diti  # noqa: E402
-from conftest import run_script_main as _run  # noqa: E402
-from conftest import script_fails as _fails  # noqa: E402
+train_ddpm = load_example("train_ddpm")
+train_diti = load_example("train_diti")
 
 RESOLUTION = 16
 

@@ -1,4 +1,5 @@
-"""Training DiTi: the loss, EMA, crash-safe checkpoints, logging helpers and the pieces the example scripts share."""
+"""Training DiTi: the models the example scripts build, the loss, EMA, crash-safe checkpoints, logging helpers and
+the other pieces the scripts share."""
 
 from .checkpointing import (
     CheckpointError,
@@ -14,7 +15,7 @@ from .checkpointing import (
     save_checkpoint,
     save_state_file,
 )
-from .ema import ConstantDecayEMAModel, make_ema
+from .ema import ConstantDecayEMAModel, ema_weights, make_ema
 from .logging_utils import ThroughputMeter, TimestepLossHistogram, image_grid, parameter_fingerprint, peak_memory_mb
 from .loss import (
     LOSS_MODES,
@@ -24,10 +25,33 @@ from .loss import (
     condition_for_timesteps,
     diti_loss,
 )
+from .model import (
+    PRESET_FOR_RESOLUTION,
+    UNET_PRESETS,
+    DDPMTrainingModel,
+    DiTiPreflight,
+    DiTiTrainingModel,
+    build_diti_model,
+    build_encoder,
+    build_unet,
+    ddim_scheduler,
+    diti_preflight,
+    frozen_ddpm_source,
+    image_processor_for,
+    init_decoder_from_unet,
+    load_frozen_ddpm_from_args,
+    profile_and_partition,
+    swap_ranges,
+)
 
 __all__ = [
     "LOSS_MODES",
     "LOSS_WEIGHTINGS",
+    "PRESET_FOR_RESOLUTION",
+    "UNET_PRESETS",
+    "DDPMTrainingModel",
+    "DiTiPreflight",
+    "DiTiTrainingModel",
     "IntervalLossNormalizer",
     "CheckpointError",
     "ConstantDecayEMAModel",
@@ -35,20 +59,32 @@ __all__ = [
     "ThroughputMeter",
     "TimestepLossHistogram",
     "UntrustedCheckpointError",
+    "build_diti_model",
+    "build_encoder",
+    "build_unet",
     "checkpoint_problems",
     "condition_for_timesteps",
+    "ddim_scheduler",
     "diti_loss",
+    "diti_preflight",
+    "ema_weights",
+    "frozen_ddpm_source",
     "image_grid",
+    "image_processor_for",
+    "init_decoder_from_unet",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_frozen_ddpm_from_args",
     "load_state_file",
     "make_ema",
     "parameter_fingerprint",
     "peak_memory_mb",
+    "profile_and_partition",
     "prune_checkpoints",
     "remove_incomplete_checkpoints",
     "resolve_checkpoint",
     "save_checkpoint",
     "save_state_file",
+    "swap_ranges",
 ]

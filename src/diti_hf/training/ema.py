@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 from diffusers.training_utils import EMAModel
@@ -38,6 +39,26 @@ def make_ema(parameters: Iterable[torch.nn.Parameter], decay: float, warmup: boo
     if warmup:
         return EMAModel(parameters, decay=decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3, foreach=True)
     return ConstantDecayEMAModel(parameters, decay=decay, foreach=True)
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    r"""
+    Runs the block with `module` in eval mode holding the EMA weights (how the scripts validate), then gives it back
+    its trained weights and training mode, also when the block raises.
+
+    Args:
+        ema (`EMAModel`): The EMA of `module`'s parameters.
+        module (`torch.nn.Module`): The unwrapped trained module.
+    """
+    ema.store(module.parameters())
+    ema.copy_to(module.parameters())
+    module.eval()
+    try:
+        yield module
+    finally:
+        ema.restore(module.parameters())
+        module.train()
 
 
 def uses_warmup(ema: EMAModel) -> bool:
