@@ -20,8 +20,10 @@ from conftest import run_script_main as _run
 from diti_hf.training import (
     UNET_PRESETS,
     DDPMTrainingModel,
+    DiTiPreflight,
     DiTiTrainingModel,
     build_diti_model,
+    diti_preflight,
     init_decoder_from_unet,
     load_frozen_ddpm_from_args,
 )
@@ -220,6 +222,17 @@ def test_partition_flag_errors(base_model, tmp_path, capsys, extra, expected):
     with pytest.raises(SystemExit) as exit_info:
         train_diti.parse_args(diti_argv(base_model, tmp_path / "x", *extra))
     assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_preflight_returns_every_problem_with_the_ddpm_and_the_resolution(tmp_path):
+    args = train_diti.parse_args(diti_argv(tmp_path, tmp_path / "out"))
+    unet = tiny_base_unet()
+    assert diti_preflight(args) == DiTiPreflight([])
+    assert diti_preflight(args, unet, 1000) == DiTiPreflight([], RESOLUTION)
+    args.resolution = 2 * RESOLUTION
+    found = diti_preflight(args, unet, 2)  # k = 4 chunks > T = 2, and 32×32 training for a 16×16 UNet
+    assert [problem.split(":")[0] for problem in found.problems] == ["--num_chunks (k)", "--resolution"]
+    assert found.resolution == 2 * RESOLUTION
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["map", "streaming"])
