@@ -312,8 +312,10 @@ def test_partition_prints_the_fitted_partition_and_writes_the_profile(pipe, mode
 def test_demo_with_a_model_and_a_baseline(model_dir, pdae_dir, tmp_path, capsys):
     argv = ["demo", "--model", model_dir, "--baseline", pdae_dir, "--num-images", 60, "--num-examples", 2]
     argv += ["--steps", 1, "--eval-steps", 1, "--swap-pairs", 4, "--edit-scales", -1, 1, "--threads", 1]
-    code, out, _ = _run([*argv, "--output-dir", tmp_path, "--no-progress"], capsys)
+    code, out, _ = _run([*argv, "--counterfactual", "--output-dir", tmp_path, "--no-progress"], capsys)
     assert code == 0 and "INTERIM" not in out
+    assert "seconds per section: setup" in out
+    assert f"the full report: diti-hf evaluate --model {model_dir} --baseline {pdae_dir}" in out
     assert all((tmp_path / name).is_file() for name in OUTPUT_FILES)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["mode"] == "trained" and report["notice"] is None and report["parity"] is None
@@ -333,6 +335,32 @@ def test_demo_with_a_model_and_a_baseline(model_dir, pdae_dir, tmp_path, capsys)
     assert "| metric | diti | pdae |" in md.replace(" | random_init | pixels", "")
     assert "| factor | granularity | DDPM attribute-loss t | diti decodable t |" in md
     assert report["evaluation"]["attribute_loss"]["ddpm_of"] == "diti"
+    assert demo_module.ORACLE_SECTIONS not in report["full_report"]["not_run"]
+
+
+def test_demo_runs_the_headline_metrics_and_names_the_full_report(model_dir, tmp_path, capsys):
+    """By default the demo leaves the oracle-read and the slow sections to `diti-hf evaluate`, and says so."""
+    argv = ["demo", "--model", model_dir, "--num-images", 60, "--num-examples", 2, "--steps", 1]
+    argv += ["--edit-scales", -1, 1, "--threads", 1, "--output-dir", tmp_path, "--no-progress"]
+    code, out, _ = _run(argv, capsys)
+    assert code == 0 and all((tmp_path / name).is_file() for name in OUTPUT_FILES)
+    report = json.loads((tmp_path / "report.json").read_text())
+    evaluation = report["evaluation"]
+    assert {"attribute_loss", "loss_profile", "ddpm_samples"}.isdisjoint(evaluation)
+    for entry in evaluation["models"].values():
+        assert {"counterfactual", "disentanglement", "regeneration", "reconstruction"}.isdisjoint(entry)
+    assert 0.0 <= report["summary"]["diti"]["probe_mean_accuracy"] <= 1.0
+    assert "decodable_timestep" in evaluation["models"]["diti"]["alignment"]  # the heatmap's numbers
+    assert report["summary"]["diti"]["reconstruction_psnr"] == report["reconstruction"]["diti"]["psnr"]
+    full = report["full_report"]
+    assert full["not_run"] == [demo_module.ORACLE_SECTIONS, *demo_module.FULL_REPORT_SECTIONS]
+    assert full["command"] == f"diti-hf evaluate --model {model_dir} --output-dir outputs/evaluate"
+    assert f"not run by the demo: {', '.join(full['not_run'])}; the full report: {full['command']}" in out
+    md = (tmp_path / "report.md").read_text()
+    assert full["command"] in md and "attribute-loss t |" not in md
+    assert "| DCI" not in md and "| counterfactual" not in md
+    assert "| factor | granularity | diti decodable t |" in md
+    assert {"data", "reconstruction", "swaps", "interpolation", "edit", "evaluation"} <= report["seconds"].keys()
 
 
 def test_demo_interim_mode_on_the_official_fixture(tmp_path, capsys):

@@ -20,9 +20,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Runs a trained DiTi pipeline (and optionally a PDAE baseline) on procedural shapes, offline, and writes "
             "reconstruction.png, swap_coarse.png, swap_fine.png, interpolation.png, edit.png, alignment_heatmap.png, "
-            f"report.md and report.json. Without --model it uses {DEFAULT_MODEL} (and {DEFAULT_BASELINE}) if present "
-            f"in the working directory or the source checkout, else the interim mode on the official fixture "
-            f"({DEFAULT_FIXTURE}): parity numbers and the same calls on a random-weight checkpoint."
+            "report.md and report.json with the headline metrics (the full report: diti-hf evaluate). Without --model "
+            f"it uses {DEFAULT_MODEL} (and {DEFAULT_BASELINE}) if present in the working directory or the source "
+            f"checkout, else the interim mode on the official fixture ({DEFAULT_FIXTURE}): parity numbers and the "
+            "same calls on a random-weight checkpoint."
         ),
     )
     parser.add_argument(
@@ -57,7 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=common.positive_int,
         default=10,
         metavar="N",
-        help="DDIM steps of the evaluation (default 10)",
+        help="DDIM steps of the --counterfactual swaps (default 10)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, probes and evaluation (default 0)")
     parser.add_argument(
@@ -84,9 +85,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="edit step sizes (-1 -0.5 0 0.5 1; interim -1 0 1)",
     )
     parser.add_argument(
-        "--swap-pairs", type=common.positive_int, default=24, metavar="N", help="counterfactual pairs (default 24)"
+        "--swap-pairs", type=common.positive_int, default=24, metavar="N", help="--counterfactual pairs (default 24)"
     )
-    parser.add_argument("--no-counterfactual", action="store_true", help="skip the counterfactual score")
+    parser.add_argument(
+        "--counterfactual",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also train the oracle and run the counterfactual swap score and the frozen DDPM's attribute-loss times "
+        "(off by default: about 20 s more on 2 CPU cores; `diti-hf evaluate` runs them)",
+    )
     parser.add_argument("--zoom", type=common.positive_int, default=None, metavar="N", help="grid cell upscaling")
     common.add_runtime_arguments(parser)
     parser.set_defaults(handler=run)
@@ -160,7 +167,7 @@ def _demo_config(args: argparse.Namespace, model: str | None, baseline: str | No
         edit_scales=args.edit_scales or ([-1.0, 0.0, 1.0] if interim else [-1.0, -0.5, 0.0, 0.5, 1.0]),
         num_swap_pairs=args.swap_pairs,
         eval_steps=args.eval_steps,
-        evaluate_counterfactual=not args.no_counterfactual,
+        evaluate_counterfactual=args.counterfactual,
         zoom=args.zoom,
         interim=interim,
         model=str(fixture) if interim else model,
