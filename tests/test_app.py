@@ -199,8 +199,8 @@ def test_partition_picker_shows_chunks_dims_and_stages():
     staged = TimestepPartition(latent_dim=16, num_chunks=4, stages=[500, 1000], dims_per_stage=[4, 12])
     presets = preset_ranges(staged)
     assert list(presets) == [
-        "coarse attributes: t ∈ [750, 1000)",
-        "fine attributes: t ∈ [0, 250)",
+        "late chunks: t ∈ [750, 1000)",
+        "early chunks: t ∈ [0, 250)",
         "everything: t ∈ [0, 1000)",
         "stage 0: t ∈ [0, 500)",
         "stage 1: t ∈ [500, 1000)",
@@ -210,7 +210,11 @@ def test_partition_picker_shows_chunks_dims_and_stages():
         "chunk 3: t ∈ [750, 1000)",
     ]
     assert describe_range(staged, 400, 800).startswith(
-        "t ∈ [400, 800) meets **chunks 1–3** of 4 → **dims [2, 16)** of z (14 of 16)."
+        "t ∈ [400, 800) meets **chunks 1–3** of 4 → **dims [2, 16)** of z (14 of 16). An edit acts on whole "
+        "chunks: t ∈ [250, 1000)."
+    )
+    assert describe_range(staged, 500, 1000).startswith(
+        "t ∈ [500, 1000) meets **chunks 2–3** of 4 → **dims [4, 16)** of z (12 of 16). The figure"
     )
     figure = np.asarray(partition_figure(staged, 500, 1000))
     assert figure.shape == (150, 720, 3)
@@ -773,7 +777,7 @@ def test_browser_on_the_shipped_model_through_the_cli(chrome, tmp_path):
     pipe = DiTiPipeline.from_pretrained(SHIPPED)
     pipe.set_progress_bar_config(disable=True)
     a, b = generate_shapes(2, seed=0, resolution=32)["image"]
-    coarse = next(iter(preset_ranges(pipe.partition).values()))  # the range the page starts with
-    expected = pipe.swap(source=[a, b], target=[b, a], timesteps=[coarse], num_inference_steps=20, batch_size=16)
+    first = next(iter(preset_ranges(pipe.partition).values()))  # the range the page starts with
+    expected = pipe.swap(source=[a, b], target=[b, a], timesteps=[first], num_inference_steps=20, batch_size=16)
     assert_shown(shown, expected.images)
     assert startup < 60 and swap_seconds < 30

@@ -141,3 +141,75 @@ def test_mask_mode_round_trips_and_defaults_to_cumulative():
     assert TimestepPartition.from_dict(older).mask_mode == "cumulative"
     with pytest.raises(ValueError, match=r"`mask_mode` must be one of \('cumulative', 'interval'\), got 'own'"):
         TimestepPartition(16, 4, mask_mode="own")
+
+
+def test_resolve_range_says_which_chunks_dims_and_time_steps_a_range_selects():
+    from diti_hf.partition import TimestepRange
+
+    p = TimestepPartition(16, 4, 1000, [500, 1000], [4, 12])  # chunks of 250 t; dims [0, 2, 4, 10, 16)
+    exact = p.resolve_range(timesteps=(500, 1000))
+    assert exact == TimestepRange(requested=(500, 1000), chunks=(2, 4), dims=(4, 16), timesteps=(500, 1000))
+    assert not exact.widened and not exact.empty
+    # a range inside chunk 0, and one across chunks 1-3: widened to the whole chunks they meet
+    assert p.resolve_range(timesteps=(10, 20)) == TimestepRange((10, 20), (0, 1), (0, 2), (0, 250))
+    wide = p.resolve_range(timesteps=(400, 800))
+    assert (wide.chunks, wide.dims, wide.timesteps, wide.widened) == ((1, 4), (2, 16), (250, 1000), True)
+    # a chunk range: its own time-steps, never "widened"
+    chunks = p.resolve_range(chunks=(1, 3))
+    assert chunks == TimestepRange(None, (1, 3), (2, 10), (250, 750)) and not chunks.widened
+    # empty ranges select nothing and act on nothing
+    assert p.resolve_range(timesteps=(300, 300)) == TimestepRange((300, 300), (0, 0), (0, 0), (300, 300))
+    assert p.resolve_range(chunks=(2, 2)).empty and p.resolve_range(chunks=(2, 2)).dims == (0, 0)
+    assert p.resolve_range(timesteps=(300, 300)).empty and not p.resolve_range(timesteps=(300, 300)).widened
+    # numpy ints are ints; the dims agree with the older helpers
+    import numpy as np
+
+    assert p.resolve_range(timesteps=(np.int64(0), np.int64(1000))).dims == (0, 16)
+    for lo, hi in [(0, 1), (249, 251), (999, 1000), (0, 1000)]:
+        assert p.resolve_range(timesteps=(lo, hi)).dims == p.dims_for_timesteps(lo, hi)
+        assert p.resolve_range(timesteps=(lo, hi)).chunks == p.chunks_for_timesteps(lo, hi)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, r"Pass `timesteps=\(lo, hi\)` or `chunks=\(i, j\)`"),
+        ({"timesteps": (0, 10), "chunks": (0, 1)}, "not both"),
+        ({"timesteps": (0.5, 10)}, r"`timesteps` must be a pair of ints"),
+        ({"timesteps": (0, 10, 20)}, r"`timesteps` must be a pair of ints"),
+        ({"chunks": [1]}, r"`chunks` must be a pair of ints"),
+        ({"timesteps": (-1, 10)}, r"`timesteps\[0\]` must lie in \[0, 1000\)"),
+        ({"timesteps": (0, 1001)}, r"`timesteps\[1\]` must lie in \[0, 1001\)"),
+        ({"timesteps": (600, 100)}, "lo <= hi"),
+        ({"chunks": (0, 5)}, r"`chunks` must satisfy 0 <= i <= j <= 4"),
+        ({"chunks": (3, 1)}, r"`chunks` must satisfy"),
+    ],
+)
+def test_resolve_range_refuses_what_is_not_a_range_of_the_partition(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TimestepPartition(16, 4).resolve_range(**kwargs)
+
+
+def test_preset_ranges_are_named_by_position_not_by_attribute():
+    staged = TimestepPartition(latent_dim=16, num_chunks=4, stages=[500, 1000], dims_per_stage=[4, 12])
+    assert staged.end_ranges() == {"late": (750, 1000), "early": (0, 250)}  # a third of 4 chunks: one each
+    assert staged.stage_ranges() == [(0, 500), (500, 1000)]
+    assert staged.preset_ranges() == {
+        "late chunks": (750, 1000),
+        "early chunks": (0, 250),
+        "everything": (0, 1000),
+        "stage 0": (0, 500),
+        "stage 1": (500, 1000),
+        "chunk 0": (0, 250),
+        "chunk 1": (250, 500),
+        "chunk 2": (500, 750),
+        "chunk 3": (750, 1000),
+    }
+    # 16 chunks: five each; every preset is whole chunks, so none is widened
+    sixteen = TimestepPartition(64, 16)
+    assert sixteen.end_ranges() == {"late": (688, 1000), "early": (0, 313)} and sixteen.stage_ranges() == []
+    assert not any(sixteen.resolve_range(timesteps=r).widened for r in sixteen.preset_ranges().values())
+    # one chunk (PDAE): no late or early chunks to pick, but the ends are still defined (all of [0, T))
+    single = TimestepPartition(8, 1)
+    assert single.preset_ranges() == {"everything": (0, 1000), "chunk 0": (0, 1000)}
+    assert single.end_ranges() == {"late": (0, 1000), "early": (0, 1000)}

@@ -252,7 +252,11 @@ def check_range(partition: TimestepPartition, lo: Any, hi: Any) -> tuple[int, in
             f"the range needs two whole numbers, got lo = {short_repr(lo)}, hi = {short_repr(hi)}; {rule}."
         )
     lo, hi = values
-    if not 0 <= lo < hi <= T:
+    try:
+        empty = partition.resolve_range(timesteps=(lo, hi)).empty
+    except ValueError:  # outside [0, T] or reversed
+        empty = True
+    if empty:
         raise AppInputError(
             f"the range [{short_repr(lo)}, {short_repr(hi)}) is outside the model's time-steps: {rule}."
         )
@@ -304,40 +308,27 @@ def interpolation_alphas(num: int, alpha: float) -> list[float]:
 # ---------------------------------------------------------------------------------------------------- the partition
 def preset_ranges(partition: TimestepPartition) -> dict[str, tuple[int, int]]:
     r"""
-    The ranges offered by the range picker: coarse and fine (as in `diti-hf demo`), all time-steps, each stage of a
-    staged partition, each chunk.
+    The ranges offered by the range picker, labelled with their time-steps: the partition's
+    [`~diti_hf.TimestepPartition.preset_ranges`] (the late and the early chunks, all time-steps, each stage of a staged
+    partition, each chunk).
 
     Returns:
         `dict[str, tuple[int, int]]`: label → half-open time-step range.
     """
-    from .demo import partition_ranges
-
-    T, k = partition.num_train_timesteps, partition.num_chunks
-    presets: dict[str, tuple[int, int]] = {}
-    if k > 1:
-        for name, (lo, hi) in partition_ranges(partition).items():
-            presets[f"{name} attributes: t ∈ [{lo}, {hi})"] = (lo, hi)
-    presets[f"everything: t ∈ [0, {T})"] = (0, T)
-    if partition.stages is not None:
-        start = 0
-        for s, end in enumerate(partition.stages):
-            presets[f"stage {s}: t ∈ [{start}, {end})"] = (start, end)
-            start = end
-    for i in range(k):
-        lo, hi = partition.chunk_timesteps(i)
-        presets[f"chunk {i}: t ∈ [{lo}, {hi})"] = (lo, hi)
-    return presets
+    return {f"{name}: t ∈ [{lo}, {hi})": (lo, hi) for name, (lo, hi) in partition.preset_ranges().items()}
 
 
 def describe_range(partition: TimestepPartition, lo: int, hi: int) -> str:
-    """One markdown line: the chunks and dims of `z` a time-step range selects."""
-    i, j = partition.chunks_for_timesteps(lo, hi)
-    start, end = partition.dims_for_chunks(i, j)
+    """One markdown line: the chunks and dims of `z` a time-step range selects, and the time-steps it acts on."""
+    resolved = partition.resolve_range(timesteps=(lo, hi))
+    (i, j), (start, end) = resolved.chunks, resolved.dims
     chunks = f"chunk {i}" if j - i == 1 else f"chunks {i}–{j - 1}"
+    t_lo, t_hi = resolved.timesteps
+    widened = f" An edit acts on whole chunks: t ∈ [{t_lo}, {t_hi})." if resolved.widened else ""
     return (
         f"t ∈ [{lo}, {hi}) meets **{chunks}** of {partition.num_chunks} → **dims [{start}, {end})** of z "
-        f"({end - start} of {partition.latent_dim}). The figure: chunks over t (top) and the dims of z they own "
-        "(bottom), the range in orange, stage edges thick."
+        f"({end - start} of {partition.latent_dim}).{widened} The figure: chunks over t (top) and the dims of z they "
+        "own (bottom), the range in orange, stage edges thick."
     )
 
 
@@ -356,7 +347,8 @@ def partition_figure(partition: TimestepPartition, lo: int | None = None, hi: in
     image = PIL.Image.new("RGB", (width, 150), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     span = width - 2 * margin
-    selected = partition.chunks_for_timesteps(lo, hi) if lo is not None and hi is not None and lo < hi else (0, 0)
+    picked = lo is not None and hi is not None and lo < hi
+    selected = partition.resolve_range(timesteps=(lo, hi)).chunks if picked else (0, 0)
 
     def x_of(value: float, total: int) -> int:
         return margin + round(span * value / total)

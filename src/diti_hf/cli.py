@@ -26,6 +26,7 @@ from .commands import COMMANDS, command_module
 from .commands._common import PROG, UsageError, one_line, seed_everything, set_threads
 from .commands.evaluate import _evaluation_line
 from .cpu_memory import reuse_freed_memory
+from .warning_types import ChunkWideningWarning, ImageResizeWarning
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -95,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _print_warning
             # the commands say these in terms of their own flags (check_ranges, read_for_model)
-            warnings.filterwarnings("ignore", message=".*acts on whole chunks")
-            warnings.filterwarnings("ignore", message=r"`images` of size .* are resized")
+            warnings.simplefilter("ignore", ChunkWideningWarning)
+            warnings.simplefilter("ignore", ImageResizeWarning)
             with naming_flags():  # the library's messages name the flags, not the Python keywords
                 return args.handler(args)
     except SystemExit as exit_:  # --help / --version

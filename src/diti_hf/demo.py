@@ -2,7 +2,7 @@
 
 It runs a trained pipeline — by default the shipped `pretrained/diti-shapes32/` with its PDAE baseline
 `pretrained/pdae-shapes32/` side by side, both trained against the frozen DDPM `pretrained/ddpm-shapes32/` — and
-writes reconstructions, coarse and fine attribute swaps, an interpolation strip, a classifier-direction edit, the
+writes reconstructions, late- and early-chunk swaps, an interpolation strip, a classifier-direction edit, the
 time-step alignment heatmap and a report of the evaluation metrics. These are small demonstration models: their swaps
 change the image, but not yet one attribute group at a time (README.md, "Results", has the measured numbers).
 
@@ -35,7 +35,6 @@ from .visualization import (
     image_grid,
     save_grid,
     swap_caption,
-    swap_grid_images,
     swap_grid_rows,
     variant_rows,
 )
@@ -80,14 +79,9 @@ PARITY_TOLERANCES = {"eps": 1e-4, "shift_G": 1e-4, "encoder": 1e-4, "ddim_invers
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def partition_ranges(partition: Any) -> dict[str, tuple[int, int]]:
-    """The coarse (last third of the chunks, late t) and fine (first third, early t) time-step ranges."""
-    k, T = partition.num_chunks, partition.num_train_timesteps
-    third = max(1, k // 3)
-    return {
-        "coarse": (partition.chunk_timesteps(k - third)[0], T),
-        "fine": (0, partition.chunk_timesteps(third - 1)[1]),
-    }
+# The swap grids' names (swap_coarse.png, the report's "coarse") → the chunks they swap (`end_ranges` of the
+# partition). The names are DiTi's hypothesis for those chunks; whether a model bears it out, its evaluation measures.
+SWAP_GRIDS = {"coarse": "late", "fine": "early"}
 
 
 def _to01(pipe: Any, images: Any) -> torch.Tensor:
@@ -281,7 +275,8 @@ def run_demo(
     stages.start("reconstruction")
     reconstruction = _reconstruction_grid(run)
     stages.start("swaps")
-    ranges = partition_ranges(pipe.partition)
+    ends = pipe.partition.end_ranges()
+    ranges = {name: ends[end] for name, end in SWAP_GRIDS.items()}
     _swap_grids(run, ranges)
     stages.start("interpolation")
     _interpolation_grid(run, ranges)
@@ -353,28 +348,27 @@ def _reconstruction_grid(run: _DemoRun) -> dict[str, Any]:
 
 
 def _swap_grids(run: _DemoRun, ranges: dict[str, tuple[int, int]]) -> None:
-    """Every example with the coarse, then the fine chunks of every other: swap_coarse.png and swap_fine.png."""
-    labels = ("coarse", "fine")
-    swapped = swap_grid_images(
-        run.pipe,
+    """Every example with the late, then the early chunks of every other: swap_coarse.png and swap_fine.png."""
+    swapped = run.pipe.swap(
         run.images,
         run.images,
-        [("timesteps", ranges[label]) for label in labels],
-        run.config.steps,
-        run.config.batch_size,
-    )
-    for label, cells in zip(labels, swapped):
-        lo, hi = ranges[label]
+        timesteps=list(ranges.values()),
+        num_inference_steps=run.config.steps,
+        batch_size=run.config.batch_size,
+        all_pairs=True,
+    ).images
+    for r, (name, (lo, hi)) in enumerate(ranges.items()):
         what = f"t in [{lo}, {hi})"
-        rows = swap_grid_rows(run.shown, run.shown, cells)
-        save_grid(rows, run.out / f"swap_{label}.png", run.zoom, swap_caption(f"{label} swap, {what}", what))
+        rows = swap_grid_rows(run.shown, run.shown, swapped, range_index=r, num_ranges=len(ranges))
+        title = f"swap of the {SWAP_GRIDS[name]} chunks, {what}"
+        save_grid(rows, run.out / f"swap_{name}.png", run.zoom, swap_caption(title, what))
 
 
 def _interpolation_grid(run: _DemoRun, ranges: dict[str, tuple[int, int]]) -> None:
-    """The first example moved to the second along the coarse (top row) and the fine chunks: interpolation.png."""
+    """The first example moved to the second along the late (top row) and the early chunks: interpolation.png."""
     alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
     rows = []
-    for label in ("coarse", "fine"):
+    for label in SWAP_GRIDS:
         strip = run.pipe.interpolate(
             run.images[:1],
             run.images[1:2],
@@ -387,7 +381,7 @@ def _interpolation_grid(run: _DemoRun, ranges: dict[str, tuple[int, int]]) -> No
     (c_lo, c_hi), (f_lo, f_hi) = ranges["coarse"], ranges["fine"]
     caption = (
         f"source | alpha = {', '.join(f'{a:g}' for a in alphas)} | target. Top row: the z-chunks of t in "
-        f"[{c_lo}, {c_hi}) (coarse) interpolated; bottom row: those of t in [{f_lo}, {f_hi}) (fine)"
+        f"[{c_lo}, {c_hi}) (late chunks) interpolated; bottom row: those of t in [{f_lo}, {f_hi}) (early chunks)"
     )
     save_grid(rows, run.out / "interpolation.png", run.zoom, caption)
 
@@ -597,7 +591,8 @@ def _markdown(report: dict) -> str:
     lines += [
         f"- model: `{report['model']}`" + (f", baseline: `{report['baseline']}`" if report["baseline"] else ""),
         f"- partition: {_partition_text(report['partition'])}",
-        f"- swaps: coarse t ∈ {report['swap_ranges']['coarse']}, fine t ∈ {report['swap_ranges']['fine']}",
+        f"- swaps: late chunks t ∈ {report['swap_ranges']['coarse']}, early chunks t ∈ "
+        f"{report['swap_ranges']['fine']}",
         f"- DDIM steps: {report['config']['steps']}; run time {report['seconds']['total']:.0f} s",
         "",
     ]
@@ -656,8 +651,8 @@ def _markdown(report: dict) -> str:
         "",
         "- `reconstruction.png`: inputs (top) over reconstructions (bottom)",
         "- `swap_coarse.png` / `swap_fine.png`: sources (rows) × targets (columns) with the late / early time-step "
-        "chunks taken from the target",
-        "- `interpolation.png`: A | interpolations α = 0 … 1 | B, coarse range (top row) and fine range (bottom row)",
+        "chunks taken from the target (named after DiTi's hypothesis that these carry coarse / fine attributes)",
+        "- `interpolation.png`: A | interpolations α = 0 … 1 | B, late chunks (top row) and early chunks (bottom row)",
         "- `edit.png`: input, then one column per edit scale",
         "- `alignment_heatmap.png`: factors × chunks probe accuracy (evaluation module); `evaluation/` holds every plot",
         "- `report.json`: everything above, with the full evaluation report",
@@ -706,10 +701,8 @@ __all__ = [
     "grid_cell_box",
     "image_grid",
     "official_fixture_pipeline",
-    "partition_ranges",
     "resolve_default",
     "run_demo",
     "search_roots",
-    "swap_grid_images",
     "train_logistic_probe",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,36 @@ def _proportional(weights: Sequence[float], total: int, minimum: Sequence[int]) 
     for i in order[: total - sum(out)]:
         out[i] += 1
     return out
+
+
+@dataclass(frozen=True)
+class TimestepRange:
+    r"""
+    What a requested range selects of `z` (see [`TimestepPartition.resolve_range`]).
+
+    Args:
+        requested (`tuple[int, int]`, *optional*): The time-step range `(lo, hi)` as asked for; `None` for a chunk
+            range.
+        chunks (`tuple[int, int]`): Half-open range `[i, j)` of the chunks it selects (`i == j`: none).
+        dims (`tuple[int, int]`): Half-open range `[start, end)` of the dims of `z` those chunks own (`(0, 0)`: none).
+        timesteps (`tuple[int, int]`): Half-open time-steps `[lo, hi)` of those chunks, what an edit of the range
+            acts on (the requested range itself when it selects nothing).
+    """
+
+    requested: tuple[int, int] | None
+    chunks: tuple[int, int]
+    dims: tuple[int, int]
+    timesteps: tuple[int, int]
+
+    @property
+    def empty(self) -> bool:
+        """Whether the range selects no chunk (an edit of it changes nothing)."""
+        return self.chunks[0] == self.chunks[1]
+
+    @property
+    def widened(self) -> bool:
+        """Whether a requested time-step range acts on more time-steps than asked for (whole chunks)."""
+        return self.requested is not None and not self.empty and self.timesteps != self.requested
 
 
 class TimestepPartition:
@@ -321,6 +352,80 @@ class TimestepPartition:
         mask = torch.zeros(self.latent_dim, dtype=torch.bool, device=device)
         mask[start:end] = True
         return mask
+
+    # ------------------------------------------------------------------ ranges
+    def resolve_range(
+        self, timesteps: Sequence[int] | None = None, chunks: Sequence[int] | None = None
+    ) -> TimestepRange:
+        r"""
+        The chunks, dims and effective time-steps a range selects: how every edit, the command line, the app and the
+        evaluation turn a range into dims of `z`.
+
+        A time-step range selects every chunk whose time-steps meet it, so it acts on whole chunks: the result's
+        `timesteps` may be wider than the range asked for ([`TimestepRange.widened`]).
+
+        Args:
+            timesteps (`(lo, hi)`, *optional*): Half-open time-step range, `0 <= lo <= hi <= num_train_timesteps`.
+            chunks (`(i, j)`, *optional*): Half-open chunk range, `0 <= i <= j <= num_chunks`, instead.
+
+        Returns:
+            [`TimestepRange`]: An empty range (`lo == hi` or `i == j`) selects nothing.
+
+        Raises:
+            `ValueError`: Neither or both of `timesteps` and `chunks`, not a pair of ints, or out of bounds.
+        """
+        if timesteps is not None and chunks is not None:
+            raise ValueError("Pass either `timesteps` or `chunks`, not both.")
+        if chunks is not None:
+            i, j = self._pair(chunks, "chunks")
+            dims = self.dims_for_chunks(i, j)
+            return TimestepRange(None, (i, j), dims, (self._chunk_start(i), self._chunk_start(j)))
+        if timesteps is None:
+            raise ValueError("Pass `timesteps=(lo, hi)` or `chunks=(i, j)`.")
+        lo, hi = self._pair(timesteps, "timesteps")
+        i, j = self.chunks_for_timesteps(lo, hi)
+        effective = (lo, hi) if i == j else (self._chunk_start(i), self._chunk_start(j))
+        return TimestepRange((lo, hi), (i, j), self.dims_for_chunks(i, j), effective)
+
+    @staticmethod
+    def _pair(value: Any, name: str) -> tuple[int, int]:
+        if (
+            not isinstance(value, (tuple, list))
+            or len(value) != 2
+            or not all(isinstance(v, (int, np.integer)) for v in value)
+        ):
+            raise ValueError(f"`{name}` must be a pair of ints (lo, hi), got {value!r}.")
+        return int(value[0]), int(value[1])
+
+    def stage_ranges(self) -> list[tuple[int, int]]:
+        """Half-open time-step range `[lo, hi)` of each stage of a staged partition (none for a uniform one)."""
+        return [] if self.stages is None else list(zip([0, *self.stages[:-1]], self.stages))
+
+    def end_ranges(self) -> dict[str, tuple[int, int]]:
+        r"""
+        The time-steps of the last and of the first third of the chunks (at least one chunk each), as
+        `{"late": (lo, hi), "early": (lo, hi)}`; with one chunk both are `[0, T)`.
+
+        DiTi's hypothesis is that late time-steps carry coarse attributes and early ones fine attributes; whether a
+        model does is measured by its evaluation, not implied by these ranges.
+        """
+        k, T = self.num_chunks, self.num_train_timesteps
+        third = max(1, k // 3)
+        return {"late": (self._chunk_start(k - third), T), "early": (0, self._chunk_start(third))}
+
+    def preset_ranges(self) -> dict[str, tuple[int, int]]:
+        r"""
+        Named half-open time-step ranges to pick from, in this order: `"late chunks"` and `"early chunks"`
+        ([`~TimestepPartition.end_ranges`], with more than one chunk), `"everything"`, `"stage s"` for each stage of a
+        staged partition, and `"chunk i"` for each chunk.
+        """
+        presets: dict[str, tuple[int, int]] = {}
+        if self.num_chunks > 1:
+            presets.update({f"{name} chunks": bounds for name, bounds in self.end_ranges().items()})
+        presets["everything"] = (0, self.num_train_timesteps)
+        presets.update({f"stage {s}": bounds for s, bounds in enumerate(self.stage_ranges())})
+        presets.update({f"chunk {i}": self.chunk_timesteps(i) for i in range(self.num_chunks)})
+        return presets
 
     # ------------------------------------------------------------------ mask tables
     def mask_table(self, kind: str = "cumulative", device: torch.device | str | None = None) -> torch.Tensor:

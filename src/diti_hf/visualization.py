@@ -3,7 +3,7 @@ the training scripts log to tensorboard.
 
 A grid is a list of rows of equally sized cells, `pad` pixels apart and around (an empty cell is `None`); a caption
 strip under the cells says what the rows and columns are, and [`grid_cell_box`] says where each cell lies, so that a
-test or a script can crop it back out. The row builders lay out what the pipeline returns (swaps source-major,
+test or a script can crop it back out. The row builders lay out what the pipeline returns (swaps pair-major,
 variants image-major) next to the images they came from.
 """
 
@@ -164,11 +164,23 @@ def save_grid(
 
 
 # ---------------------------------------------------------------------------------------------------- rows
-def swap_grid_rows(sources: Sequence[Any], targets: Sequence[Any], swapped: Sequence[Any]) -> list[list[Any]]:
-    """Targets in the first row, sources in the first column, each other cell its row's source swapped with its
-    column's target (`swapped` source-major, as [`swap_grid_images`] returns it)."""
+def swap_grid_rows(
+    sources: Sequence[Any], targets: Sequence[Any], swapped: Sequence[Any], range_index: int = 0, num_ranges: int = 1
+) -> list[list[Any]]:
+    r"""
+    The grid of one swapped range: targets in the first row, sources in the first column, each other cell its row's
+    source swapped with its column's target.
+
+    Args:
+        sources, targets (`Sequence`): The images of the first column and of the first row.
+        swapped (`Sequence`): What `pipe.swap(sources, targets, ..., all_pairs=True).images` returns: pair-major
+            (pair `s * len(targets) + t`), `num_ranges` images per pair.
+        range_index (`int`, defaults to 0): The range whose grid to lay out.
+        num_ranges (`int`, defaults to 1): The number of ranges swapped.
+    """
     n = len(targets)
-    return [[None, *targets]] + [[source, *swapped[i * n : (i + 1) * n]] for i, source in enumerate(sources)]
+    cells = swapped[range_index::num_ranges]
+    return [[None, *targets]] + [[source, *cells[i * n : (i + 1) * n]] for i, source in enumerate(sources)]
 
 
 def variant_rows(
@@ -189,56 +201,6 @@ def swap_caption(title: str, what: str) -> str:
     )
 
 
-def swap_grid_images(
-    pipe: Any,
-    sources: Any,
-    targets: Any,
-    ranges: Sequence[tuple[str, tuple[int, int]]],
-    num_inference_steps: int,
-    batch_size: int,
-    output_type: str = "pil",
-) -> list:
-    r"""
-    Every source with the chunks of each range taken from every target, inverting each source only once.
-
-    Args:
-        pipe ([`~diti_hf.DiTiPipeline`]): The pipeline.
-        sources, targets: Images (anything [`~diti_hf.DiTiPipeline.preprocess`] accepts).
-        ranges (`list[tuple[str, tuple[int, int]]]`): `("timesteps", (lo, hi))` or `("chunks", (i, j))` entries.
-        num_inference_steps (`int`): DDIM steps of inversion and generation.
-        batch_size (`int`): Images per inversion / generation batch.
-        output_type (`str`, defaults to `"pil"`): As in the pipeline.
-
-    Returns:
-        `list`: Per range, `len(sources) × len(targets)` images, source-major (image `s·T + t`), the cells of
-        [`swap_grid_rows`].
-    """
-    pixels_s, pixels_t = pipe.preprocess(sources), pipe.preprocess(targets)
-    latents, z_source = [], []
-    for i in range(0, pixels_s.shape[0], batch_size):
-        inverted = pipe.invert(pixels_s[i : i + batch_size], num_inference_steps=num_inference_steps)
-        latents.append(inverted.latents)
-        z_source.append(inverted.z)
-    latents, z_source = torch.cat(latents), torch.cat(z_source)
-    z_target = pipe.encode(pixels_t, batch_size=batch_size).z
-    n_t = pixels_t.shape[0]
-    results = []
-    for kind, (lo, hi) in ranges:
-        partition = pipe.partition
-        start, end = partition.dims_for_timesteps(lo, hi) if kind == "timesteps" else partition.dims_for_chunks(lo, hi)
-        z = z_source[:, None].repeat(1, n_t, 1)
-        z[:, :, start:end] = z_target[None, :, start:end]
-        out = pipe(
-            z=z.flatten(0, 1),
-            latents=latents.repeat_interleave(n_t, 0),
-            num_inference_steps=num_inference_steps,
-            batch_size=batch_size,
-            output_type=output_type,
-        )
-        results.append(out.images)
-    return results
-
-
 __all__ = [
     "DEFAULT_MIN_CELL",
     "caption_strip",
@@ -248,7 +210,6 @@ __all__ = [
     "image_grid",
     "save_grid",
     "swap_caption",
-    "swap_grid_images",
     "swap_grid_rows",
     "tensor_grid",
     "variant_rows",

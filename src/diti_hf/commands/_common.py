@@ -357,26 +357,31 @@ def add_range_arguments(parser: argparse.ArgumentParser, repeat: bool, what: str
         type=int,
         action=action,
         metavar=("LO", "HI"),
-        help=f"time-step range [LO, HI) of the chunks to {what}{again}; late t = coarse attributes, early t = fine",
+        help=(
+            f"time-step range [LO, HI) of the chunks to {what}{again} (DiTi aims for late t to hold coarse "
+            "attributes, early t fine ones)"
+        ),
     )
     parser.add_argument(
         "--chunks", nargs=2, type=int, action=action, metavar=("I", "J"), help=f"chunk range [I, J) instead{again}"
     )
 
 
-def _accepts(check: Any, lo: int, hi: int) -> bool:
-    """Whether the partition's own check takes `[lo, hi)` and finds it non-empty (it allows `lo == hi`, empty)."""
+def _resolve(partition: Any, kind: str, bounds: tuple[int, int]) -> Any:
+    """The partition's [`~diti_hf.TimestepPartition.resolve_range`] of a `"timesteps"` or `"chunks"` range; `None`
+    where it refuses the range or the range selects nothing."""
     try:
-        start, end = check(lo, hi)
+        resolved = partition.resolve_range(**{kind: bounds})
     except ValueError:
-        return False
-    return end > start
+        return None
+    return None if resolved.empty else resolved
 
 
 def check_ranges(
     pipe: Any, timesteps: list | None, chunks: list | None, required: bool = True, single: bool = False
 ) -> list[tuple]:
-    """Validated `[("timesteps", (lo, hi)) | ("chunks", (i, j))]` against the pipeline's partition."""
+    """Validated `[("timesteps", (lo, hi)) | ("chunks", (i, j))]` against the pipeline's partition, the time-step
+    ranges first (the order in which `pipe.swap` takes them); warns where whole chunks widen a time-step range."""
     if single and timesteps and chunks:
         raise UsageError("give --timesteps or --chunks, not both")
     if not timesteps and not chunks:
@@ -387,31 +392,25 @@ def check_ranges(
     T, k = partition.num_train_timesteps, partition.num_chunks
     ranges = []
     for lo, hi in timesteps or []:
-        if not _accepts(partition.chunks_for_timesteps, lo, hi):
+        resolved = _resolve(partition, "timesteps", (lo, hi))
+        if resolved is None:
             raise UsageError(
                 f"--timesteps {lo} {hi}: a time-step range must satisfy 0 <= LO < HI <= T={T} (half-open [LO, HI) "
                 f"inside [0, {T}))"
             )
         ranges.append(("timesteps", (lo, hi)))
-        start, end, i, j = _chunk_span(partition, "timesteps", (lo, hi))
-        if (start, end) != (lo, hi):
+        if resolved.widened:
+            start, end = resolved.timesteps
             warnings.warn(
                 f"--timesteps {lo} {hi}: z is edited by whole chunks, so this range acts on t in [{start}, {end}) "
-                f"({_chunks_text(i, j)}); give --timesteps {start} {end} to say so",
+                f"({_chunks_text(*resolved.chunks)}); give --timesteps {start} {end} to say so",
                 stacklevel=2,
             )
     for i, j in chunks or []:
-        if not _accepts(partition.dims_for_chunks, i, j):
+        if _resolve(partition, "chunks", (i, j)) is None:
             raise UsageError(f"--chunks {i} {j}: a chunk range must satisfy 0 <= I < J <= {k} (the model's chunks)")
         ranges.append(("chunks", (i, j)))
     return ranges
-
-
-def _chunk_span(partition: Any, kind: str, bounds: tuple[int, int]) -> tuple[int, int, int, int]:
-    """`(lo, hi, i, j)`: the chunks `[i, j)` a range meets and their time-steps `[lo, hi)`, what an edit of the
-    range actually changes."""
-    i, j = partition.chunks_for_timesteps(*bounds) if kind == "timesteps" else bounds
-    return partition.chunk_timesteps(i)[0], partition.chunk_timesteps(j - 1)[1], i, j
 
 
 def _chunks_text(i: int, j: int) -> str:
@@ -419,9 +418,10 @@ def _chunks_text(i: int, j: int) -> str:
 
 
 def range_text(pipe: Any, kind: str, bounds: tuple[int, int]) -> str:
-    """`t in [lo, hi) (chunks i..j)` for the grid captions, with the range widened to whole chunks."""
-    lo, hi, i, j = _chunk_span(pipe.partition, kind, bounds)
-    return f"t in [{lo}, {hi}) ({_chunks_text(i, j)})"
+    """`t in [lo, hi) (chunks i..j)` for the grid captions: the time-steps of the whole chunks the range selects."""
+    resolved = pipe.partition.resolve_range(**{kind: bounds})
+    lo, hi = resolved.timesteps
+    return f"t in [{lo}, {hi}) ({_chunks_text(*resolved.chunks)})"
 
 
 def range_label(kind: str, bounds: tuple[int, int]) -> str:

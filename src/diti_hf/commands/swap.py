@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..visualization import swap_caption, swap_grid_images, swap_grid_rows
+    from ..visualization import swap_caption, swap_grid_rows
 
     source_files = common.image_files(args.source, "--source")
     target_files = common.image_files(args.target, "--target")
@@ -38,9 +38,19 @@ def run(args: argparse.Namespace) -> int:
     targets = common.read_for_model(pipe, target_files, "--target")
     shown_s, shown_t = common.shown(pipe, sources), common.shown(pipe, targets)
     zoom = common.grid_zoom(args, shown_s[0].width)
-    grids = swap_grid_images(pipe, sources, targets, ranges, args.steps, args.batch_size)
-    for (kind, bounds), images, path in zip(ranges, grids, paths):
+    # check_ranges lists the time-step ranges first, the order in which pipe.swap generates them
+    swapped = pipe.swap(
+        sources,
+        targets,
+        timesteps=[bounds for kind, bounds in ranges if kind == "timesteps"] or None,
+        chunks=[bounds for kind, bounds in ranges if kind == "chunks"] or None,
+        num_inference_steps=args.steps,
+        batch_size=args.batch_size,
+        all_pairs=True,
+    ).images
+    for r, ((kind, bounds), path) in enumerate(zip(ranges, paths)):
         what = common.range_text(pipe, kind, bounds)
         caption = f"{swap_caption(f'swap of {what}', what)} ({args.steps} DDIM steps)"
-        common.save_grid(swap_grid_rows(shown_s, shown_t, images), path, zoom, caption)
+        rows = swap_grid_rows(shown_s, shown_t, swapped, range_index=r, num_ranges=len(ranges))
+        common.save_grid(rows, path, zoom, caption)
     return 0

@@ -11,6 +11,7 @@ import torch
 
 from ..models import eps_function
 from ..partition import TimestepPartition
+from ..warning_types import ChunkWideningWarning
 from .control import RegenerateFn, SampleFn
 from .counterfactual import SwapFn
 from .reconstruction import ReconstructFn
@@ -77,9 +78,9 @@ def pipeline_functions(
     def deduplicated(generate: Callable) -> SwapFn:
         # ranges that cover the same dims (all of them with PDAE's single chunk) give the same images: generate once
         def swap_fn(source: torch.Tensor, target: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
-            dims = [partition.dims_for_timesteps(lo, hi) for lo, hi in ranges]
+            dims = [partition.resolve_range(timesteps=bounds).dims for bounds in ranges]
             unique = list(dict.fromkeys(dims))
-            out = generate(source, target, [ranges[dims.index(d)] for d in unique], unique)
+            out = generate(source, target, [ranges[dims.index(d)] for d in unique])
             # B × R images, source-major
             out = out.float().cpu().view(source.shape[0], len(unique), *out.shape[1:])
             return out[:, [unique.index(d) for d in dims]]
@@ -92,30 +93,17 @@ def pipeline_functions(
         calls[0] += 1
         return torch.Generator(device).manual_seed(calls[0])
 
-    def pipeline_swap(inversion: str) -> SwapFn:
-        def generate(source, target, ranges, dims):
-            generator = next_generator(pipe.device)
+    def pipeline_swap(inversion: str = "ddim", latents_of: Callable | None = None) -> SwapFn:
+        # `pipe.swap` from where `inversion` says, or from `latents_of(source, target)` (another starting point)
+        def generate(source, target, ranges):
+            generator = next_generator(pipe.device) if latents_of is None else None
+            latents = None if latents_of is None else latents_of(source, target)
             with warnings.catch_warnings():  # the report records its ranges; widening to chunks is expected here
-                warnings.filterwarnings("ignore", message=".*acts on whole chunks")
+                warnings.simplefilter("ignore", ChunkWideningWarning)
                 return pipe.swap(
                     source, target, timesteps=ranges, num_inference_steps=num_inference_steps, output_type="pt",
-                    inversion=inversion, generator=generator,
+                    inversion=inversion, latents=latents, generator=generator,
                 ).images  # fmt: skip
-
-        return deduplicated(generate)
-
-    def swap_from(latents_of: Callable) -> SwapFn:
-        # the source's z with the range's dims from the target, generated from another starting point
-        def generate(source, target, ranges, dims):
-            z_a, z_b = pipe.encode(source).z, pipe.encode(target).z
-            variants = []
-            for start, end in dims:
-                z = z_a.clone()
-                z[:, start:end] = z_b[:, start:end]
-                variants.append(z)
-            latents = latents_of(source, target).repeat_interleave(len(dims), 0)
-            z = torch.stack(variants, 1).flatten(0, 1)
-            return pipe(z=z, latents=latents, num_inference_steps=num_inference_steps, output_type="pt").images
 
         return deduplicated(generate)
 
@@ -125,8 +113,10 @@ def pipeline_functions(
 
     swap_protocols = {
         "source_inverted": pipeline_swap("ddim"),
-        "target_inverted": swap_from(lambda s, t: pipe.invert(t, num_inference_steps=num_inference_steps).latents),
-        "shared_random": swap_from(shared_noise),
+        "target_inverted": pipeline_swap(
+            latents_of=lambda s, t: pipe.invert(t, num_inference_steps=num_inference_steps).latents
+        ),
+        "shared_random": pipeline_swap(latents_of=shared_noise),
         "stochastic": pipeline_swap("stochastic"),
     }
 

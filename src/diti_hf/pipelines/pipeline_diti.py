@@ -20,7 +20,7 @@ from ..models.decoder import DiTiDecoderModel
 from ..models.denoiser import compile_denoiser, denoise
 from ..models.encoder import DiTiEncoderModel, DiTiEncoderOutput
 from ..models.strict_loading import check_finite_weights, check_saved_weights
-from ..partition import TimestepPartition
+from ..partition import TimestepPartition, TimestepRange
 from ..sampling import (
     DEFAULT_NUM_INFERENCE_STEPS,
     DiffusionCoefficients,
@@ -29,6 +29,7 @@ from ..sampling import (
     noise_schedule_of,
     sampling_grid,
 )
+from ..warning_types import ChunkWideningWarning, ImageResizeWarning
 from .checks import check_components, check_pipeline_folder
 from .image_processing_diti import DiTiImageProcessor
 
@@ -42,7 +43,7 @@ EXAMPLE_DOC_STRING = """
     >>> pipe = DiTiPipeline.from_pretrained("path/or/hub-id")
     >>> z = pipe.encode(images).z                                    # (B, d) time-step-modular features
     >>> recon = pipe.reconstruct(images).images                     # invert → generate
-    >>> out = pipe.swap(source=img_a, target=img_b, timesteps=(500, 1000))  # take B's coarse attributes
+    >>> out = pipe.swap(source=img_a, target=img_b, timesteps=(500, 1000))  # B's chunks of t in [500, 1000)
     >>> row = pipe.interpolate(img_a, img_b, alphas=[0, 0.5, 1], timesteps=(250, 500))
     ```
 """
@@ -238,6 +239,7 @@ class DiTiPipeline(DiffusionPipeline):
             if resized:
                 warnings.warn(
                     f"`images` of size {sorted(resized)} (width, height) are resized and cropped to {size}×{size}.",
+                    ImageResizeWarning,
                     stacklevel=3,
                 )
             tensor = processor(list(images), return_tensors="pt")["pixel_values"]
@@ -277,29 +279,20 @@ class DiTiPipeline(DiffusionPipeline):
         _check_finite(z, "z")
         return z.to(device=self._execution_device, dtype=self.decoder.dtype)
 
-    def _dims(self, timesteps: tuple[int, int] | None, chunks: tuple[int, int] | None) -> tuple[int, int]:
-        """Dim range `[start, end)` for a time-step range or a chunk range (all dims when both are None)."""
-        if timesteps is not None and chunks is not None:
-            raise ValueError("Pass either `timesteps` or `chunks`, not both.")
-        if chunks is not None:
-            return self.partition.dims_for_chunks(*_pair(chunks, "chunks"))
-        if timesteps is not None:
-            return self.partition.dims_for_chunks(*self._chunks_of_timesteps(timesteps))
-        return (0, self.encoder.config.latent_dim)
-
-    def _chunks_of_timesteps(self, timesteps: tuple[int, int]) -> tuple[int, int]:
-        """The chunk range `[i, j)` meeting a time-step range; warns when that widens the range."""
-        lo, hi = _pair(timesteps, "timesteps")
-        i, j = self.partition.chunks_for_timesteps(lo, hi)
-        if j > i:
-            start, end = self.partition.chunk_timesteps(i)[0], self.partition.chunk_timesteps(j - 1)[1]
-            if (start, end) != (lo, hi):
-                warnings.warn(
-                    f"`timesteps` ({lo}, {hi}) acts on whole chunks {i}..{j - 1}: the effective range is "
-                    f"[{start}, {end}).",
-                    stacklevel=4,
-                )
-        return i, j
+    def _resolve_range(self, timesteps: Sequence[int] | None, chunks: Sequence[int] | None) -> TimestepRange:
+        """
+        [`TimestepPartition.resolve_range`], warning with a [`ChunkWideningWarning`] when whole chunks widen a
+        time-step range. Called from the public method itself, so that the warning points at the caller's line.
+        """
+        resolved = self.partition.resolve_range(timesteps, chunks)
+        if resolved.widened:
+            (lo, hi), (i, j), (start, end) = resolved.requested, resolved.chunks, resolved.timesteps
+            warnings.warn(
+                f"`timesteps` ({lo}, {hi}) acts on whole chunks {i}..{j - 1}: the effective range is [{start}, {end}).",
+                ChunkWideningWarning,
+                stacklevel=4,
+            )
+        return resolved
 
     # ------------------------------------------------------------------ the sampler
     def condition(self, z: torch.Tensor, timestep: int, use_masks: bool = True) -> torch.Tensor:
@@ -521,14 +514,19 @@ class DiTiPipeline(DiffusionPipeline):
         guidance: bool,
         return_dict: bool,
         start_timesteps: Sequence[int] | None = None,
+        separately: bool = False,
     ) -> DiTiPipelineOutput | tuple:
         r"""
         The one seam behind every edit: `V` condition variants `(B, d)` of `B` sources, each generated from the
         source's starting point (`latents`: one `(B, C, H, W)` tensor shared by the variants, or one per variant),
         optionally from an intermediate time-step per variant. Returns `B × V` images, source-major.
+
+        The variants are generated in one call, or one call per variant where their start time-steps differ or with
+        `separately` (which keeps the batch of a large edit, such as an all-pairs swap, to `B` rows).
         """
         count = len(variants)
         starts = [latents] * count if isinstance(latents, torch.Tensor) else list(latents)
+        tops = [None] * count if start_timesteps is None else list(start_timesteps)
         z = torch.stack(list(variants), 1).flatten(0, 1)
         common = {
             "num_inference_steps": num_inference_steps,
@@ -536,18 +534,18 @@ class DiTiPipeline(DiffusionPipeline):
             "guidance": guidance,
             "batch_size": batch_size,
         }
-        if start_timesteps is None or len(set(start_timesteps)) == 1:
+        if not separately and len(set(tops)) == 1:
             return self(
                 z=z,
                 latents=torch.stack(starts, 1).flatten(0, 1),
                 output_type=output_type,
-                start_timestep=None if start_timesteps is None else start_timesteps[0],
+                start_timestep=tops[0],
                 return_dict=return_dict,
                 **common,
             )
         images = [
             self(z=v, latents=x, start_timestep=t, output_type="pt", **common).images
-            for v, x, t in zip(variants, starts, start_timesteps)
+            for v, x, t in zip(variants, starts, tops)
         ]
         out = self._format(torch.stack(images, 1).flatten(0, 1), output_type)
         return DiTiPipelineOutput(images=out, latents=None, z=z) if return_dict else (out,)
@@ -590,6 +588,8 @@ class DiTiPipeline(DiffusionPipeline):
         output_type: str = "pil",
         batch_size: int | None = None,
         inversion: str = "ddim",
+        latents: torch.Tensor | None = None,
+        all_pairs: bool = False,
         use_masks: bool = True,
         guidance: bool = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -597,59 +597,97 @@ class DiTiPipeline(DiffusionPipeline):
     ) -> DiTiPipelineOutput | tuple:
         r"""
         Counterfactual generation: the source's `z` with the chunks of one time-step range (or chunk range) taken
-        from the target. Early time-steps hold fine attributes, late ones coarse.
+        from the target. DiTi aims for late time-steps to hold coarse attributes and early ones fine attributes.
 
         Args:
-            source, target: Images, the same number of each.
+            source, target: Images, the same number of each (any numbers with `all_pairs`).
             timesteps (`(lo, hi)` or a list of them): Half-open time-step ranges in [0, T]; every chunk whose
-                time-steps meet the range is swapped. An empty range `(t, t)` gives the reconstruction.
-            chunks (`(i, j)` or a list of them): Half-open chunk ranges instead of time-steps.
+                time-steps meet the range is swapped (see [`TimestepPartition.resolve_range`]; a widened range warns
+                with a [`~diti_hf.warning_types.ChunkWideningWarning`]). An empty range `(t, t)` gives the
+                reconstruction.
+            chunks (`(i, j)` or a list of them): Half-open chunk ranges; with `timesteps` too, they come after its
+                ranges.
             inversion (`str`, defaults to `"ddim"`): Where generation starts. `"ddim"`: the source's deterministic
                 masked-DDIM inversion `x_T` (the official protocol; the source's `x_T` also carries its attributes).
                 `"stochastic"`: the source noised by the forward process to the top time-step of the swapped
                 chunks, generated from there — attributes coarser than the range come from the source image,
                 those of the range from the swapped chunks (with the source's own chunks below it).
+            latents (`torch.Tensor`, *optional*): `x_T` to generate each source from instead of its inversion,
+                `(num_sources, C, H, W)` (e.g. the target's inversion, or shared noise); only with `inversion="ddim"`.
+            all_pairs (`bool`, defaults to `False`): Swap every source with every target instead of source `b` with
+                target `b`. Sources are then inverted and both sides encoded `batch_size` images at a time, and each
+                range is generated in its own call, so that a grid of many images stays within `batch_size`.
             generator (`torch.Generator` or list of them, *optional*): Noise of `inversion="stochastic"` (one per
                 source for a list); unused by `"ddim"`.
             num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict: As in
                 [`~DiTiPipeline.reconstruct`].
 
         Returns:
-            [`DiTiPipelineOutput`] with `B × R` images, source-major: image `b * R + r` is source `b` with range `r`.
-            Each source is inverted (or noised) once for all its ranges.
+            [`DiTiPipelineOutput`] with `P × R` images for `P` pairs and `R` ranges, pair-major: image `p * R + r` is
+            pair `p` with range `r`. The pairs are the sources (`p = b`), or with `all_pairs` every source and target
+            (`p = s * num_targets + t`). Each source is inverted (or noised) once for all its ranges and targets.
         """
         self._check_output_type(output_type)
         if inversion not in SWAP_INVERSIONS:
             raise ValueError(f"`inversion` must be one of {SWAP_INVERSIONS}, got {inversion!r}.")
-        ranges = _ranges(timesteps if chunks is None else chunks, "timesteps" if chunks is None else "chunks")
-        if chunks is None:
-            chunk_ranges = [self._chunks_of_timesteps(r) for r in ranges]
+        if latents is not None and inversion != "ddim":
+            raise ValueError(f"`latents` replaces the inversion: pass it with `inversion='ddim'`, not {inversion!r}.")
+        if timesteps is None and chunks is None:
+            raise ValueError("Pass `timesteps=(lo, hi)` (or a list of ranges) or `chunks=(i, j)`.")
+        ranges = []  # a loop, not a comprehension: the widening warning points at the caller's line
+        for bounds in _ranges(timesteps):
+            ranges.append(self._resolve_range(bounds, None))
+        for bounds in _ranges(chunks):
+            ranges.append(self._resolve_range(None, bounds))
+        step = batch_size if all_pairs else None
+        z_target = self.encode(target, batch_size=step).z
+        if inversion == "ddim" and latents is None:
+            inverted = self._invert_in_batches(source, step, num_inference_steps, use_masks, guidance)
+            latents = inverted.latents
+            z_source = inverted.z if guidance else self.encode(source, batch_size=step).z
         else:
-            chunk_ranges = [_pair(r, "chunks") for r in ranges]
-        z_target = self.encode(target).z
-        if inversion == "ddim":
-            inverted = self.invert(
-                source, num_inference_steps=num_inference_steps, use_masks=use_masks, guidance=guidance
-            )
-            z_source = inverted.z if guidance else self.encode(source).z
+            z_source = self.encode(source, batch_size=step).z
+        num_sources, num_targets = z_source.shape[0], z_target.shape[0]
+        if latents is not None and (not isinstance(latents, torch.Tensor) or latents.shape[:1] != (num_sources,)):
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"`latents` must be a tensor of one x_T per source ({num_sources}), got {got}.")
+        if all_pairs:  # pair p = s * num_targets + t
+            z_source, z_target = z_source.repeat_interleave(num_targets, 0), z_target.repeat(num_sources, 1)
         else:
-            z_source = self.encode(source).z
-        _check_same_batch(z_source, z_target, "source", "target")
+            _check_same_batch(z_source, z_target, "source", "target")
         variants = []
-        for start, end in (self._dims(None, r) for r in chunk_ranges):
+        for start, end in (r.dims for r in ranges):
             z = z_source.clone()
             z[:, start:end] = z_target[:, start:end]
             variants.append(z)
+
+        def per_pair(x: torch.Tensor) -> torch.Tensor:  # a source's starting point, once for each of its pairs
+            return x.repeat_interleave(num_targets, 0) if all_pairs else x
+
         options = (num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict)
-        if inversion == "ddim":
-            return self._generate_variants(variants, inverted.latents, *options)
+        if latents is not None:
+            return self._generate_variants(variants, per_pair(latents), *options, separately=all_pairs)
         # one noise per source, shared by its ranges; each range starts at the top time-step of its chunks
         pixels = self.preprocess(source)
         noise = randn_tensor(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
         c = self.coefficients(pixels.device)
-        tops = [self.partition.chunk_timesteps(j - 1)[1] - 1 if j > i else 0 for i, j in chunk_ranges]
-        starts = [c.sqrt_alphas_cumprod[t] * pixels + c.sqrt_one_minus_alphas_cumprod[t] * noise for t in tops]
-        return self._generate_variants(variants, starts, *options, start_timesteps=tops)
+        tops = [0 if r.empty else r.timesteps[1] - 1 for r in ranges]
+        starts = [
+            per_pair(c.sqrt_alphas_cumprod[t] * pixels + c.sqrt_one_minus_alphas_cumprod[t] * noise) for t in tops
+        ]
+        return self._generate_variants(variants, starts, *options, start_timesteps=tops, separately=all_pairs)
+
+    def _invert_in_batches(
+        self, images: ImageInput, batch_size: int | None, num_inference_steps: int, use_masks: bool, guidance: bool
+    ) -> DiTiInversionOutput:
+        """[`~DiTiPipeline.invert`] `batch_size` images at a time (all at once when `None`)."""
+        options = {"num_inference_steps": num_inference_steps, "use_masks": use_masks, "guidance": guidance}
+        if batch_size is None:
+            return self.invert(images, **options)
+        pixels = self.preprocess(images)
+        parts = [self.invert(pixels[i : i + batch_size], **options) for i in range(0, pixels.shape[0], batch_size)]
+        z = torch.cat([part.z for part in parts]) if guidance else None
+        return DiTiInversionOutput(latents=torch.cat([part.latents for part in parts]), z=z)
 
     @torch.no_grad()
     def interpolate(
@@ -687,7 +725,10 @@ class DiTiPipeline(DiffusionPipeline):
         alphas = [float(a) for a in alphas]
         if not alphas or not all(math.isfinite(a) for a in alphas):
             raise ValueError(f"`alphas` must be a non-empty list of finite numbers, got {alphas}.")
-        start, end = self._dims(timesteps, chunks)
+        if timesteps is None and chunks is None:
+            start, end = 0, self.encoder.config.latent_dim
+        else:
+            start, end = self._resolve_range(timesteps, chunks).dims
         invert = {"num_inference_steps": num_inference_steps, "use_masks": use_masks, "guidance": guidance}
         inverted_a = self.invert(image_a, **invert)
         z_a = inverted_a.z if guidance else self.encode(image_a).z
@@ -774,22 +815,13 @@ class DiTiPipeline(DiffusionPipeline):
 
 
 # ---------------------------------------------------------------------- module helpers
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, (int, np.integer)) for v in value)
-    ):
-        raise ValueError(f"`{name}` must be a pair of ints (lo, hi), got {value!r}.")
-    return int(value[0]), int(value[1])
-
-
-def _ranges(value: Any, name: str) -> list[tuple[int, int]]:
+def _ranges(value: Any) -> list[Any]:
+    """`value` as a list of ranges: none, one `(lo, hi)`, or a list of them (each checked when it is resolved)."""
     if value is None:
-        raise ValueError("Pass `timesteps=(lo, hi)` (or a list of ranges) or `chunks=(i, j)`.")
+        return []
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], (tuple, list)):
-        return [_pair(v, name) for v in value]
-    return [_pair(value, name)]
+        return list(value)
+    return [value]
 
 
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
