@@ -152,7 +152,6 @@ class DemoConfig:
     Sizes of the demo (defaults: under a minute on 2 CPU cores with the shipped 32×32 models). The demo writes the
     grids and the headline metrics; the rest of the evaluation report (`FULL_REPORT_SECTIONS`) is `diti-hf evaluate`'s.
 
-
     Args:
         output_dir (`str`, defaults to `"outputs/demo"`): Where the files go.
         steps (`int`, defaults to 20): DDIM steps of every inversion / generation (the parity check always uses 10).
