@@ -251,7 +251,3 @@ class DiTiEncoderModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
             h = block(h)
         z = self.proj_out(self.act_out(self.norm_out(h)).flatten(1))
         return DiTiEncoderOutput(z=z, partition=self.partition) if return_dict else (z,)
-
-
-# Registers the encoder with transformers' Auto classes on `import diti_hf`; imported last, as it subclasses the above.
-from . import transformers_encoder as _transformers_encoder  # noqa: E402, F401
