@@ -214,6 +214,100 @@ def _template() -> str:
     return resources.files("diti_hf").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
 
 
+def _check_datasets(datasets: str | Sequence[str] | None) -> list[str] | None:
+    """`datasets` as a list of data set ids (one id may be given as a string)."""
+    if datasets is None:
+        return None
+    datasets = [datasets] if isinstance(datasets, str) else list(datasets)
+    if not datasets or not all(isinstance(d, str) and d for d in datasets):
+        raise ValueError(f"`datasets` must be a non-empty list of data set ids, got {datasets!r}.")
+    return datasets
+
+
+def _resolve_base_model(pipe: DiTiPipeline, base_model: str | None) -> str | None:
+    """`base_model` checked as a Hub repo id, else the UNet's `_name_or_path` when that is one."""
+    if base_model is None:
+        name_or_path = pipe.unet.config.get("_name_or_path")
+        return name_or_path if _is_repo_id(name_or_path) else None
+    if not _is_repo_id(base_model):
+        raise ValueError(f"`base_model` must be a Hub repo id 'namespace/name', got {base_model!r}.")
+    return base_model
+
+
+def _check_metrics(
+    metrics: Mapping[str, float] | None, eval_dataset: str | None, datasets: list[str] | None
+) -> tuple[dict[str, float], str | None]:
+    """The checked `metrics` (empty when not given) and the data set they were measured on."""
+    if metrics is None:
+        return {}, eval_dataset
+    if not isinstance(metrics, Mapping) or not metrics:
+        raise ValueError(f"`metrics` must be a non-empty dict name -> value, got {metrics!r}.")
+    checked = {name: _check_metric(name, value) for name, value in metrics.items()}
+    eval_dataset = eval_dataset or (datasets[0] if datasets else None)
+    if eval_dataset is None:
+        raise ValueError("`metrics` need the data set they were measured on: pass `eval_dataset` or `datasets`.")
+    return checked, eval_dataset
+
+
+def _card_data(
+    *,
+    license: str,
+    base_model: str | None,
+    datasets: list[str] | None,
+    model_name: str,
+    metrics: Mapping[str, float],
+    eval_dataset: str | None,
+    eval_split: str | None,
+) -> ModelCardData:
+    """The card's YAML metadata; `model-index` only when there are `metrics`."""
+    eval_results = [
+        EvalResult(
+            task_type=PIPELINE_TAG,
+            dataset_type=eval_dataset,
+            dataset_name=eval_dataset,
+            dataset_split=eval_split,
+            metric_type=name,
+            metric_name=name,
+            metric_value=value,
+        )
+        for name, value in metrics.items()
+    ]
+    return ModelCardData(
+        library_name="diti_hf",
+        license=license,
+        base_model=base_model,
+        datasets=datasets,
+        tags=list(MODEL_CARD_TAGS),
+        pipeline_tag=PIPELINE_TAG,
+        # `model_name` only names the `model-index`; without results it would be a non-standard metadata key.
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+
+
+def _pipeline_facts(pipe: DiTiPipeline) -> dict[str, Any]:
+    """Template variables read from the pipeline's configs: partition, images, components."""
+    partition = pipe.partition
+    encoder_config = pipe.encoder.config
+    return {
+        "latent_dim": partition.latent_dim,
+        "num_chunks": partition.num_chunks,
+        "num_train_timesteps": partition.num_train_timesteps,
+        "partition_kind": "staged" if partition.stages is not None else "uniform",
+        "mask_mode": partition.mask_mode,
+        "partition_table": partition_table(partition),
+        "example_range": (partition.num_train_timesteps // 2, partition.num_train_timesteps),
+        "image_size": encoder_config.sample_size,
+        "in_channels": encoder_config.in_channels,
+        "preprocessing": _preprocessing(pipe),
+        "unet_params": _num_params(pipe.unet),
+        "encoder_params": _num_params(pipe.encoder),
+        "decoder_params": _num_params(pipe.decoder),
+        "scheduler_class": type(pipe.scheduler).__name__,
+        "scheduler_summary": _scheduler_summary(pipe.scheduler),
+    }
+
+
 def create_model_card(
     pipe: DiTiPipeline,
     *,
@@ -274,85 +368,36 @@ def create_model_card(
         raise ValueError(f"`license` must be a non-empty Hub license id, got {license!r}.")
     if repo_id is not None and not isinstance(repo_id, str):
         raise ValueError(f"`repo_id` must be a string, got {repo_id!r}.")
-    if isinstance(datasets, str):
-        datasets = [datasets]
-    if datasets is not None:
-        datasets = list(datasets)
-        if not datasets or not all(isinstance(d, str) and d for d in datasets):
-            raise ValueError(f"`datasets` must be a non-empty list of data set ids, got {datasets!r}.")
-    if base_model is None:
-        name_or_path = pipe.unet.config.get("_name_or_path")
-        base_model = name_or_path if _is_repo_id(name_or_path) else None
-    elif not _is_repo_id(base_model):
-        raise ValueError(f"`base_model` must be a Hub repo id 'namespace/name', got {base_model!r}.")
+    datasets = _check_datasets(datasets)
+    base_model = _resolve_base_model(pipe, base_model)
     if model_name is None:
         model_name = repo_id.rstrip("/").split("/")[-1] if repo_id else "DiTi model"
-
-    eval_results = None
-    checked_metrics: dict[str, float] = {}
-    if metrics is not None:
-        if not isinstance(metrics, Mapping) or not metrics:
-            raise ValueError(f"`metrics` must be a non-empty dict name -> value, got {metrics!r}.")
-        checked_metrics = {name: _check_metric(name, value) for name, value in metrics.items()}
-        eval_dataset = eval_dataset or (datasets[0] if datasets else None)
-        if eval_dataset is None:
-            raise ValueError("`metrics` need the data set they were measured on: pass `eval_dataset` or `datasets`.")
-        eval_results = [
-            EvalResult(
-                task_type=PIPELINE_TAG,
-                dataset_type=eval_dataset,
-                dataset_name=eval_dataset,
-                dataset_split=eval_split,
-                metric_type=name,
-                metric_name=name,
-                metric_value=value,
-            )
-            for name, value in checked_metrics.items()
-        ]
-    card_data = ModelCardData(
-        library_name="diti_hf",
+    checked_metrics, eval_dataset = _check_metrics(metrics, eval_dataset, datasets)
+    card_data = _card_data(
         license=license,
         base_model=base_model,
         datasets=datasets,
-        tags=list(MODEL_CARD_TAGS),
-        pipeline_tag=PIPELINE_TAG,
-        # `model_name` only names the `model-index`; without results it would be a non-standard metadata key.
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results,
+        model_name=model_name,
+        metrics=checked_metrics,
+        eval_dataset=eval_dataset,
+        eval_split=eval_split,
     )
-
     if extra_sections is not None and not isinstance(extra_sections, Mapping):
         raise ValueError(f"`extra_sections` must be a dict title -> markdown, got {type(extra_sections).__name__}.")
-    partition = pipe.partition
-    half = partition.num_train_timesteps // 2
-    encoder_config = pipe.encoder.config
+
     environment = jinja2.Environment(keep_trailing_newline=True, autoescape=False)
     content = environment.from_string(_template()).render(
         card_data=card_data.to_yaml(),
         model_name=model_name,
         repo_id=repo_id or "path/or/hub-id",
-        latent_dim=partition.latent_dim,
-        num_chunks=partition.num_chunks,
-        num_train_timesteps=partition.num_train_timesteps,
-        partition_kind="staged" if partition.stages is not None else "uniform",
-        mask_mode=partition.mask_mode,
-        partition_table=partition_table(partition),
-        example_range=(half, partition.num_train_timesteps),
-        image_size=encoder_config.sample_size,
-        in_channels=encoder_config.in_channels,
-        preprocessing=_preprocessing(pipe),
         base_model=base_model,
-        unet_params=_num_params(pipe.unet),
-        encoder_params=_num_params(pipe.encoder),
-        decoder_params=_num_params(pipe.decoder),
-        scheduler_class=type(pipe.scheduler).__name__,
-        scheduler_summary=_scheduler_summary(pipe.scheduler),
         training_command=(training_command or "").strip(),
         eval_command=(eval_command or "").strip(),
         metrics_table=_metrics_table(checked_metrics) if checked_metrics else "",
         eval_dataset=eval_dataset,
         eval_split=eval_split,
         extra_sections=[(str(t).strip(), str(b).strip()) for t, b in (extra_sections or {}).items()],
+        **_pipeline_facts(pipe),
     )
     return ModelCard(content)
 

@@ -59,6 +59,7 @@ _FLAG_OF = {
 }
 
 
+# One flat list of flags, in the order `--help` prints them: splitting it would only scatter that order.
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ..evaluation import PROTOCOLS
     from ..evaluation.control import SWAP_PROTOCOLS

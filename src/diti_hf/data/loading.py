@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_NUM_SHAPES = 10_000
 
 
+# Long for its signature and docstring; the body is one dispatch over the four kinds of source.
 def load_image_dataset(
     dataset_name: str | None = None,
     dataset_config: str | None = None,

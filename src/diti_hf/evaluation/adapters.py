@@ -54,6 +54,66 @@ class ModelFunctions:
     swap_protocols: dict[str, SwapFn] | None = None
 
 
+def _deduplicated(partition: TimestepPartition, generate: Callable) -> SwapFn:
+    """`generate(source, target, ranges)` as a swap function that generates once per distinct set of dims."""
+
+    # ranges that cover the same dims (all of them with PDAE's single chunk) give the same images
+    def swap_fn(source: torch.Tensor, target: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
+        dims = [partition.resolve_range(timesteps=bounds).dims for bounds in ranges]
+        unique = list(dict.fromkeys(dims))
+        out = generate(source, target, [ranges[dims.index(d)] for d in unique])
+        # B × R images, source-major
+        out = out.float().cpu().view(source.shape[0], len(unique), *out.shape[1:])
+        return out[:, [unique.index(d) for d in dims]]
+
+    return swap_fn
+
+
+def _pipeline_swap_protocols(pipe: Any, num_inference_steps: int) -> dict[str, SwapFn]:
+    r"""
+    The swap functions of a [`~diti_hf.DiTiPipeline`], one per protocol of `evaluation.control.SWAP_PROTOCOLS`:
+    `pipe.swap` from the source's DDIM inversion, the target's, one random start shared by both, or stochastic
+    inversion.
+
+    Args:
+        pipe ([`~diti_hf.DiTiPipeline`]): The pipeline.
+        num_inference_steps (`int`): DDIM steps of the swaps and inversions.
+    """
+    partition = pipe.encoder.partition
+    calls = [0]  # seeds the noise of successive batches differently, reproducibly
+
+    def next_generator(device: torch.device | str = "cpu") -> torch.Generator:
+        calls[0] += 1
+        return torch.Generator(device).manual_seed(calls[0])
+
+    def pipeline_swap(inversion: str = "ddim", latents_of: Callable | None = None) -> SwapFn:
+        # `pipe.swap` from where `inversion` says, or from `latents_of(source, target)` (another starting point)
+        def generate(source, target, ranges):
+            generator = next_generator(pipe.device) if latents_of is None else None
+            latents = None if latents_of is None else latents_of(source, target)
+            with warnings.catch_warnings():  # the report records its ranges; widening to chunks is expected here
+                warnings.simplefilter("ignore", ChunkWideningWarning)
+                return pipe.swap(
+                    source, target, timesteps=ranges, num_inference_steps=num_inference_steps, output_type="pt",
+                    inversion=inversion, latents=latents, generator=generator,
+                ).images  # fmt: skip
+
+        return _deduplicated(partition, generate)
+
+    def shared_noise(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(pipe.preprocess(source).shape, generator=next_generator())
+        return noise.to(pipe.device, pipe.unet.dtype)
+
+    return {
+        "source_inverted": pipeline_swap("ddim"),
+        "target_inverted": pipeline_swap(
+            latents_of=lambda s, t: pipe.invert(t, num_inference_steps=num_inference_steps).latents
+        ),
+        "shared_random": pipeline_swap(latents_of=shared_noise),
+        "stochastic": pipeline_swap("stochastic"),
+    }
+
+
 def pipeline_functions(
     pipe: Any, num_inference_steps: int = 20, batch_size: int = 256, sample_steps: int = 50
 ) -> ModelFunctions:
@@ -73,52 +133,7 @@ def pipeline_functions(
     def encode_fn(images: torch.Tensor) -> torch.Tensor:
         return pipe.encode(images, batch_size=batch_size).z.float().cpu()
 
-    partition = pipe.encoder.partition
-
-    def deduplicated(generate: Callable) -> SwapFn:
-        # ranges that cover the same dims (all of them with PDAE's single chunk) give the same images: generate once
-        def swap_fn(source: torch.Tensor, target: torch.Tensor, ranges: list[tuple[int, int]]) -> torch.Tensor:
-            dims = [partition.resolve_range(timesteps=bounds).dims for bounds in ranges]
-            unique = list(dict.fromkeys(dims))
-            out = generate(source, target, [ranges[dims.index(d)] for d in unique])
-            # B × R images, source-major
-            out = out.float().cpu().view(source.shape[0], len(unique), *out.shape[1:])
-            return out[:, [unique.index(d) for d in dims]]
-
-        return swap_fn
-
-    calls = [0]  # seeds the noise of successive batches differently, reproducibly
-
-    def next_generator(device: torch.device | str = "cpu") -> torch.Generator:
-        calls[0] += 1
-        return torch.Generator(device).manual_seed(calls[0])
-
-    def pipeline_swap(inversion: str = "ddim", latents_of: Callable | None = None) -> SwapFn:
-        # `pipe.swap` from where `inversion` says, or from `latents_of(source, target)` (another starting point)
-        def generate(source, target, ranges):
-            generator = next_generator(pipe.device) if latents_of is None else None
-            latents = None if latents_of is None else latents_of(source, target)
-            with warnings.catch_warnings():  # the report records its ranges; widening to chunks is expected here
-                warnings.simplefilter("ignore", ChunkWideningWarning)
-                return pipe.swap(
-                    source, target, timesteps=ranges, num_inference_steps=num_inference_steps, output_type="pt",
-                    inversion=inversion, latents=latents, generator=generator,
-                ).images  # fmt: skip
-
-        return deduplicated(generate)
-
-    def shared_noise(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(pipe.preprocess(source).shape, generator=next_generator())
-        return noise.to(pipe.device, pipe.unet.dtype)
-
-    swap_protocols = {
-        "source_inverted": pipeline_swap("ddim"),
-        "target_inverted": pipeline_swap(
-            latents_of=lambda s, t: pipe.invert(t, num_inference_steps=num_inference_steps).latents
-        ),
-        "shared_random": pipeline_swap(latents_of=shared_noise),
-        "stochastic": pipeline_swap("stochastic"),
-    }
+    swap_protocols = _pipeline_swap_protocols(pipe, num_inference_steps)
 
     def regenerate_fn(z: torch.Tensor | None, x_t: torch.Tensor, t: int) -> torch.Tensor:
         x_t = x_t.to(pipe.device, pipe.unet.dtype)

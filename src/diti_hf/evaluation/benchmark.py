@@ -26,6 +26,7 @@ _PROBE_VALUES = {"probe_epochs": "epochs", "probe_lr": "lr", "probe_batch_size":
 _POSITIVE = ("max_alignment_groups",)  # EvaluationConfig allows None (every chunk); a given value must be >= 1
 
 
+# Long for its docstring (one entry per argument); the body delegates to the helpers below.
 def run_benchmark(
     models: Mapping[str, Any],
     output_dir: str | os.PathLike,

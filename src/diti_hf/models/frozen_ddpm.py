@@ -90,6 +90,44 @@ def _read_config(name: str, subfolder: str | None, filename: str, common: dict[s
     return config, str(path)
 
 
+def _read_unet_config(
+    name: str, unet_subfolder: str | None, common: dict[str, Any]
+) -> tuple[dict[str, Any], str, str | None]:
+    """The UNet's config from `unet_subfolder`, else `unet/` or the root; `(config, where, subfolder)`."""
+    local = Path(name)
+    subfolders = [unet_subfolder] if unet_subfolder is not None else ["unet", None]
+    if unet_subfolder is None and local.is_dir():
+        subfolders = ["unet"] if (local / "unet" / "config.json").is_file() else [None]
+    errors = []
+    for subfolder in subfolders:
+        try:
+            config, where = _read_config(name, subfolder, "config.json", common)
+            return config, where, subfolder
+        except (OSError, ValueError) as error:
+            errors.append(f"subfolder={subfolder!r}: {error}")
+    raise ValueError(f"{name!r}: no UNet2DModel found ({'; '.join(errors)})")
+
+
+def _read_scheduler_config(
+    name: str, scheduler_subfolder: str | None, unet_subfolder: str | None, common: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """
+    The scheduler config from `scheduler_subfolder`, else `scheduler/`, the UNet's folder or the root, else the
+    default linear schedule; `(config, where)`.
+    """
+    candidates = [scheduler_subfolder] if scheduler_subfolder is not None else ["scheduler", unet_subfolder, None]
+    for candidate in dict.fromkeys(candidates):
+        try:
+            return _read_config(name, candidate, DDPMScheduler.config_name, common)
+        except OSError:
+            continue
+    if scheduler_subfolder is not None:
+        raise ValueError(f"`scheduler_subfolder` {scheduler_subfolder!r}: no scheduler config in {name!r}")
+    logger.warning("no scheduler config next to the UNet: using linear betas 1e-4..0.02, T=1000")
+    default = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    return dict(default.config), "the default schedule"
+
+
 def load_frozen_ddpm(
     pretrained_model_name_or_path: str | os.PathLike,
     unet_subfolder: str | None = None,
@@ -130,34 +168,9 @@ def load_frozen_ddpm(
     """
     name = str(pretrained_model_name_or_path)
     common = {"revision": revision, "cache_dir": cache_dir}
-    local = Path(name)
-    subfolders = [unet_subfolder] if unet_subfolder is not None else ["unet", None]
-    if unet_subfolder is None and local.is_dir():
-        subfolders = ["unet"] if (local / "unet" / "config.json").is_file() else [None]
-    errors = []
-    for subfolder in subfolders:
-        try:
-            unet_config, unet_where = _read_config(name, subfolder, "config.json", common)
-            break
-        except (OSError, ValueError) as error:
-            errors.append(f"subfolder={subfolder!r}: {error}")
-    else:
-        raise ValueError(f"{name!r}: no UNet2DModel found ({'; '.join(errors)})")
+    unet_config, unet_where, subfolder = _read_unet_config(name, unet_subfolder, common)
     check_config_bounds(unet_config, unet_where)
-
-    candidates = [scheduler_subfolder] if scheduler_subfolder is not None else ["scheduler", subfolder, None]
-    for candidate in dict.fromkeys(candidates):
-        try:
-            config, where = _read_config(name, candidate, DDPMScheduler.config_name, common)
-            break
-        except OSError:
-            continue
-    else:
-        if scheduler_subfolder is not None:
-            raise ValueError(f"`scheduler_subfolder` {scheduler_subfolder!r}: no scheduler config in {name!r}")
-        logger.warning("no scheduler config next to the UNet: using linear betas 1e-4..0.02, T=1000")
-        default = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
-        config, where = dict(default.config), "the default schedule"
+    config, where = _read_scheduler_config(name, scheduler_subfolder, subfolder, common)
     check_config_bounds(config, where)
     check_scheduler_config(config, where)
     if config.get("prediction_type", "epsilon") not in PREDICTION_TYPES:

@@ -58,6 +58,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# One flat list of flags, in the order `--help` prints them: splitting it would only scatter that order.
 def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     """Adds the optimisation, checkpointing, logging and Hub flags; `defaults` override flag defaults by name."""
     group = parser.add_argument_group("optimisation")
@@ -302,6 +303,7 @@ def total_train_steps(args: argparse.Namespace, global_batch: int, batches_per_e
 
 
 # ------------------------------------------------------------------------------------------------------- data flags
+# One flat list of flags, in the order `--help` prints them: splitting it would only scatter that order.
 def add_data_arguments(parser: argparse.ArgumentParser, default_resolution: int | None = None) -> None:
     """Adds the data flags shared by the training scripts (a group "data")."""
     group = parser.add_argument_group("data")
