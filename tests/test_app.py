@@ -467,7 +467,7 @@ def test_push_space_to_hub_uploads_the_folder_the_package_and_the_model(pipe, hu
     import diti_hf
 
     package = Path(diti_hf.__file__).parent
-    for name in ("__init__.py", "app.py", "model_card_template.md", "pipelines/pipeline_diti.py"):
+    for name in ("__init__.py", "app/page.py", "model_card_template.md", "pipelines/pipeline_diti.py"):
         assert files[f"diti_hf/{name}"] == (package / name).read_bytes(), name
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in files)
     for path in sorted((tmp_path / "model").rglob("*")):
