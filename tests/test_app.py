@@ -261,7 +261,7 @@ def test_app_actions_are_the_pipeline_calls(pipe, tmp_path):
 
     # the probe direction is the demo's logistic probe on the same data
     from diti_hf.data.shapes import generate_shapes
-    from diti_hf.demo import train_logistic_probe
+    from diti_hf.evaluation.probes import fit_direction_probe as train_logistic_probe
 
     assert app.factors["shape"] == ["circle", "square", "triangle"]
     w, std, summary = app.probe_direction("shape", "square", seed=3)

@@ -13,7 +13,8 @@ import diti_hf.demo as demo_module
 from conftest import FIXTURE_DIR, tiny_pipeline
 from diti_hf.cli import main
 from diti_hf.data import generate_shapes
-from diti_hf.demo import INTERIM_NOTICE, OUTPUT_FILES, grid_cell_box
+from diti_hf.demo import INTERIM_NOTICE, OUTPUT_FILES
+from diti_hf.visualization import grid_cell_box
 
 STEPS = 2
 SIZE = 16

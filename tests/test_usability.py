@@ -351,7 +351,7 @@ def _cli(argv, capsys) -> tuple[int, str, str]:
 
 def test_swap_says_when_it_widens_a_range_or_resizes_an_image_and_labels_its_grid(model_dir, tmp_path, capsys):
     from diti_hf.data import generate_shapes
-    from diti_hf.demo import grid_cell_box
+    from diti_hf.visualization import grid_cell_box
 
     images = generate_shapes(3, seed=7, resolution=16)["image"]
     images[0].save(tmp_path / "a.png")

@@ -11,6 +11,7 @@ from typing import Any
 from . import _common as common
 
 
+# One flat list of flags, in the order `--help` prints them: splitting it would only scatter that order.
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ._common import DEFAULT_BASELINE, DEFAULT_FIXTURE, DEFAULT_MODEL
 
