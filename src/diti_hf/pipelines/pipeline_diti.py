@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DModel
-from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..hub import push_pipeline_to_hub
 from ..models.decoder import DiTiDecoderModel
 from ..models.denoiser import compile_denoiser, denoise
 from ..models.encoder import DiTiEncoderModel, DiTiEncoderOutput
@@ -29,12 +27,33 @@ from ..sampling import (
     noise_schedule_of,
     sampling_grid,
 )
-from ..warning_types import ChunkWideningWarning, ImageResizeWarning
+from ..warning_types import ChunkWideningWarning
 from .checks import check_components, check_pipeline_folder
+from .editing import (
+    as_ranges,
+    check_alphas,
+    check_latents_per_source,
+    check_scales,
+    check_swap_arguments,
+    edit_step,
+    interpolation_variants,
+    per_pair,
+    slerp,
+    swap_variants,
+)
 from .image_processing_diti import DiTiImageProcessor
-
-OUTPUT_TYPES = ("pil", "np", "pt")
-ImageInput = torch.Tensor | np.ndarray | PIL.Image.Image | Sequence[PIL.Image.Image] | Sequence[np.ndarray]
+from .inputs import (
+    ImageInput,
+    check_image_tensor,
+    check_latents,
+    check_output_type,
+    check_timestep,
+    check_z,
+    format_images,
+    image_list,
+    process_images,
+)
+from .outputs import DiTiInversionOutput, DiTiPipelineOutput
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -47,49 +66,6 @@ EXAMPLE_DOC_STRING = """
     >>> row = pipe.interpolate(img_a, img_b, alphas=[0, 0.5, 1], timesteps=(250, 500))
     ```
 """
-
-
-# Where `DiTiPipeline.swap` starts generating from (see its docstring).
-SWAP_INVERSIONS = ("ddim", "stochastic")
-
-
-@dataclass
-class DiTiPipelineOutput(BaseOutput):
-    """
-    Args:
-        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): Generated images; numpy `(N, H, W, C)` and
-            torch `(N, C, H, W)` are in [0, 1].
-        latents (`torch.Tensor`, *optional*): The `x_T` each image was generated from.
-        z (`torch.Tensor`, *optional*): The condition each image was generated with, `(N, latent_dim)`.
-    """
-
-    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
-    latents: torch.Tensor | None = None
-    z: torch.Tensor | None = None
-
-
-@dataclass
-class DiTiInversionOutput(BaseOutput):
-    """
-    Args:
-        latents (`torch.Tensor`): `x_T` from deterministic DDIM inversion, `(B, C, H, W)`.
-        z (`torch.Tensor`, *optional*): The condition used for the inversion.
-    """
-
-    latents: torch.Tensor
-    z: torch.Tensor | None = None
-
-
-def _slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Spherical interpolation per sample (the official figures' x_T interpolation)."""
-    a_flat, b_flat = a.flatten(1), b.flatten(1)
-    cos = (a_flat * b_flat).sum(1) / (a_flat.norm(dim=1) * b_flat.norm(dim=1))
-    theta = torch.acos(cos.clamp(-1.0, 1.0))[:, None]
-    sin = torch.sin(theta)
-    safe = sin.abs() > 1e-6
-    wa = torch.where(safe, torch.sin((1 - alpha) * theta) / sin.clamp_min(1e-12), torch.full_like(theta, 1 - alpha))
-    wb = torch.where(safe, torch.sin(alpha * theta) / sin.clamp_min(1e-12), torch.full_like(theta, alpha))
-    return (wa * a_flat + wb * b_flat).view_as(a)
 
 
 class DiTiPipeline(DiffusionPipeline):
@@ -177,8 +153,6 @@ class DiTiPipeline(DiffusionPipeline):
         `repo_id`. Keyword arguments are those of [`diti_hf.hub.push_pipeline_to_hub`] (`token`, `private`,
         `revision`, `commit_message`, `create_pr`, `card_kwargs` for [`diti_hf.hub.create_model_card`], `endpoint`). Returns the commit URL.
         """
-        from ..hub import push_pipeline_to_hub
-
         return push_pipeline_to_hub(self, repo_id, **kwargs)
 
     # ------------------------------------------------------------------ helpers
@@ -206,43 +180,10 @@ class DiTiPipeline(DiffusionPipeline):
         (shorter side) and centre-cropped to the encoder's size.
         """
         if isinstance(images, torch.Tensor):
-            tensor = images[None] if images.ndim == 3 else images
-            if tensor.is_floating_point() and tensor.numel():
-                bad = ~torch.isfinite(tensor)
-                if bad.any():
-                    raise ValueError(f"`images` contains {int(bad.sum())} NaN or infinite values.")
-                lo, hi = float(tensor.min()), float(tensor.max())
-                if lo < -1.001 or hi > 1.001:
-                    raise ValueError(
-                        f"`images` tensors must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
-                        "(for images in [0, 1] pass `images * 2 - 1`)."
-                    )
-                if lo >= 0.0 and hi > 0.0:
-                    warnings.warn(
-                        f"`images` has no negative value (range [{lo:.3g}, {hi:.3g}]): the pipeline reads tensors as "
-                        "[-1, 1]; for images in [0, 1] pass `images * 2 - 1`.",
-                        stacklevel=3,
-                    )
+            tensor = check_image_tensor(images)
         else:
-            if isinstance(images, (PIL.Image.Image, np.ndarray)):
-                images = [images] if not (isinstance(images, np.ndarray) and images.ndim == 4) else list(images)
-            elif isinstance(images, Sequence) and not isinstance(images, (str, bytes, list, tuple)):
-                images = list(images)  # e.g. a 🤗 datasets column of PIL images
-            if not isinstance(images, (list, tuple)) or not images:
-                raise TypeError(
-                    "`images` must be a tensor, a numpy array, a PIL image or a non-empty list of them, got "
-                    f"{type(images).__name__}."
-                )
             processor = self.image_processor or self._default_image_processor()
-            size = int(self.encoder.config.sample_size)
-            resized = {im.size for im in images if isinstance(im, PIL.Image.Image) and im.size != (size, size)}
-            if resized:
-                warnings.warn(
-                    f"`images` of size {sorted(resized)} (width, height) are resized and cropped to {size}×{size}.",
-                    ImageResizeWarning,
-                    stacklevel=3,
-                )
-            tensor = processor(list(images), return_tensors="pt")["pixel_values"]
+            tensor = process_images(image_list(images), processor, int(self.encoder.config.sample_size))
         self.encoder.check_images(tensor)
         return tensor.to(device=self._execution_device, dtype=self.encoder.dtype)
 
@@ -255,28 +196,11 @@ class DiTiPipeline(DiffusionPipeline):
 
     def postprocess(self, images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
         """Maps a batch in [−1, 1] to `output_type` ("pil", "np" or "pt"), in [0, 1]."""
-        return self._format((images / 2 + 0.5).clamp(0, 1), output_type)
-
-    def _format(self, images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
-        """A batch in [0, 1] as `output_type`."""
-        if output_type == "pt":
-            return images
-        array = images.cpu().permute(0, 2, 3, 1).float().numpy()
-        return self.numpy_to_pil(array) if output_type == "pil" else array
-
-    @staticmethod
-    def _check_output_type(output_type: str) -> None:
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        return format_images((images / 2 + 0.5).clamp(0, 1), output_type)
 
     def _check_z(self, z: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-        d = self.encoder.config.latent_dim
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
-            raise TypeError(f"`z` must be a floating-point tensor of shape (B, {d}), got {type(z).__name__}.")
-        if z.ndim != 2 or z.shape[1] != d or (batch is not None and z.shape[0] != batch):
-            expected = f"({batch if batch is not None else 'B'}, {d})"
-            raise ValueError(f"`z` must have shape {expected}, got {tuple(z.shape)}.")
-        _check_finite(z, "z")
+        """`z` checked against the encoder's width (and `batch`), on the decoder's device and dtype."""
+        check_z(z, self.encoder.config.latent_dim, batch)
         return z.to(device=self._execution_device, dtype=self.decoder.dtype)
 
     def _resolve_range(self, timesteps: Sequence[int] | None, chunks: Sequence[int] | None) -> TimestepRange:
@@ -435,9 +359,9 @@ class DiTiPipeline(DiffusionPipeline):
                 time-steps; default: `latents` is `x_T` and generation walks the whole grid.
             return_dict (`bool`, defaults to `True`): Return a [`DiTiPipelineOutput`] instead of a tuple.
         """
-        self._check_output_type(output_type)
+        check_output_type(output_type)
         if start_timestep is not None:
-            start_timestep = self._check_timestep(start_timestep, "start_timestep")
+            start_timestep = check_timestep(start_timestep, "start_timestep", self.partition.num_train_timesteps)
         device, unet_cfg = self._execution_device, self.unet.config
         if guidance and z is None:
             raise ValueError("`z` is required unless `guidance=False` (sampling with ε_θ alone).")
@@ -450,10 +374,8 @@ class DiTiPipeline(DiffusionPipeline):
             raise ValueError(f"`generator` is a list of {len(generator)} generators but the batch size is {batch}.")
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
         else:
-            _check_finite(latents, "latents")
+            check_latents(latents, shape)
         latents = latents.to(device=device, dtype=self.unet.dtype)
         step = batch_size or batch
         images = torch.cat(
@@ -472,12 +394,6 @@ class DiTiPipeline(DiffusionPipeline):
         images = self.postprocess(images, output_type)
         return DiTiPipelineOutput(images=images, latents=latents, z=z) if return_dict else (images,)
 
-    def _check_timestep(self, timestep: Any, name: str) -> int:
-        T = self.partition.num_train_timesteps
-        if isinstance(timestep, bool) or not isinstance(timestep, (int, np.integer)) or not 0 <= timestep < T:
-            raise ValueError(f"`{name}` must be an int in [0, {T}), got {timestep!r}.")
-        return int(timestep)
-
     @torch.no_grad()
     def add_noise(
         self, images: ImageInput, timestep: int, generator: torch.Generator | list[torch.Generator] | None = None
@@ -493,14 +409,20 @@ class DiTiPipeline(DiffusionPipeline):
         Returns:
             `torch.Tensor`: `x_t`, to generate from with `pipe(z=..., latents=x_t, start_timestep=t)`.
         """
-        t = self._check_timestep(timestep, "timestep")
-        pixels = self.preprocess(images)
+        t = check_timestep(timestep, "timestep", self.partition.num_train_timesteps)
+        return self._diffuse(self.preprocess(images), [t], generator)[0]
+
+    def _diffuse(
+        self, pixels: torch.Tensor, timesteps: Sequence[int], generator: torch.Generator | list[torch.Generator] | None
+    ) -> list[torch.Tensor]:
+        """`x_t` of `pixels` at each of `timesteps`, all from one draw of `ε` (the forward process of `add_noise`)."""
         noise = randn_tensor(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
         c = self.coefficients(pixels.device)
-        return (
+        return [
             c.sqrt_alphas_cumprod[t].to(pixels.dtype) * pixels
             + c.sqrt_one_minus_alphas_cumprod[t].to(pixels.dtype) * noise
-        )
+            for t in timesteps
+        ]
 
     # ------------------------------------------------------------------ edits
     def _generate_variants(
@@ -547,7 +469,7 @@ class DiTiPipeline(DiffusionPipeline):
             self(z=v, latents=x, start_timestep=t, output_type="pt", **common).images
             for v, x, t in zip(variants, starts, tops)
         ]
-        out = self._format(torch.stack(images, 1).flatten(0, 1), output_type)
+        out = format_images(torch.stack(images, 1).flatten(0, 1), output_type)
         return DiTiPipelineOutput(images=out, latents=None, z=z) if return_dict else (out,)
 
     @torch.no_grad()
@@ -570,7 +492,7 @@ class DiTiPipeline(DiffusionPipeline):
         sampler, the whole `z` at every step), `guidance` (`False`: the frozen DDPM alone, for comparison),
         `generator` (noise of stochastic starts; DDIM inversion itself is deterministic) and `return_dict`.
         """
-        self._check_output_type(output_type)
+        check_output_type(output_type)
         inverted = self.invert(images, num_inference_steps=num_inference_steps, use_masks=use_masks, guidance=guidance)
         z = inverted.z if guidance else self.encode(images).z
         return self._generate_variants(
@@ -627,17 +549,12 @@ class DiTiPipeline(DiffusionPipeline):
             pair `p` with range `r`. The pairs are the sources (`p = b`), or with `all_pairs` every source and target
             (`p = s * num_targets + t`). Each source is inverted (or noised) once for all its ranges and targets.
         """
-        self._check_output_type(output_type)
-        if inversion not in SWAP_INVERSIONS:
-            raise ValueError(f"`inversion` must be one of {SWAP_INVERSIONS}, got {inversion!r}.")
-        if latents is not None and inversion != "ddim":
-            raise ValueError(f"`latents` replaces the inversion: pass it with `inversion='ddim'`, not {inversion!r}.")
-        if timesteps is None and chunks is None:
-            raise ValueError("Pass `timesteps=(lo, hi)` (or a list of ranges) or `chunks=(i, j)`.")
+        check_output_type(output_type)
+        check_swap_arguments(inversion, latents, timesteps, chunks)
         ranges = []  # a loop, not a comprehension: the widening warning points at the caller's line
-        for bounds in _ranges(timesteps):
+        for bounds in as_ranges(timesteps):
             ranges.append(self._resolve_range(bounds, None))
-        for bounds in _ranges(chunks):
+        for bounds in as_ranges(chunks):
             ranges.append(self._resolve_range(None, bounds))
         step = batch_size if all_pairs else None
         z_target = self.encode(target, batch_size=step).z
@@ -647,34 +564,15 @@ class DiTiPipeline(DiffusionPipeline):
             z_source = inverted.z if guidance else self.encode(source, batch_size=step).z
         else:
             z_source = self.encode(source, batch_size=step).z
-        num_sources, num_targets = z_source.shape[0], z_target.shape[0]
-        if latents is not None and (not isinstance(latents, torch.Tensor) or latents.shape[:1] != (num_sources,)):
-            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-            raise ValueError(f"`latents` must be a tensor of one x_T per source ({num_sources}), got {got}.")
-        if all_pairs:  # pair p = s * num_targets + t
-            z_source, z_target = z_source.repeat_interleave(num_targets, 0), z_target.repeat(num_sources, 1)
-        else:
-            _check_same_batch(z_source, z_target, "source", "target")
-        variants = []
-        for start, end in (r.dims for r in ranges):
-            z = z_source.clone()
-            z[:, start:end] = z_target[:, start:end]
-            variants.append(z)
-
-        def per_pair(x: torch.Tensor) -> torch.Tensor:  # a source's starting point, once for each of its pairs
-            return x.repeat_interleave(num_targets, 0) if all_pairs else x
-
+        check_latents_per_source(latents, z_source.shape[0])
+        num_targets = z_target.shape[0] if all_pairs else None
+        variants = swap_variants(z_source, z_target, [r.dims for r in ranges], num_targets)
         options = (num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict)
         if latents is not None:
-            return self._generate_variants(variants, per_pair(latents), *options, separately=all_pairs)
+            return self._generate_variants(variants, per_pair(latents, num_targets), *options, separately=all_pairs)
         # one noise per source, shared by its ranges; each range starts at the top time-step of its chunks
-        pixels = self.preprocess(source)
-        noise = randn_tensor(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
-        c = self.coefficients(pixels.device)
         tops = [0 if r.empty else r.timesteps[1] - 1 for r in ranges]
-        starts = [
-            per_pair(c.sqrt_alphas_cumprod[t] * pixels + c.sqrt_one_minus_alphas_cumprod[t] * noise) for t in tops
-        ]
+        starts = [per_pair(x, num_targets) for x in self._diffuse(self.preprocess(source), tops, generator)]
         return self._generate_variants(variants, starts, *options, start_timesteps=tops, separately=all_pairs)
 
     def _invert_in_batches(
@@ -721,29 +619,23 @@ class DiTiPipeline(DiffusionPipeline):
         Returns:
             [`DiTiPipelineOutput`] with `B × len(alphas)` images, pair-major.
         """
-        self._check_output_type(output_type)
-        alphas = [float(a) for a in alphas]
-        if not alphas or not all(math.isfinite(a) for a in alphas):
-            raise ValueError(f"`alphas` must be a non-empty list of finite numbers, got {alphas}.")
+        check_output_type(output_type)
+        alphas = check_alphas(alphas)
         if timesteps is None and chunks is None:
-            start, end = 0, self.encoder.config.latent_dim
+            dims = (0, self.encoder.config.latent_dim)
         else:
-            start, end = self._resolve_range(timesteps, chunks).dims
+            dims = self._resolve_range(timesteps, chunks).dims
         invert = {"num_inference_steps": num_inference_steps, "use_masks": use_masks, "guidance": guidance}
         inverted_a = self.invert(image_a, **invert)
         z_a = inverted_a.z if guidance else self.encode(image_a).z
         if slerp_latents:
             inverted_b = self.invert(image_b, **invert)
         z_b = inverted_b.z if slerp_latents and guidance else self.encode(image_b).z
-        _check_same_batch(z_a, z_b, "image_a", "image_b")
-        variants, latents = [], []
-        for alpha in alphas:
-            z = z_a.clone()
-            z[:, start:end] = torch.lerp(z_a[:, start:end], z_b[:, start:end], alpha)
-            variants.append(z)
-            latents.append(
-                _slerp(inverted_a.latents, inverted_b.latents, alpha) if slerp_latents else inverted_a.latents
-            )
+        variants = interpolation_variants(z_a, z_b, dims, alphas)
+        if slerp_latents:
+            latents = [slerp(inverted_a.latents, inverted_b.latents, alpha) for alpha in alphas]
+        else:
+            latents = [inverted_a.latents] * len(alphas)
         return self._generate_variants(
             variants, latents, num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict
         )
@@ -782,55 +674,13 @@ class DiTiPipeline(DiffusionPipeline):
         Returns:
             [`DiTiPipelineOutput`] with `B × len(scales)` images, image-major.
         """
-        self._check_output_type(output_type)
-        d = self.encoder.config.latent_dim
-        if not isinstance(direction, torch.Tensor) or direction.shape != (d,):
-            raise ValueError(
-                f"`direction` must be a tensor of shape ({d},), got {getattr(direction, 'shape', direction)}."
-            )
-        w = direction.to(device=self._execution_device, dtype=torch.float32)
-        if top_k is not None:
-            if not 1 <= top_k <= d:
-                raise ValueError(f"`top_k` must be in [1, {d}] (at most the model's latent_dim {d}), got {top_k}.")
-            keep = torch.zeros_like(w, dtype=torch.bool)
-            keep[w.abs().topk(top_k).indices] = True
-            w = torch.where(keep, w, torch.zeros_like(w))
-        if not torch.isfinite(w).all() or w.norm() == 0:
-            raise ValueError("`direction` must be finite and non-zero.")
+        check_output_type(output_type)
         std = z_std if z_std is not None else self.encoder.config.latent_std
-        std = torch.ones(d) if std is None else torch.as_tensor(std, dtype=torch.float32)
-        if std.shape != (d,):
-            raise ValueError(f"`z_std` must have shape ({d},), got {tuple(std.shape)}.")
-        _check_finite(std, "z_std")
-        step = math.sqrt(d) * std.to(w.device) * w / w.norm()
-        scales = [float(scales)] if isinstance(scales, (int, float)) else [float(s) for s in scales]
-        if not all(math.isfinite(s) for s in scales):
-            raise ValueError(f"`scales` must be finite numbers, got {scales}.")
+        step = edit_step(direction, self.encoder.config.latent_dim, top_k, std, self._execution_device)
+        scales = check_scales(scales)
         inverted = self.invert(images, num_inference_steps=num_inference_steps, use_masks=use_masks, guidance=guidance)
         z = inverted.z if guidance else self.encode(images).z
         variants = [z + s * step.to(z.dtype) for s in scales]
         return self._generate_variants(
             variants, inverted.latents, num_inference_steps, output_type, batch_size, use_masks, guidance, return_dict
         )
-
-
-# ---------------------------------------------------------------------- module helpers
-def _ranges(value: Any) -> list[Any]:
-    """`value` as a list of ranges: none, one `(lo, hi)`, or a list of them (each checked when it is resolved)."""
-    if value is None:
-        return []
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], (tuple, list)):
-        return list(value)
-    return [value]
-
-
-def _check_finite(tensor: torch.Tensor, name: str) -> None:
-    # NaN or inf would run through every step into black images without an error
-    finite = torch.isfinite(tensor)
-    if not bool(finite.all()):
-        raise ValueError(f"`{name}` contains {int((~finite).sum())} NaN or infinite values.")
-
-
-def _check_same_batch(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(f"`{name_a}` has {a.shape[0]} images but `{name_b}` has {b.shape[0]}; pass the same number.")
