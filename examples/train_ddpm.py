@@ -101,7 +101,7 @@ def log_validation(accelerator, model, ema, noise_scheduler, args, step: int, nu
     from diffusers import DDIMPipeline, DDIMScheduler
 
     from diti_hf.training.ema import ema_weights
-    from diti_hf.training.run import log_image
+    from diti_hf.training.reporting import log_image
     from diti_hf.visualization import tensor_grid
 
     with ema_weights(ema, accelerator.unwrap_model(model).unet) as unet:
@@ -126,7 +126,8 @@ def main(args: argparse.Namespace) -> dict:
 
     from diti_hf.data import TRANSFORM_PRESETS
     from diti_hf.training.args import training_data_from_args
-    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging, startup_step, tracker_config
+    from diti_hf.training.reporting import tracker_config
+    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging, startup_step
 
     accelerator = make_accelerator(args)
     setup_logging(accelerator, logger)
@@ -155,7 +156,7 @@ def main(args: argparse.Namespace) -> dict:
     logger.info(
         "training %d steps of %d images, UNet %.2fM parameters, from step %d into %s; lr %g (%s, %d warm-up steps); "
         "%s; a checkpoint every %d steps, keeping %s",
-        loop.max_train_steps, loop.global_batch, sum(p.numel() for p in loop.trainer.parameters()) / 1e6,
+        loop.max_train_steps, loop.global_batch, sum(p.numel() for p in loop.unwrapped_model.parameters()) / 1e6,
         loop.start_step, args.output_dir, args.learning_rate, args.lr_scheduler, args.lr_warmup_steps,
         loop.ema_summary(logger), args.checkpointing_steps, keep,
     )  # fmt: skip
@@ -171,8 +172,9 @@ def main(args: argparse.Namespace) -> dict:
     def save_final() -> dict:
         """Final samples, then the DDPMPipeline folder (unet/ + scheduler/) with the EMA weights."""
         validate(loop.run.global_step)
-        loop.ema.copy_to(loop.trainer.parameters())
-        DDPMPipeline(unet=loop.trainer.unet, scheduler=noise_scheduler).to("cpu").save_pretrained(args.output_dir)
+        loop.ema.copy_to(loop.unwrapped_model.parameters())
+        pipeline = DDPMPipeline(unet=loop.unwrapped_model.unet, scheduler=noise_scheduler)
+        pipeline.to("cpu").save_pretrained(args.output_dir)
         return {}
 
     return loop.finish(save_final)

@@ -233,7 +233,7 @@ def log_validation(accelerator, model, ema, unet, scheduler, images, args, step:
     """
     from diti_hf import DiTiPipeline
     from diti_hf.training.ema import ema_weights
-    from diti_hf.training.run import log_image
+    from diti_hf.training.reporting import log_image
     from diti_hf.visualization import tensor_grid
 
     with ema_weights(ema, accelerator.unwrap_model(model)) as trainer:
@@ -253,7 +253,7 @@ def log_validation(accelerator, model, ema, unet, scheduler, images, args, step:
 
 def log_start(loop, args: argparse.Namespace, partition, profile: dict | None) -> None:
     """The trackers (with the loss profile figure on a fresh run) and the start-up line."""
-    from diti_hf.training.run import log_figure, tracker_config
+    from diti_hf.training.reporting import log_figure, tracker_config
 
     accelerator = loop.accelerator
     if accelerator.is_main_process:
@@ -328,10 +328,10 @@ def main(args: argparse.Namespace) -> dict:
     unet.to(accelerator.device)  # frozen: device placement only, no DDP wrapper
     coefficients = coefficients.to(accelerator.device)
     sampling_scheduler = ddim_scheduler(scheduler_config)
-    log_start(loop, args, loop.trainer.encoder.partition, profile)
+    log_start(loop, args, loop.unwrapped_model.encoder.partition, profile)
     if accelerator.is_main_process:  # what `diti-hf export` needs to turn any checkpoint into a pipeline
         record_run(
-            args.output_dir, loop.trainer.encoder, loop.trainer.decoder, sampling_scheduler,
+            args.output_dir, loop.unwrapped_model.encoder, loop.unwrapped_model.decoder, sampling_scheduler,
             image_processor_for(transform), frozen_ddpm=frozen_ddpm_source(args),
             training_command=card_kwargs(args)["training_command"], global_batch_size=loop.global_batch,
             datasets=card_kwargs(args)["datasets"],
@@ -350,11 +350,11 @@ def main(args: argparse.Namespace) -> dict:
     def save_final() -> dict:
         """The complete pipeline folder with the EMA weights, then the final validation (a failure there loses
         nothing)."""
-        loop.ema.copy_to(loop.trainer.parameters())
+        loop.ema.copy_to(loop.unwrapped_model.parameters())
         pipe = DiTiPipeline(
             unet=unet,
-            encoder=loop.trainer.encoder,
-            decoder=loop.trainer.decoder,
+            encoder=loop.unwrapped_model.encoder,
+            decoder=loop.unwrapped_model.decoder,
             scheduler=sampling_scheduler,
             image_processor=image_processor_for(transform),
         )

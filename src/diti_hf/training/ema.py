@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 
 import torch
 from diffusers.training_utils import EMAModel
+
+from .args import ScriptArgumentError
 
 
 class ConstantDecayEMAModel(EMAModel):
@@ -61,11 +65,6 @@ def ema_weights(ema: EMAModel, module: torch.nn.Module) -> Iterator[torch.nn.Mod
         module.train()
 
 
-def uses_warmup(ema: EMAModel) -> bool:
-    """Whether `ema` (made by [`make_ema`], or restored from a checkpoint into one) ramps its decay up."""
-    return not isinstance(ema, ConstantDecayEMAModel) and bool(ema.use_ema_warmup)
-
-
 def ema_decay_at(update: int, decay: float, warmup: bool) -> float:
     r"""
     The decay applied by the `update`-th EMA update (1-based) of an EMA made by [`make_ema`]: `decay` throughout
@@ -91,3 +90,32 @@ def describe_ema(decay: float, warmup: bool, num_updates: int) -> str:
         return f"EMA warm-up 1-(1+step)^(-2/3) up to {decay:g} (decay {final:.4g} at step {num_updates})"
     share = initial_weight_share(num_updates, decay, False)
     return f"EMA constant {decay:g} (the exported weights are {share:.0%} the initial ones after {num_updates} steps)"
+
+
+def check_resumed_ema(ema: EMAModel, args: argparse.Namespace) -> None:
+    r"""
+    Raises [`ScriptArgumentError`] when the EMA restored from a checkpoint ramps its decay differently from what
+    `--ema_warmup`/`--no-ema_warmup` asks for: the restored state would silently win and change the exported average.
+    """
+    restored = bool(ema.use_ema_warmup)
+    if restored != bool(args.ema_warmup):
+        kind, flag = ("a warm-up", "--ema_warmup") if restored else ("a constant-decay", "--no-ema_warmup")
+        raise ScriptArgumentError(
+            f"--ema_warmup: the checkpoint's EMA is {kind} EMA; resume it with {flag} (or start a new --output_dir)"
+        )
+
+
+def ema_summary(ema: EMAModel, args: argparse.Namespace, max_train_steps: int, logger: logging.Logger) -> str:
+    r"""
+    The EMA phrase of the start-up line (from the EMA itself, so a resumed run shows the checkpoint's decay), with a
+    warning when a constant decay would leave the exported weights mostly the initial ones.
+    """
+    decay, warmup = float(ema.decay), bool(args.ema_warmup)
+    share = initial_weight_share(max_train_steps, decay, warmup)
+    if share > 0.5:
+        logger.warning(
+            "--ema_decay %g without warm-up over %d steps: the exported (EMA) weights will be %.0f%% the initial ones; "
+            "drop --no-ema_warmup or lower --ema_decay",
+            decay, max_train_steps, 100 * share,
+        )  # fmt: skip
+    return describe_ema(decay, warmup, max_train_steps)

@@ -1,13 +1,12 @@
-"""One training launch of the example scripts: the accelerator, the optimizer and EMA, resuming, the training loop
-both scripts share ([`TrainingLoop`]), periodic logging, Ctrl-C, the end-of-run summary and the Hub upload. What
-differs between the scripts (the model, its loss, validation, the saved folder) is passed in."""
+"""One training launch of the example scripts: the accelerator, the optimizer, resuming, the training loop both
+scripts share ([`TrainingLoop`]), Ctrl-C, the end of the run and the exit codes. What differs between the scripts (the
+model, its loss, validation, the saved folder) is passed in; the per-process state is in `run_state`, the logs, the
+summary file and the Hub upload in `reporting`, the EMA in `ema`."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import json
 import logging
 import os
 import sys
@@ -19,13 +18,9 @@ from typing import Any, NoReturn
 import torch
 
 from ..cpu_memory import reuse_freed_memory
-from ..safe_io import LOCK_NAME, FolderInUseError, FolderLock
+from ..safe_io import FolderInUseError, FolderLock
 from .args import ScriptArgumentError, total_train_steps
 from .checkpointing import (
-    CHECKPOINT_PREFIX,
-    DAMAGED_PREFIX,
-    OLD_PREFIX,
-    TMP_PREFIX,
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
@@ -34,14 +29,13 @@ from .checkpointing import (
     save_checkpoint,
     set_aside_newer_checkpoints,
 )
+from .ema import check_resumed_ema, ema_summary, make_ema
+from .reporting import log_periodic, push_folder_to_hub, write_summary
+from .run_state import NonFiniteLossError, RunState
 
 # float32 copies of each trained weight a launch holds (the weight, its gradient, Adam's two moments, the EMA): the
 # factor of the memory estimate made from a model's config before the model is built.
 TRAINED_WEIGHT_COPIES = 5
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many optimizer steps in a row had a NaN/inf loss; reported as one line with exit code 3."""
 
 
 class TrainingInterrupted(Exception):
@@ -191,37 +185,6 @@ def make_accelerator(args: argparse.Namespace):
     return accelerator
 
 
-def check_resumed_ema(ema, args: argparse.Namespace) -> None:
-    r"""
-    Raises [`ScriptArgumentError`] when the EMA restored from a checkpoint ramps its decay differently from what
-    `--ema_warmup`/`--no-ema_warmup` asks for: the restored state would silently win and change the exported average.
-    """
-    restored = bool(ema.use_ema_warmup)
-    if restored != bool(args.ema_warmup):
-        kind, flag = ("a warm-up", "--ema_warmup") if restored else ("a constant-decay", "--no-ema_warmup")
-        raise ScriptArgumentError(
-            f"--ema_warmup: the checkpoint's EMA is {kind} EMA; resume it with {flag} (or start a new --output_dir)"
-        )
-
-
-def ema_summary(ema, args: argparse.Namespace, max_train_steps: int, logger: logging.Logger) -> str:
-    r"""
-    The EMA phrase of the start-up line (from the EMA itself, so a resumed run shows the checkpoint's decay), with a
-    warning when a constant decay would leave the exported weights mostly the initial ones.
-    """
-    from .ema import describe_ema, initial_weight_share
-
-    decay, warmup = float(ema.decay), bool(args.ema_warmup)
-    share = initial_weight_share(max_train_steps, decay, warmup)
-    if share > 0.5:
-        logger.warning(
-            "--ema_decay %g without warm-up over %d steps: the exported (EMA) weights will be %.0f%% the initial ones; "
-            "drop --no-ema_warmup or lower --ema_decay",
-            decay, max_train_steps, 100 * share,
-        )  # fmt: skip
-    return describe_ema(decay, warmup, max_train_steps)
-
-
 def make_optimizer(
     parameters: Iterable[torch.nn.Parameter], args: argparse.Namespace, device: torch.device
 ) -> torch.optim.AdamW:
@@ -267,157 +230,6 @@ def setup_logging(accelerator, logger: logging.Logger) -> None:
         for library in (datasets, transformers, diffusers):
             library.utils.logging.set_verbosity_error()
         logger.setLevel(logging.WARNING)
-
-
-def tracker_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as tracker hyper-parameters (scalars and strings only, as tensorboard requires)."""
-    config = {}
-    for key, value in vars(args).items():
-        if key in ("hub_token", "command_line"):
-            continue
-        config[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return config
-
-
-def tensorboard_writer(accelerator):
-    """The tensorboard `SummaryWriter` of the run, or `None` when not logging to tensorboard (main process only)."""
-    if not accelerator.is_main_process or not accelerator.trackers:
-        return None
-    try:
-        return accelerator.get_tracker("tensorboard", unwrap=True)
-    except ValueError:  # logging to other trackers only
-        return None
-
-
-def log_figure(accelerator, tag: str, figure, step: int) -> None:
-    """Logs a matplotlib figure to tensorboard (if used)."""
-    writer = tensorboard_writer(accelerator)
-    if writer is not None and hasattr(writer, "add_figure"):
-        writer.add_figure(tag, figure, global_step=step, close=False)
-
-
-def log_image(accelerator, tag: str, image: torch.Tensor, step: int) -> None:
-    """Logs a `(C, H, W)` image in [0, 1] to tensorboard (if used)."""
-    writer = tensorboard_writer(accelerator)
-    if writer is not None and hasattr(writer, "add_image"):
-        writer.add_image(tag, image, global_step=step, dataformats="CHW")
-
-
-def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
-    """Writes `output_dir/training_summary.json`."""
-    path = Path(output_dir) / "training_summary.json"
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    return path
-
-
-def push_folder_to_hub(
-    folder: str | os.PathLike, repo_id: str | None, token: str | None = None, private: bool = False
-) -> str:
-    """Uploads `folder` (without checkpoints) to the Hub repo `repo_id` (created if needed); returns the repo id."""
-    from huggingface_hub import create_repo, upload_folder
-
-    repo_id = repo_id or Path(folder).resolve().name
-    repo_id = create_repo(repo_id, exist_ok=True, token=token, private=private).repo_id
-    upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message="End of training",
-        ignore_patterns=[
-            f"{CHECKPOINT_PREFIX}*",
-            f"{TMP_PREFIX}*",
-            f"{OLD_PREFIX}*",
-            f"{DAMAGED_PREFIX}*",
-            "*.tmp",
-            LOCK_NAME,
-        ],
-        token=token,
-    )
-    return repo_id
-
-
-def process_seed(seed: int, process_index: int) -> int:
-    """A seed for process `process_index`'s own random stream (t, noise), distinct per process, stable per seed."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, process_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-class RunState:
-    r"""
-    The per-process state a checkpoint must hold beyond what `accelerator.save_state` saves: the optimizer step,
-    the data position, the generator of t and noise, and the partial logging windows — so that a resumed run
-    continues bit-for-bit where the interrupted one stopped.
-
-    Args:
-        seed (`int`): The run's seed.
-        process_index (`int`): This process.
-        num_train_timesteps (`int`): `T`, for the per-t loss histogram.
-    """
-
-    def __init__(self, seed: int, process_index: int, num_train_timesteps: int):
-        from ..data.loading import DataPosition
-        from .logging_utils import TimestepLossHistogram
-
-        self.global_step = 0
-        self.position = DataPosition()
-        self.generator = torch.Generator().manual_seed(process_seed(seed, process_index))
-        self.histogram = TimestepLossHistogram(num_train_timesteps)
-        self.loss_sum, self.loss_count = 0.0, 0
-        self.nonfinite_total, self.nonfinite_in_a_row = 0, 0
-
-    def loss_is_finite(self, accelerator, loss: torch.Tensor, max_in_a_row: int) -> bool:
-        """
-        Whether every process's `loss` is finite (all processes agree, so they skip the same batches). A skipped
-        batch is counted; `max_in_a_row` skips in a row raise [`NonFiniteLossError`].
-        """
-        bad = torch.tensor(0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, device=loss.device)
-        if accelerator.num_processes > 1:
-            bad = accelerator.reduce(bad, reduction="sum")
-        if float(bad) == 0:
-            self.nonfinite_in_a_row = 0
-            return True
-        self.nonfinite_total += 1
-        self.nonfinite_in_a_row += 1
-        logging.getLogger(__name__).warning(
-            "non-finite loss at step %d: batch skipped (%d in a row, %d in total)",
-            self.global_step, self.nonfinite_in_a_row, self.nonfinite_total,
-        )  # fmt: skip
-        if self.nonfinite_in_a_row >= max_in_a_row:
-            raise NonFiniteLossError(
-                f"{self.nonfinite_in_a_row} batches in a row had a NaN/inf loss (step {self.global_step}); "
-                "lower --learning_rate, check the data, or resume from an earlier checkpoint."
-            )
-        return False
-
-    def add_loss(self, loss: torch.Tensor) -> None:
-        self.loss_sum += float(loss.detach())
-        self.loss_count += 1
-
-    def pop_mean_loss(self) -> float:
-        """The mean loss since the last call (this process's)."""
-        mean = self.loss_sum / max(1, self.loss_count)
-        self.loss_sum, self.loss_count = 0.0, 0
-        return mean
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "global_step": self.global_step,
-            "data_position": dataclasses.asdict(self.position),
-            "generator": self.generator.get_state(),
-            "histogram": self.histogram.state(),
-            "loss_window": (self.loss_sum, self.loss_count),
-            "nonfinite": (self.nonfinite_total, self.nonfinite_in_a_row),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        from ..data.loading import DataPosition
-
-        self.global_step = int(state["global_step"])
-        self.position = DataPosition(**state["data_position"])
-        self.generator.set_state(state["generator"])
-        self.histogram.load_state(state["histogram"])
-        self.loss_sum, self.loss_count = state["loss_window"]
-        self.nonfinite_total, self.nonfinite_in_a_row = state.get("nonfinite", (0, 0))
 
 
 def resume_run(accelerator, args: argparse.Namespace, run: RunState, batches_per_epoch: int | None) -> Path | None:
@@ -468,37 +280,6 @@ def resume_run(accelerator, args: argparse.Namespace, run: RunState, batches_per
     return checkpoint
 
 
-def log_periodic(
-    accelerator, args: argparse.Namespace, run: RunState, meter, lr_scheduler, extra: dict[str, float] | None = None
-) -> dict[str, float]:
-    r"""
-    The periodic logs after optimizer step `run.global_step`: every `--logging_steps` the loss (mean over processes
-    and the steps since the last log), lr, throughput and `extra`; every `--histogram_steps` the per-t loss
-    histogram (summed over processes) as a figure. Returns the scalars logged (empty if none).
-    """
-    from .logging_utils import TimestepLossHistogram
-
-    step, logged = run.global_step, {}
-    if step % args.logging_steps == 0:
-        mean_loss = accelerator.reduce(torch.tensor(run.pop_mean_loss(), device=accelerator.device), "mean")
-        logged = {
-            "train/loss": float(mean_loss),
-            "train/lr": lr_scheduler.get_last_lr()[0],
-            "train/images_per_s": meter.window_images_per_second(),
-            "train/epoch": run.position.epoch,
-            **(extra or {}),
-        }
-        accelerator.log(logged, step=step)
-    if step % args.histogram_steps == 0:
-        total = accelerator.reduce(run.histogram.state().to(accelerator.device), "sum").cpu()
-        run.histogram.reset()
-        if accelerator.is_main_process:
-            merged = TimestepLossHistogram(run.histogram.num_train_timesteps, run.histogram.num_buckets)
-            merged.load_state(total)
-            log_figure(accelerator, "train/loss_per_timestep", merged.figure(), step)
-    return logged
-
-
 StepLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
@@ -514,6 +295,11 @@ class TrainingLoop:
         model (`torch.nn.Module`): Everything trainable, as one module (DDP wraps it once).
         num_train_timesteps (`int`): `T`, for the per-t loss histogram.
         batches_per_epoch (`int`, *optional*): This process's batches per epoch (`None` for a stream).
+
+    Attributes:
+        model (`torch.nn.Module`): `model` as `accelerator.prepare` returned it (DDP-wrapped in a multi-process
+            launch): what the loss is computed with.
+        unwrapped_model (`torch.nn.Module`): `model` itself, whose parameters the EMA tracks and the scripts save.
     """
 
     def __init__(
@@ -522,7 +308,6 @@ class TrainingLoop:
     ):  # fmt: skip
         from diffusers.optimization import get_scheduler
 
-        from .ema import make_ema
         from .logging_utils import ThroughputMeter
 
         self.accelerator, self.args = accelerator, args
@@ -537,8 +322,8 @@ class TrainingLoop:
             num_training_steps=self.max_train_steps * accelerator.num_processes,
         )
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-        self.trainer = accelerator.unwrap_model(self.model)
-        self.ema = make_ema(self.trainer.parameters(), args.ema_decay, warmup=args.ema_warmup)
+        self.unwrapped_model = accelerator.unwrap_model(self.model)
+        self.ema = make_ema(self.unwrapped_model.parameters(), args.ema_decay, warmup=args.ema_warmup)
         self.ema.to(accelerator.device)
         accelerator.register_for_checkpointing(self.ema)
         self.run = RunState(args.seed, accelerator.process_index, num_train_timesteps)
@@ -555,7 +340,7 @@ class TrainingLoop:
         self.saved_at = self.start_step or None
 
     def ema_summary(self, logger: logging.Logger) -> str:
-        """The EMA phrase of the start-up line ([`ema_summary`])."""
+        """The EMA phrase of the start-up line ([`~diti_hf.training.ema.ema_summary`])."""
         return ema_summary(self.ema, self.args, self.max_train_steps, logger)
 
     def train(
@@ -624,7 +409,7 @@ class TrainingLoop:
         self.meter.add(images.shape[0] * accelerator.num_processes)
         if not accelerator.sync_gradients:
             return False
-        self.ema.step(self.trainer.parameters())
+        self.ema.step(self.unwrapped_model.parameters())
         run.global_step += 1
         return True
 
@@ -663,7 +448,7 @@ class TrainingLoop:
             )
         memory, memory_kind = peak_memory_mb(accelerator.device)
         fingerprints = accelerator.gather(
-            parameter_fingerprint(self.trainer.parameters()).to(accelerator.device)[None]
+            parameter_fingerprint(self.unwrapped_model.parameters()).to(accelerator.device)[None]
         )
         summary = {
             "global_step": run.global_step,
