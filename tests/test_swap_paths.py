@@ -128,13 +128,14 @@ def test_library_warnings_have_categories_to_filter_by():
 
 
 def test_every_front_end_takes_its_ranges_from_the_partition():
-    from diti_hf import app, demo
+    from diti_hf import app
+    from diti_hf.demo.config import SWAP_GRIDS
     from diti_hf.commands import _common
 
     partition = TimestepPartition(64, 16)
     assert list(app.preset_ranges(partition).values()) == list(partition.preset_ranges().values())
     ends = partition.end_ranges()
-    assert {name: ends[end] for name, end in demo.SWAP_GRIDS.items()} == {"coarse": (688, 1000), "fine": (0, 313)}
+    assert {name: ends[end] for name, end in SWAP_GRIDS.items()} == {"coarse": (688, 1000), "fine": (0, 313)}
 
     pipe = SimpleNamespace(partition=partition)
     assert _common.range_text(pipe, "timesteps", (10, 20)) == "t in [0, 63) (chunk 0)"
