@@ -24,13 +24,15 @@ from . import COMMANDS
 
 PROG = "diti-hf"
 
-# for the help texts only (see the module docstring): diti_hf.visualization.DEFAULT_MIN_CELL, diti_hf.demo.DEFAULT_*,
-# diti_hf.sampling.DEFAULT_NUM_INFERENCE_STEPS
+# for the help texts only (see the module docstring): diti_hf.visualization.DEFAULT_MIN_CELL, diti_hf.demo's
+# DEFAULT_BASELINE and DEFAULT_FIXTURE, diti_hf.sampling.DEFAULT_NUM_INFERENCE_STEPS, diti_hf.app.DEFAULT_STEPS
 DEFAULT_MIN_CELL = 96
 DEFAULT_STEPS = 50
-DEFAULT_MODEL = "pretrained/diti-shapes32"
+DEFAULT_APP_STEPS = 20
 DEFAULT_BASELINE = "pretrained/pdae-shapes32"
 DEFAULT_FIXTURE = "tests/fixtures/official-diti"
+# the shipped model: defined here, torch-free, and imported by diti_hf.demo
+DEFAULT_MODEL = "pretrained/diti-shapes32"
 
 
 class UsageError(Exception):

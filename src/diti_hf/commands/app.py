@@ -10,20 +10,18 @@ from . import _common as common
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..app import DEFAULT_STEPS
-    from ..demo import DEFAULT_MODEL
-
     parser = subparsers.add_parser(
         "app",
         help="the browser app (Gradio): two images, a time-step range; swap, interpolate, edit, reconstruct",
         description=(
-            f"Serve the DiTi browser app for a pipeline (default {DEFAULT_MODEL}): upload two images or draw two "
-            "shapes, pick a time-step range on the partition, then swap, interpolate, edit (a probe trained on the "
-            "spot or an uploaded .npy direction) or reconstruct. Needs the extra diti_hf[app] (gradio); runs offline "
-            "(no analytics, no share link; set HF_HUB_OFFLINE=1 for a cached Hub model). Stop it with Ctrl-C."
+            f"Serve the DiTi browser app for a pipeline (default {common.DEFAULT_MODEL}): upload two images or draw "
+            "two shapes, pick a time-step range on the partition, then swap, interpolate, edit (a probe trained on "
+            "the spot or an uploaded .npy direction) or reconstruct. Needs the extra diti_hf[app] (gradio); runs "
+            "offline (no analytics, no share link; set HF_HUB_OFFLINE=1 for a cached Hub model). Stop it with Ctrl-C."
         ),
     )
-    common.add_model_arguments(parser, steps=DEFAULT_STEPS, batch_size=16, model_required=False)  # with --threads
+    # the model flags, with --threads
+    common.add_model_arguments(parser, steps=common.DEFAULT_APP_STEPS, batch_size=16, model_required=False)
     parser.add_argument("--host", default="127.0.0.1", help="interface to serve on (default 127.0.0.1; 0.0.0.0: all)")
     parser.add_argument(
         "--port", type=common.positive_int, default=None, help="port (default: 7860 or the next free one)"
@@ -43,17 +41,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DEFAULT_MODEL, resolve_default
+    from ..demo import resolve_default
 
     if importlib.util.find_spec("gradio") is None:
         raise common.UsageError("the app needs gradio: pip install 'diti_hf[app]'")
     from ..app import DEFAULT_REPORT, SHIPPED_FINDINGS, DiTiApp, build_app, find_alignment_image, launch_app
 
     device = common.check_device(args.device)
-    default = resolve_default(DEFAULT_MODEL)
+    default = resolve_default(common.DEFAULT_MODEL)
     model = args.model or (None if default is None else str(default))
     if model is None:
-        raise common.UsageError(f"no model at {DEFAULT_MODEL}; pass --model FOLDER_OR_HUB_ID")
+        raise common.UsageError(f"no model at {common.DEFAULT_MODEL}; pass --model FOLDER_OR_HUB_ID")
     if args.report is not None and not Path(args.report).is_dir():
         raise common.UsageError(f"--report {args.report!r}: no such folder")
     report = args.report or (resolve_default(DEFAULT_REPORT) if args.model is None else None)

@@ -8,6 +8,7 @@ import contextlib
 import re
 from collections.abc import Iterator, Mapping
 
+from ..evaluation.names import PROTOCOLS, SWAP_PROTOCOLS
 from . import _common as common
 
 # the diagnostics' switches: `--no-NAME` turns EvaluationConfig's NAME off (`--no-baselines`: both baselines)
@@ -61,9 +62,6 @@ _FLAG_OF = {
 
 # One flat list of flags, in the order `--help` prints them: splitting it would only scatter that order.
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..evaluation import PROTOCOLS
-    from ..evaluation.control import SWAP_PROTOCOLS
-
     parser = subparsers.add_parser(
         "evaluate",
         help="probes, time-step alignment, counterfactual score, reconstruction → report.json + plots",

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..commands._common import DEFAULT_MODEL as DEFAULT_MODEL  # defined torch-free, for `diti-hf app --help`
+
 INTERIM_NOTICE = (
     "INTERIM DEMO: this runs the official fixture checkpoint (random weights), not a trained model, so the images are "
     "not meaningful — it shows the pipeline end to end and the parity numbers. The trained models are in the source "
     "checkout's pretrained/ (diti-shapes32, pdae-shapes32, ddpm-shapes32): pass --model DIR to run one."
 )
-DEFAULT_MODEL = "pretrained/diti-shapes32"
 DEFAULT_BASELINE = "pretrained/pdae-shapes32"
 DEFAULT_FIXTURE = "tests/fixtures/official-diti"
 OUTPUT_FILES = (

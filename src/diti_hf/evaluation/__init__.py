@@ -1,89 +1,77 @@
 """Evaluation of time-step-modular representations: linear probes, time-step alignment, counterfactual score,
 reconstruction, the CelebA/LFW protocols, the generation-control diagnostics, the report and one benchmark run of the
-front ends ([`run_benchmark`])."""
+front ends ([`run_benchmark`]).
 
-from .adapters import (
-    ModelFunctions,
-    encoder_functions,
-    pipeline_functions,
-    pixel_functions,
-    random_encoder_functions,
-)
-from .alignment import AlignmentResult, chunk_masks, decodable_chunks, timestep_alignment
-from .attribute_loss import attribute_loss_curve
-from .benchmark import PROTOCOLS, benchmark_arguments, is_ddpm_folder, load_model, run_benchmark
-from .config import EvaluationConfig
-from .counterfactual import (
-    CounterfactualResult,
-    OracleClassifier,
-    counterfactual_score,
-    flip_rates,
-    summarise_flips,
-    train_oracle,
-)
-from .dataset import dataset_arrays
-from .plots import write_plots
-from .probes import (
-    ProbeConfig,
-    ProbeResult,
-    accuracy,
-    average_precision,
-    fit_linear_probes,
-    pearson_r,
-    spearman_r,
-    split_indices,
-)
-from .protocols import attribute_protocol, celeba_protocol, lfw_protocol, load_attribute_splits, preprocess_images
-from .reconstruction import compare_images, mse, psnr, reconstruct, reconstruction_metrics, ssim
-from .suite import evaluate_pipeline, json_safe
-from .targets import Targets, check_targets
+The public names load on first use (PEP 562), as those of `diti_hf` do: the protocol names of `.names` are
+torch-free, so that `diti-hf evaluate --help` lists them without importing torch.
+"""
 
-__all__ = [
-    "AlignmentResult",
-    "CounterfactualResult",
-    "EvaluationConfig",
-    "ModelFunctions",
-    "OracleClassifier",
-    "PROTOCOLS",
-    "ProbeConfig",
-    "ProbeResult",
-    "accuracy",
-    "attribute_loss_curve",
-    "Targets",
-    "attribute_protocol",
-    "average_precision",
-    "benchmark_arguments",
-    "celeba_protocol",
-    "check_targets",
-    "chunk_masks",
-    "compare_images",
-    "counterfactual_score",
-    "dataset_arrays",
-    "decodable_chunks",
-    "encoder_functions",
-    "evaluate_pipeline",
-    "fit_linear_probes",
-    "is_ddpm_folder",
-    "json_safe",
-    "flip_rates",
-    "lfw_protocol",
-    "load_attribute_splits",
-    "load_model",
-    "mse",
-    "pearson_r",
-    "pipeline_functions",
-    "pixel_functions",
-    "preprocess_images",
-    "psnr",
-    "random_encoder_functions",
-    "reconstruct",
-    "reconstruction_metrics",
-    "run_benchmark",
-    "spearman_r",
-    "split_indices",
-    "ssim",
-    "summarise_flips",
-    "timestep_alignment",
-    "train_oracle",
-    "write_plots",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name → the submodule that defines it
+_LAZY = {
+    "ModelFunctions": "adapters",
+    "encoder_functions": "adapters",
+    "pipeline_functions": "adapters",
+    "pixel_functions": "adapters",
+    "random_encoder_functions": "adapters",
+    "AlignmentResult": "alignment",
+    "chunk_masks": "alignment",
+    "decodable_chunks": "alignment",
+    "timestep_alignment": "alignment",
+    "attribute_loss_curve": "attribute_loss",
+    "benchmark_arguments": "benchmark",
+    "is_ddpm_folder": "benchmark",
+    "load_model": "benchmark",
+    "run_benchmark": "benchmark",
+    "EvaluationConfig": "config",
+    "CounterfactualResult": "counterfactual",
+    "OracleClassifier": "counterfactual",
+    "counterfactual_score": "counterfactual",
+    "flip_rates": "counterfactual",
+    "summarise_flips": "counterfactual",
+    "train_oracle": "counterfactual",
+    "dataset_arrays": "dataset",
+    "PROTOCOLS": "names",
+    "write_plots": "plots",
+    "ProbeConfig": "probes",
+    "ProbeResult": "probes",
+    "accuracy": "probes",
+    "average_precision": "probes",
+    "fit_linear_probes": "probes",
+    "pearson_r": "probes",
+    "spearman_r": "probes",
+    "split_indices": "probes",
+    "attribute_protocol": "protocols",
+    "celeba_protocol": "protocols",
+    "lfw_protocol": "protocols",
+    "load_attribute_splits": "protocols",
+    "preprocess_images": "protocols",
+    "compare_images": "reconstruction",
+    "mse": "reconstruction",
+    "psnr": "reconstruction",
+    "reconstruct": "reconstruction",
+    "reconstruction_metrics": "reconstruction",
+    "ssim": "reconstruction",
+    "evaluate_pipeline": "suite",
+    "json_safe": "suite",
+    "Targets": "targets",
+    "check_targets": "targets",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

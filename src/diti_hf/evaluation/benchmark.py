@@ -13,14 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .names import PROTOCOLS
+
 if TYPE_CHECKING:
     from .config import EvaluationConfig
 
 logger = logging.getLogger(__name__)
-
-PROTOCOLS = ("shapes", "celeba", "lfw")
-"""The benchmarks of [`run_benchmark`]: the procedural shapes (or any dataset with factor `ClassLabel` columns) and the
-paper's real-data protocols (docs/method.md §9)."""
 
 _PROBE_VALUES = {"probe_epochs": "epochs", "probe_lr": "lr", "probe_batch_size": "batch_size"}
 _POSITIVE = ("max_alignment_groups",)  # EvaluationConfig allows None (every chunk); a given value must be >= 1

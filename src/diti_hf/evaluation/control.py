@@ -14,15 +14,12 @@ from typing import Any
 import torch
 
 from .counterfactual import counterfactual_score, sample_pairs
+from .names import SWAP_PROTOCOLS as SWAP_PROTOCOLS  # defined torch-free (for the CLI's --help); importable here too
 
 # regenerate_fn(z or None, x_t, t) -> images in [0, 1]: generation from x_t at time-step t (None: the DDPM alone)
 RegenerateFn = Callable[[torch.Tensor | None, torch.Tensor, int], torch.Tensor]
 # sample_fn(num_images, seed) -> unconditional samples of the frozen DDPM in [0, 1]
 SampleFn = Callable[[int, int], torch.Tensor]
-
-# Starting points of a swap: the source's inverted x_T (the official protocol), the target's inverted x_T, one
-# random x_T shared by the pair, or the source noised by the forward process to the top of the swapped range.
-SWAP_PROTOCOLS = ("source_inverted", "target_inverted", "shared_random", "stochastic")
 
 
 def noise_to(images: torch.Tensor, timestep: int, alphas_cumprod: torch.Tensor, seed: int) -> torch.Tensor:
