@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCa
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .partition import TimestepPartition
+from .pipelines.checks import check_pipeline_folder
 
 if TYPE_CHECKING:
     import torch
@@ -583,7 +584,6 @@ def push_space_to_hub(
     ```
     """
     from . import __version__
-    from .pipelines.checks import check_pipeline_folder
 
     if not isinstance(repo_id, str):
         raise ValueError(f"`repo_id` must be a Hub repo id string 'namespace/name', got {repo_id!r}.")

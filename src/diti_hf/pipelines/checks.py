@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..safe_io import read_json, short_repr
-from ..sampling import MAX_TRAIN_TIMESTEPS, PREDICTION_TYPES, check_scheduler_config
+from ..sampling import MAX_TRAIN_TIMESTEPS, PREDICTION_TYPES, DiffusionCoefficients, check_scheduler_config
 
 # Far above any image size DiTi is trained at (64, 128, 256), far below one whose activations exhaust a machine.
 MAX_SAMPLE_SIZE = 4096
@@ -144,11 +144,12 @@ def check_components(unet: Any, encoder: Any, decoder: Any, scheduler: Any, imag
     `AutoencoderKL` as the encoder) and `ValueError` unless the components fit together
     ([`check_component_configs`]) and the scheduler's betas are finite and in (0, 1).
     """
+    # Not at the top: `diti_hf.models` imports this module (config bounds of the frozen DDPM), and loading it should
+    # not load transformers (the image processor) on the way.
     from diffusers import DDIMScheduler, UNet2DModel
 
     from ..models.decoder import DiTiDecoderModel
     from ..models.encoder import DiTiEncoderModel
-    from ..sampling import DiffusionCoefficients
     from .image_processing_diti import DiTiImageProcessor
 
     hints = {"scheduler": " (use DDIMScheduler.from_config(scheduler.config): the sampler is deterministic DDIM)"}
