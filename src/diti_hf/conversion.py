@@ -33,6 +33,7 @@ from torch import nn
 from .models.decoder import DiTiDecoderModel
 from .models.encoder import ENCODER_PRESETS, DiTiEncoderModel
 from .partition import TimestepPartition
+from .pipelines import DiTiPipeline
 from .pipelines.checks import MAX_SAMPLE_SIZE
 from .safe_io import check_dense_tensor, check_finite_tensors, read_text, short_repr
 from .sampling import MAX_TRAIN_TIMESTEPS, check_scheduler_config, noise_schedule_of
@@ -1053,8 +1054,6 @@ def save_converted(models: ConvertedModels, output_dir: PathLike, overwrite: boo
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     if models.encoder is not None and models.decoder is not None:
         # A complete DiTi conversion is written as a pipeline folder (model_index.json + components).
-        from .pipelines import DiTiPipeline
-
         DiTiPipeline(models.unet, models.encoder, models.decoder, models.scheduler).save_pretrained(
             output_dir, safe_serialization=True
         )

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .images import BadImageError, decode_image
+from .shapes import SHAPES_DATASETS, generate_shapes
 from .transforms import ImageTransform
 
 logger = logging.getLogger(__name__)
@@ -74,11 +75,7 @@ def load_image_dataset(
         )
     if num_images is not None and num_images < 1:
         raise ValueError(f"`num_images` must be >= 1, got {num_images}.")
-    from .shapes import SHAPES_DATASETS
-
     if dataset_name in SHAPES_DATASETS:
-        from .shapes import generate_shapes
-
         factors = SHAPES_DATASETS[dataset_name]()
         dataset = generate_shapes(num_images or DEFAULT_NUM_SHAPES, seed=seed, resolution=resolution, factors=factors)
         return dataset.to_iterable_dataset() if streaming else dataset

@@ -11,6 +11,7 @@ import torch
 
 from ..models import eps_function
 from ..partition import TimestepPartition
+from ..sampling import DiffusionCoefficients
 from ..warning_types import ChunkWideningWarning
 from .control import RegenerateFn, SampleFn
 from .counterfactual import SwapFn
@@ -185,8 +186,6 @@ def ddpm_functions(
         sample_eta (`float`, defaults to 0.0): DDIM η of the samples (their noise is seeded like the start).
     """
     from diffusers import DDIMScheduler
-
-    from ..sampling import DiffusionCoefficients
 
     coefficients = DiffusionCoefficients.from_scheduler_config(scheduler_config)
     scheduler = DDIMScheduler.from_config(dict(scheduler_config), clip_sample=True, set_alpha_to_one=True)

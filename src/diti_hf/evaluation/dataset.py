@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.shapes import attribute_loss_time, factor_granularity, factors_from_json
 from .adapters import ModelFunctions
 from .config import EvaluationConfig
+from .disentanglement import discretize
 from .probes import split_indices
 
 MAX_FACTOR_VALUES = 20  # a numeric factor with more distinct values is binned into this many equal-width bins
@@ -32,8 +34,6 @@ def factor_labels(values: Sequence[Any]) -> tuple[np.ndarray, int, str]:
     distinct = np.unique(array)
     if len(distinct) <= MAX_FACTOR_VALUES:
         return np.searchsorted(distinct, array).astype(np.int64), len(distinct), f"{len(distinct)} distinct values"
-    from .disentanglement import discretize
-
     labels = discretize(array[:, None], MAX_FACTOR_VALUES)[:, 0]
     encoding = f"{MAX_FACTOR_VALUES} equal-width bins over [{array.min():.4g}, {array.max():.4g}]"
     return labels, MAX_FACTOR_VALUES, encoding
@@ -169,8 +169,6 @@ def _suite_data(
 
 def _granularity_from_dataset(dataset: Any, factors: list[str], resolution: int, pairs: int, seed: int) -> dict | None:
     # datasets made by generate_shapes carry their factor specs; other datasets need `granularity=` explicitly
-    from ..data.shapes import factor_granularity, factors_from_json
-
     try:
         specs = factors_from_json(dataset.info.description or "")
     except ValueError:
@@ -181,8 +179,6 @@ def _granularity_from_dataset(dataset: Any, factors: list[str], resolution: int,
 
 def _dataset_section(data: _SuiteData, dataset_info: Mapping[str, Any] | None) -> dict[str, Any]:
     """`report["dataset"]`: sizes, split sizes and each factor's classes and granularity."""
-    from ..data.shapes import attribute_loss_time
-
     granularity = data.granularity
     return {
         **dict(dataset_info or {}),

@@ -14,6 +14,7 @@ from .adapters import ModelFunctions, pixel_functions, random_encoder_functions
 from .alignment import AlignmentResult, timestep_alignment
 from .config import EvaluationConfig
 from .dataset import _SuiteData
+from .disentanglement import dci_from_importance, dci_importance, factor_vae_score, importance_by_group, mig, sap
 from .probes import fit_linear_probes
 
 
@@ -124,8 +125,6 @@ def _disentanglement_section(
     z: torch.Tensor, partition: Any, data: _SuiteData, config: EvaluationConfig
 ) -> dict[str, Any]:
     """DCI, MIG, SAP and FactorVAE on a seeded draw of images; for partitioned models, the importance per t-range."""
-    from .disentanglement import dci_from_importance, dci_importance, factor_vae_score, importance_by_group, mig, sap
-
     t0 = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     idx = rng.permutation(len(z))[: config.disentanglement_images]

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..partition import partition_from_profile
+from ..sampling import DiffusionCoefficients
 from .adapters import ModelFunctions
 from .alignment import AlignmentResult
 from .attribute_loss import attribute_loss_curve
@@ -128,8 +129,6 @@ def _loss_profile_section(
     config: EvaluationConfig,
 ) -> dict[str, Any]:
     """The frozen DDPM's loss profile, and the staged partition it suggests at the first DiTi model's d and k."""
-    from ..sampling import DiffusionCoefficients
-
     t0 = time.perf_counter()
     name, fn = ddpm
     coefficients = DiffusionCoefficients.from_alphas_cumprod(fn.alphas_cumprod)

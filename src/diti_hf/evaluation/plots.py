@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..partition import TimestepPartition
 from .alignment import AlignmentResult
 from .counterfactual import CounterfactualResult
 from .loss_profile import loss_profile_figure
@@ -139,8 +140,6 @@ def write_plots(
         plot_probes(report, out / files[0])
     section = report.get("loss_profile")
     if section:
-        from ..partition import TimestepPartition
-
         loss_times = (report.get("attribute_loss") or {}).get("loss_time")
         for suffix, key in (("", "partition"), ("_auto", "auto_partition")):
             if section.get(key) or not suffix:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .._naming import option
-from ..data.images import BadImageError, open_image
+from ..data.images import BadImageError, decode_image, open_image
+from ..data.loading import resolve_image_column
 from ..safe_io import FolderLock, file_record, short_repr
 
 # the private names are the folder format's internals, which only the extraction job shares
@@ -75,9 +76,6 @@ def _iter_items(
         return printable_name(str(ids[index]) if ids is not None else default)
 
     if isinstance(images, datasets.Dataset):
-        from ..data.images import decode_image
-        from ..data.loading import resolve_image_column
-
         column = resolve_image_column(images, image_column)
         raw = images.select_columns([column])
         if isinstance(raw.features[column], datasets.Image):

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..safe_io import MAX_CONFIG_BYTES, file_record, read_json, record_problem, short_repr
 
 MANIFEST_NAME = "manifest.json"
@@ -78,8 +79,6 @@ def feature_metadata(pipe: Any, model: str | None = None) -> dict[str, Any]:
     Returns:
         `dict`: JSON-serialisable metadata.
     """
-    from .. import __version__
-
     partition = pipe.partition
     return {
         "latent_dim": int(partition.latent_dim),

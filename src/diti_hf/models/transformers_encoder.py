@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import ModelOutput
 
 from ..partition import TimestepPartition
+from ..pipelines.checks import check_config_bounds
 from ..safe_io import short_repr
 from .encoder import TRANSFORMERS_MODEL_TYPE, DiTiEncoderModel
 
@@ -159,8 +160,6 @@ class DiTiEncoderTransformersModel(PreTrainedModel):
             use_safetensors (`bool`, *optional*): Only safetensors weights are read; `False` is refused.
             kwargs: `cache_dir`, `force_download`, `local_files_only`, `proxies`, `revision`, `token`.
         """
-        from ..pipelines.checks import check_config_bounds
-
         if model_args:
             raise TypeError(f"{cls.__name__}.from_pretrained takes no positional arguments after the path.")
         if use_safetensors is False:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..data.images import BadImageError
 from ..data.loading import (
     DEFAULT_NUM_SHAPES,
     DeviceImages,
@@ -23,7 +24,9 @@ from ..data.loading import (
     TrainingImages,
     load_image_dataset,
 )
+from ..data.shapes import SHAPES_DATASETS
 from ..data.transforms import TRANSFORM_PRESETS, CropBox, ImageTransform
+from .checkpointing import list_checkpoints
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -246,8 +249,6 @@ def check_training_arguments(args: argparse.Namespace) -> list[str]:
 def _output_dir_problems(args: argparse.Namespace) -> list[str]:
     # Found now rather than after training: a file in the way, no write permission, or an earlier run's results that a
     # fresh start would mix its checkpoints with (and whose model it would overwrite at the end).
-    from .checkpointing import list_checkpoints
-
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         return [f"--output_dir: {str(out)!r} exists and is not a folder"]
@@ -496,8 +497,6 @@ def training_images_from_args(
 
 def describe_dataset(args: argparse.Namespace, resolution: int) -> str:
     """What loading the data flags' dataset does, for the start-up progress line."""
-    from ..data.shapes import SHAPES_DATASETS
-
     if args.dataset_name in SHAPES_DATASETS:
         count = args.num_train_images or DEFAULT_NUM_SHAPES
         return f"generating the {args.dataset_name} dataset ({count:,} images, {resolution}×{resolution})"
@@ -520,8 +519,7 @@ def training_data_from_args(
         [`ScriptArgumentError`] for a dataset that cannot be loaded as asked; [`~diti_hf.data.BadImageError`]
         (a bad image, named) propagates as it is.
     """
-    from ..data.images import BadImageError
-    from .run import startup_step
+    from .run import startup_step  # .run imports this module at its top
 
     step = startup_step(logger, describe_dataset(args, resolution)) if logger else contextlib.nullcontext()
     try:

@@ -16,6 +16,10 @@ from typing import Any
 
 import torch
 
+from ..hub import save_model_card
+from ..models import DiTiDecoderModel, DiTiEncoderModel, load_frozen_ddpm
+from ..pipelines.image_processing_diti import DiTiImageProcessor
+from ..pipelines.pipeline_diti import DiTiPipeline
 from ..safe_io import read_json
 from .checkpointing import CHECKPOINT_PREFIX, CheckpointError, checkpoint_step, load_state_file, resolve_checkpoint
 
@@ -107,11 +111,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
         records existed: export it by resuming the run with `--max_train_steps` equal to its step).
     """
     from diffusers import DDIMScheduler
-
-    from ..hub import save_model_card
-    from ..models import DiTiDecoderModel, DiTiEncoderModel, load_frozen_ddpm
-    from ..pipelines.image_processing_diti import DiTiImageProcessor
-    from ..pipelines.pipeline_diti import DiTiPipeline
 
     checkpoint, run_dir = _checkpoint_and_run(Path(checkpoint))
     record = run_dir / RUN_RECORD

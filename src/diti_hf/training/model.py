@@ -15,10 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.encoder import ENCODER_PRESETS
-from ..partition import TimestepPartition
+from ..data import TRANSFORM_PRESETS
+from ..evaluation.loss_profile import loss_profile, write_loss_profile
+from ..models import compile_denoiser, load_frozen_ddpm
+from ..models.decoder import DiTiDecoderModel
+from ..models.encoder import ENCODER_PRESETS, DiTiEncoderModel
+from ..models.frozen_ddpm import check_unet_memory, eps_function
+from ..partition import TimestepPartition, partition_from_profile
+from ..pipelines.checks import check_components, check_config_bounds
+from ..pipelines.image_processing_diti import DiTiImageProcessor
+from ..safe_io import read_json
+from ..sampling import DiffusionCoefficients, noise_schedule_of
 from .args import ScriptArgumentError
 from .loss import IntervalLossNormalizer, diti_loss
+from .run import TRAINED_WEIGHT_COPIES
 
 # Encoder preset per training resolution when no architecture is given (docs/method.md §2).
 PRESET_FOR_RESOLUTION = {32: "small32", 64: "celeba64", 128: "ffhq128"}
@@ -101,8 +111,6 @@ def diti_preflight(
     config = unet.config
     resolution = args.resolution
     if resolution is None:
-        from ..data import TRANSFORM_PRESETS
-
         preset = TRANSFORM_PRESETS.get(args.preprocessing or "", {})
         resolution = preset.get("resolution") or config.sample_size
     if not isinstance(resolution, int):
@@ -222,9 +230,6 @@ def load_frozen_ddpm_from_args(args: argparse.Namespace, device: str | torch.dev
     Raises:
         [`ScriptArgumentError`] naming `--pretrained_unet`.
     """
-    from ..models import load_frozen_ddpm
-    from .run import TRAINED_WEIGHT_COPIES
-
     try:
         return load_frozen_ddpm(
             **frozen_ddpm_source(args),
@@ -254,10 +259,6 @@ def profile_and_partition(
         `--partition auto`).
     """
     from accelerate.utils import broadcast_object_list
-
-    from ..evaluation.loss_profile import loss_profile, write_loss_profile
-    from ..models.frozen_ddpm import eps_function
-    from ..partition import partition_from_profile
 
     if args.loss_profile_images == 0:
         return None, None
@@ -305,8 +306,6 @@ def build_encoder(
     Raises:
         [`ScriptArgumentError`] naming the flags of an impossible encoder.
     """
-    from ..models.encoder import DiTiEncoderModel
-
     preset = args.encoder_preset
     if preset is None and args.encoder_block_out_channels is None:
         preset = PRESET_FOR_RESOLUTION.get(resolution)
@@ -403,8 +402,6 @@ def image_processor_for(transform: Any) -> Any:
     The pipeline's `DiTiImageProcessor`: the training preprocessing (an `ImageTransform`) without its random parts;
     `None` for models that are not RGB.
     """
-    from ..pipelines.image_processing_diti import DiTiImageProcessor
-
     if transform.num_channels != 3:
         return None
     box = transform.crop_box
@@ -438,10 +435,6 @@ def build_diti_model(
     Raises:
         [`ScriptArgumentError`] for an impossible encoder or a pipeline the components would not form.
     """
-    from ..models.decoder import DiTiDecoderModel
-    from ..pipelines.checks import check_components
-    from ..sampling import DiffusionCoefficients, noise_schedule_of
-
     T = DiffusionCoefficients.from_scheduler_config(scheduler_config).num_train_timesteps
     encoder = build_encoder(args, resolution, T, unet.config.in_channels, partition)
     decoder = DiTiDecoderModel.from_unet(unet, latent_dim=args.latent_dim, dropout=args.decoder_dropout)
@@ -451,8 +444,6 @@ def build_diti_model(
     if args.gradient_checkpointing:
         decoder.enable_gradient_checkpointing()
     if args.compile:
-        from ..models import compile_denoiser
-
         encoder.compile(backend=args.compile_backend)
         compile_denoiser(unet, decoder, backend=args.compile_backend)
     try:  # the checks of the DiTiPipeline constructor, now instead of after training
@@ -476,11 +467,6 @@ def build_unet(
         [`ScriptArgumentError`] naming the flag or the config.
     """
     from diffusers import UNet2DModel
-
-    from ..models.frozen_ddpm import check_unet_memory
-    from ..pipelines.checks import check_config_bounds
-    from ..safe_io import read_json
-    from .run import TRAINED_WEIGHT_COPIES
 
     if args.unet_config is not None:
         try:
