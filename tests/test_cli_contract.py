@@ -96,7 +96,7 @@ def test_import_diti_hf_is_light_and_still_registers_with_diffusers_and_transfor
 def test_the_help_lines_and_help_constants_match_the_library():
     """What `--help` shows without importing the library is the library's: each command's own parser, the
     defaults and choices named in the help texts."""
-    from diti_hf import app, demo, visualization
+    from diti_hf import visualization
     from diti_hf.commands import _common
     from diti_hf.partition import PROFILE_SIGNALS
 
@@ -104,12 +104,6 @@ def test_the_help_lines_and_help_constants_match_the_library():
     listed = {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}
     assert listed == COMMANDS
     assert _common.DEFAULT_MIN_CELL == visualization.DEFAULT_MIN_CELL
-    assert _common.DEFAULT_APP_STEPS == app.DEFAULT_STEPS
-    assert (_common.DEFAULT_MODEL, _common.DEFAULT_BASELINE, _common.DEFAULT_FIXTURE) == (
-        demo.DEFAULT_MODEL,
-        demo.DEFAULT_BASELINE,
-        demo.DEFAULT_FIXTURE,
-    )
     partition_help = parser._subparsers._group_actions[0].choices["partition"].format_help()
     assert all(signal in partition_help for signal in PROFILE_SIGNALS)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import PIL.Image
 
+from ..commands._common import DEFAULT_APP_STEPS
 from ..partition import TimestepPartition
 from .actions import DiTiApp
 from .figures import describe_range, page_header, partition_figure, partition_summary, preset_ranges
@@ -48,7 +49,7 @@ UPLOAD_SWEEP_EVERY_S = 10 * 60
 UPLOAD_MAX_AGE_S = 60 * 60
 # The page's initial DDIM steps: a UI choice for quick interactive edits on a CPU, below the pipeline API's
 # `diti_hf.sampling.DEFAULT_NUM_INFERENCE_STEPS`; `diti-hf app --steps` starts from it too.
-DEFAULT_STEPS = 20
+DEFAULT_STEPS = DEFAULT_APP_STEPS
 
 # Model images are 32×32 or 64×64: shown enlarged without smoothing, so that the pixels on screen are the model's.
 CSS = """

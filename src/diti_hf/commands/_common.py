@@ -24,14 +24,14 @@ from . import COMMANDS
 
 PROG = "diti-hf"
 
-# for the help texts only (see the module docstring): diti_hf.visualization.DEFAULT_MIN_CELL, diti_hf.demo's
-# DEFAULT_BASELINE and DEFAULT_FIXTURE, diti_hf.sampling.DEFAULT_NUM_INFERENCE_STEPS, diti_hf.app.DEFAULT_STEPS
+# copies for the help texts only (see the module docstring; a test keeps them equal to the library's):
+# diti_hf.visualization.DEFAULT_MIN_CELL, diti_hf.sampling.DEFAULT_NUM_INFERENCE_STEPS
 DEFAULT_MIN_CELL = 96
 DEFAULT_STEPS = 50
-DEFAULT_APP_STEPS = 20
+# defined here, torch-free, so that every --help starts without torch; diti_hf.demo and diti_hf.app import them
+DEFAULT_APP_STEPS = 20  # the app's initial DDIM steps: a UI choice for quick interactive edits on a CPU
 DEFAULT_BASELINE = "pretrained/pdae-shapes32"
 DEFAULT_FIXTURE = "tests/fixtures/official-diti"
-# the shipped model: defined here, torch-free, and imported by diti_hf.demo
 DEFAULT_MODEL = "pretrained/diti-shapes32"
 
 

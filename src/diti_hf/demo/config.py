@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..commands._common import DEFAULT_MODEL as DEFAULT_MODEL  # defined torch-free, for `diti-hf app --help`
+# defined torch-free, for the commands' --help
+from ..commands._common import DEFAULT_BASELINE as DEFAULT_BASELINE
+from ..commands._common import DEFAULT_FIXTURE as DEFAULT_FIXTURE
+from ..commands._common import DEFAULT_MODEL as DEFAULT_MODEL
 
 INTERIM_NOTICE = (
     "INTERIM DEMO: this runs the official fixture checkpoint (random weights), not a trained model, so the images are "
     "not meaningful — it shows the pipeline end to end and the parity numbers. The trained models are in the source "
     "checkout's pretrained/ (diti-shapes32, pdae-shapes32, ddpm-shapes32): pass --model DIR to run one."
 )
-DEFAULT_BASELINE = "pretrained/pdae-shapes32"
-DEFAULT_FIXTURE = "tests/fixtures/official-diti"
 OUTPUT_FILES = (
     "reconstruction.png",
     "swap_coarse.png",
