@@ -129,8 +129,8 @@ def test_library_warnings_have_categories_to_filter_by():
 
 def test_every_front_end_takes_its_ranges_from_the_partition():
     from diti_hf import app
-    from diti_hf.demo.config import SWAP_GRIDS
     from diti_hf.commands import _common
+    from diti_hf.demo.config import SWAP_GRIDS
 
     partition = TimestepPartition(64, 16)
     assert list(app.preset_ranges(partition).values()) == list(partition.preset_ranges().values())
