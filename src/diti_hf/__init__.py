@@ -19,6 +19,8 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from ._lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 # public name → the submodule that defines it
@@ -43,17 +45,7 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 def _answer_diffusers(diffusers: ModuleType) -> None:
