@@ -126,8 +126,9 @@ def main(args: argparse.Namespace) -> dict:
 
     from diti_hf.data import TRANSFORM_PRESETS
     from diti_hf.training.args import training_data_from_args
+    from diti_hf.training.logging_utils import startup_step
     from diti_hf.training.reporting import tracker_config
-    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging, startup_step
+    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging
 
     accelerator = make_accelerator(args)
     setup_logging(accelerator, logger)

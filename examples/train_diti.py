@@ -289,7 +289,8 @@ def main(args: argparse.Namespace) -> dict:
     from diti_hf.hub import save_model_card
     from diti_hf.training.args import training_data_from_args
     from diti_hf.training.export import record_run
-    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging, startup_step
+    from diti_hf.training.logging_utils import startup_step
+    from diti_hf.training.run import TrainingLoop, make_accelerator, setup_logging
 
     accelerator = make_accelerator(args)
     setup_logging(accelerator, logger)

@@ -58,9 +58,9 @@ from diti_hf.app import (
     read_direction,
     read_image,
 )
+from diti_hf.app.space import check_space_folder, push_space_to_hub
 from diti_hf.cli import main
 from diti_hf.data.shapes import generate_shapes
-from diti_hf.hub import check_space_folder, push_space_to_hub
 from test_hub import TOKEN, HubStandIn
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The DiTi browser app as a Hugging Face Space; `diti-hf app` serves the same page locally.
 
-The model is `model/` next to this file when the Space was uploaded with it (`diti_hf.hub.push_space_to_hub(...,
+The model is `model/` next to this file when the Space was uploaded with it (`diti_hf.app.space.push_space_to_hub(...,
 model_dir=...)`), else the `DITI_MODEL` environment variable, else the Hub model named in README.md.
 """
 

@@ -27,6 +27,7 @@ from ..data.loading import (
 from ..data.shapes import SHAPES_DATASETS
 from ..data.transforms import TRANSFORM_PRESETS, CropBox, ImageTransform
 from .checkpointing import list_checkpoints
+from .logging_utils import startup_step
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -519,7 +520,6 @@ def training_data_from_args(
         [`ScriptArgumentError`] for a dataset that cannot be loaded as asked; [`~diti_hf.data.BadImageError`]
         (a bad image, named) propagates as it is.
     """
-    from .run import startup_step  # .run imports this module at its top
 
     step = startup_step(logger, describe_dataset(args, resolution)) if logger else contextlib.nullcontext()
     try:

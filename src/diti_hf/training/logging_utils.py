@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import resource
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -166,3 +168,19 @@ class ThroughputMeter:
         rate = self._window_images / self._window_seconds if self._window_seconds > 0 else 0.0
         self._window_images, self._window_seconds = 0, 0.0
         return rate
+
+
+@contextlib.contextmanager
+def startup_step(logger: logging.Logger, message: str) -> Iterator[None]:
+    r"""
+    Logs `"<message>…"` before a slow start-up step and `"<message>: done in <s> s"` after it, so that the minutes
+    before the start-up line (data generation, the loss profile) show what is happening.
+
+    Args:
+        logger (`logging.Logger`): The script's logger (quiet on the processes that are not the local main one).
+        message (`str`): What the step does, e.g. `"generating the diti-shapes dataset (10,000 images)"`.
+    """
+    logger.info("%s…", message)
+    started = time.monotonic()
+    yield
+    logger.info("%s: done in %.1f s", message, time.monotonic() - started)

@@ -203,22 +203,6 @@ def make_optimizer(
     )
 
 
-@contextlib.contextmanager
-def startup_step(logger: logging.Logger, message: str) -> Iterator[None]:
-    r"""
-    Logs `"<message>…"` before a slow start-up step and `"<message>: done in <s> s"` after it, so that the minutes
-    before the start-up line (data generation, the loss profile) show what is happening.
-
-    Args:
-        logger (`logging.Logger`): The script's logger (quiet on the processes that are not the local main one).
-        message (`str`): What the step does, e.g. `"generating the diti-shapes dataset (10,000 images)"`.
-    """
-    logger.info("%s…", message)
-    started = time.monotonic()
-    yield
-    logger.info("%s: done in %.1f s", message, time.monotonic() - started)
-
-
 def setup_logging(accelerator, logger: logging.Logger) -> None:
     """INFO logs on the local main process; only errors from the other processes (and their libraries)."""
     import datasets
