@@ -306,6 +306,7 @@ def _pipeline_facts(pipe: DiTiPipeline) -> dict[str, Any]:
     }
 
 
+# Long for its docstring (one entry per argument); the checks and the card's parts are the helpers above.
 def create_model_card(
     pipe: DiTiPipeline,
     *,
