@@ -30,11 +30,11 @@ import yaml
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import nn
 
+from .config_bounds import MAX_SAMPLE_SIZE
 from .models.decoder import DiTiDecoderModel
 from .models.encoder import ENCODER_PRESETS, DiTiEncoderModel
 from .partition import TimestepPartition
 from .pipelines import DiTiPipeline
-from .pipelines.checks import MAX_SAMPLE_SIZE
 from .safe_io import check_dense_tensor, check_finite_tensors, read_text, short_repr
 from .sampling import MAX_TRAIN_TIMESTEPS, check_scheduler_config, noise_schedule_of
 
@@ -914,6 +914,7 @@ def _check_same_diffusion(dpm: Mapping[str, Any], diti: Mapping[str, Any]) -> No
         raise ValueError("The DDPM and DiTi configs have different diffusion_config: " + "; ".join(diffs))
 
 
+# Long for its docstring and its one pass over the checkpoint's components, each a call to the helpers above.
 def convert_official(
     dpm_config: PathLike | Mapping[str, Any],
     dpm_checkpoint: PathLike | Mapping[str, Any] | None,

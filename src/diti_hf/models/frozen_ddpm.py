@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from ..config_bounds import check_config_bounds
 from ..cpu_memory import check_fits_in_memory
-from ..pipelines.checks import check_config_bounds
 from ..safe_io import read_json
 from ..sampling import PREDICTION_TYPES, DiffusionCoefficients, check_scheduler_config
 
@@ -142,7 +142,7 @@ def load_frozen_ddpm(
     pipeline folder (`unet/` + `scheduler/`), a UNet folder, or what `train_ddpm.py` / `diti-hf convert` write.
 
     Both configs are read and checked before any weight is: the same size bounds as the pipeline loader's
-    ([`~diti_hf.pipelines.checks.check_config_bounds`], [`~diti_hf.sampling.check_scheduler_config`]), then the
+    ([`~diti_hf.config_bounds.check_config_bounds`], [`~diti_hf.sampling.check_scheduler_config`]), then the
     memory the UNet's weights will take ([`check_unet_memory`]).
 
     Args:

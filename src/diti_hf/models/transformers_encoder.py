@@ -20,8 +20,8 @@ import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from ..config_bounds import check_config_bounds
 from ..partition import TimestepPartition
-from ..pipelines.checks import check_config_bounds
 from ..safe_io import short_repr
 from .encoder import TRANSFORMERS_MODEL_TYPE, DiTiEncoderModel
 

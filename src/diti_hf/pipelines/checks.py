@@ -14,12 +14,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..safe_io import read_json, short_repr
-from ..sampling import MAX_TRAIN_TIMESTEPS, PREDICTION_TYPES, DiffusionCoefficients, check_scheduler_config
+from diffusers import DDIMScheduler, UNet2DModel
 
-# Far above any image size DiTi is trained at (64, 128, 256), far below one whose activations exhaust a machine.
-MAX_SAMPLE_SIZE = 4096
-_MAX_WIDTH = 2**16
+from ..config_bounds import check_config_bounds
+from ..models.decoder import DiTiDecoderModel
+from ..models.encoder import DiTiEncoderModel
+from ..safe_io import read_json, short_repr
+from ..sampling import PREDICTION_TYPES, DiffusionCoefficients, check_scheduler_config
+from .image_processing_diti import DiTiImageProcessor
 
 # Component → (accepted class names, config file name).
 COMPONENTS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -31,49 +33,6 @@ COMPONENTS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 _OPTIONAL = ("image_processor",)
 _TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-
-# Integer config fields and their upper bounds (each must be an int in [1, bound] where set).
-_BOUNDED_INTS = {
-    "sample_size": MAX_SAMPLE_SIZE,
-    "resolution": MAX_SAMPLE_SIZE,
-    "in_channels": 64,
-    "out_channels": 128,
-    "latent_dim": _MAX_WIDTH,
-    "num_chunks": _MAX_WIDTH,
-    "layers_per_block": 64,
-    "norm_num_groups": _MAX_WIDTH,
-    "num_attention_heads": _MAX_WIDTH,
-    "num_train_timesteps": MAX_TRAIN_TIMESTEPS,
-}
-
-
-def check_config_bounds(config: Mapping[str, Any], where: str) -> None:
-    r"""
-    Raises `ValueError` naming `where` and the field unless every size field of a model or scheduler config that sets
-    how much memory or time the component costs (`sample_size`, channels, widths, `layers_per_block`,
-    `num_train_timesteps`, ...) is an int within its bound. The pipeline loader and the training scripts' frozen-DDPM
-    loader read every config through this check before building anything from it.
-
-    Args:
-        config (`Mapping`): The config (a field that is missing or `None` is skipped).
-        where (`str`): How to name the config in the message (its file, or the component).
-    """
-    for key, bound in _BOUNDED_INTS.items():
-        if config.get(key) is not None:  # None: the field is unused (e.g. a UNet's num_train_timesteps)
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
-                raise ValueError(f"{where}: `{key}` must be an int in [1, {bound}], got {short_repr(value)}.")
-    channels = config.get("block_out_channels")
-    if channels is not None:
-        if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= 16:
-            raise ValueError(
-                f"{where}: `block_out_channels` must be a list of 1 to 16 ints, got {short_repr(channels)}."
-            )
-        for value in channels:
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_WIDTH:
-                raise ValueError(
-                    f"{where}: `block_out_channels` entries must be ints in [1, {_MAX_WIDTH}], got {short_repr(value)}."
-                )
 
 
 def check_component_configs(configs: Mapping[str, Mapping[str, Any] | None], where: Mapping[str, str]) -> None:
@@ -144,14 +103,6 @@ def check_components(unet: Any, encoder: Any, decoder: Any, scheduler: Any, imag
     `AutoencoderKL` as the encoder) and `ValueError` unless the components fit together
     ([`check_component_configs`]) and the scheduler's betas are finite and in (0, 1).
     """
-    # Not at the top: `diti_hf.models` imports this module (config bounds of the frozen DDPM), and loading it should
-    # not load transformers (the image processor) on the way.
-    from diffusers import DDIMScheduler, UNet2DModel
-
-    from ..models.decoder import DiTiDecoderModel
-    from ..models.encoder import DiTiEncoderModel
-    from .image_processing_diti import DiTiImageProcessor
-
     hints = {"scheduler": " (use DDIMScheduler.from_config(scheduler.config): the sampler is deterministic DDIM)"}
     for name, component, cls in (
         ("unet", unet, UNet2DModel),
@@ -233,9 +184,7 @@ def check_pipeline_folder(path: str | os.PathLike) -> None:
 
 __all__ = [
     "COMPONENTS",
-    "MAX_SAMPLE_SIZE",
     "check_component_configs",
-    "check_config_bounds",
     "check_components",
     "check_pipeline_folder",
 ]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config_bounds import check_config_bounds
 from ..data import TRANSFORM_PRESETS
 from ..evaluation.loss_profile import loss_profile, write_loss_profile
 from ..models import compile_denoiser, load_frozen_ddpm
@@ -22,7 +23,7 @@ from ..models.decoder import DiTiDecoderModel
 from ..models.encoder import ENCODER_PRESETS, DiTiEncoderModel
 from ..models.frozen_ddpm import check_unet_memory, eps_function
 from ..partition import TimestepPartition, partition_from_profile
-from ..pipelines.checks import check_components, check_config_bounds
+from ..pipelines.checks import check_components
 from ..pipelines.image_processing_diti import DiTiImageProcessor
 from ..safe_io import read_json
 from ..sampling import DiffusionCoefficients, noise_schedule_of
