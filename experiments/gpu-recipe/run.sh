@@ -5,8 +5,8 @@
 # left of MINUTES once the data set exists, so the recipe exits within MINUTES + 2. OUT_DIR receives, as each row
 # ends, ROW.tgz (its pipeline folder without the frozen UNet, with its train.log) and a line in throughput.log.
 # Environment (defaults in brackets): DDPM [experiments/ddpm-shapes32-v3/small32-v-40000], IMAGES (a cap on images
-# per row, e.g. 768000 for equal budgets) [none], BATCH [256], NUM_IMAGES (training set) [50000], WORKERS (data
-# loader workers per row) [3], THREADS (torch threads per row) [2], PRECISION [bf16 on a GPU, else no],
+# per row, e.g. 768000 for equal budgets) [none: the time budget decides], BATCH [256], NUM_IMAGES (training set)
+# [50000], WORKERS (data loader workers per row) [3], THREADS (torch threads per row) [2], PRECISION [bf16 on a GPU, else no],
 # ON_DEVICE=1 (hold the data set on the device: --dataset_on_device, no workers), COMPILE=1 (--compile),
 # WORK (runs and the cached data set) [/tmp/gpu-recipe], PYTHON [.venv/bin/python, else python3].
 set -u
@@ -33,7 +33,8 @@ BUDGET=$(awk -v m="$MINUTES" -v s="$(( $(date +%s) - START ))" 'BEGIN { b = m - 
 log "data set ready after $(( $(date +%s) - START )) s; each row trains for at most $BUDGET min: $*"
 
 EXTRA=()
-[ -n "${IMAGES:-}" ] && EXTRA+=(--max_train_images "$IMAGES")
+# without IMAGES the time budget alone ends a row (a step cap no run reaches, instead of the default one epoch)
+if [ -n "${IMAGES:-}" ]; then EXTRA+=(--max_train_images "$IMAGES"); else EXTRA+=(--max_train_steps 1000000000); fi
 [ "${ON_DEVICE:-0}" = 1 ] && EXTRA+=(--dataset_on_device) && WORKERS=0
 [ "${COMPILE:-0}" = 1 ] && EXTRA+=(--compile)
 for ROW in "$@"; do
