@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MODEL_CARD_TAGS",
+    "check_upload_arguments",
     "create_model_card",
     "metrics_from_report",
     "partition_rows",
@@ -423,6 +424,19 @@ def save_model_card(pipe: DiTiPipeline, folder: str | os.PathLike, **kwargs: Any
 
 
 # ---------------------------------------------------------------------------------------------------- upload
+def check_upload_arguments(repo_id: Any, commit_message: Any) -> None:
+    """Raises `ValueError` unless `repo_id` is a valid Hub repo id and `commit_message` a non-empty string: checked
+    before any request, by every upload."""
+    if not isinstance(repo_id, str):
+        raise ValueError(f"`repo_id` must be a Hub repo id string 'namespace/name', got {repo_id!r}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"`repo_id`={repo_id!r} is not a valid Hub repo id: {error}") from error
+    if not isinstance(commit_message, str) or not commit_message.strip():
+        raise ValueError(f"`commit_message` must be a non-empty string, got {commit_message!r}.")
+
+
 def push_pipeline_to_hub(
     pipe: DiTiPipeline,
     repo_id: str,
@@ -464,14 +478,7 @@ def push_pipeline_to_hub(
     'https://huggingface.co/me/diti-shapes/commit/...'
     ```
     """
-    if not isinstance(repo_id, str):
-        raise ValueError(f"`repo_id` must be a Hub repo id string 'namespace/name', got {repo_id!r}.")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise ValueError(f"`repo_id`={repo_id!r} is not a valid Hub repo id: {error}") from error
-    if not isinstance(commit_message, str) or not commit_message.strip():
-        raise ValueError(f"`commit_message` must be a non-empty string, got {commit_message!r}.")
+    check_upload_arguments(repo_id, commit_message)
     if create_pr and revision not in (None, "main"):
         raise ValueError(
             f"`create_pr=True` opens a pull request against the default branch; it cannot be combined with "

@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, SpaceCard
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .. import __version__
+from ..hub import check_upload_arguments
 from ..pipelines.checks import check_pipeline_folder
 
 __all__ = ["SPACE_FILES", "check_space_folder", "push_space_to_hub"]
@@ -94,14 +94,7 @@ def push_space_to_hub(
     'https://huggingface.co/spaces/me/diti-shapes32/commit/...'
     ```
     """
-    if not isinstance(repo_id, str):
-        raise ValueError(f"`repo_id` must be a Hub repo id string 'namespace/name', got {repo_id!r}.")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise ValueError(f"`repo_id`={repo_id!r} is not a valid Hub repo id: {error}") from error
-    if not isinstance(commit_message, str) or not commit_message.strip():
-        raise ValueError(f"`commit_message` must be a non-empty string, got {commit_message!r}.")
+    check_upload_arguments(repo_id, commit_message)
     card = check_space_folder(folder)
     if model_dir is not None:
         check_pipeline_folder(model_dir)  # a broken model would only fail once the Space boots
