@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -267,7 +266,7 @@ def profile_and_partition(
     result = [None]
     if accelerator.is_main_process:
         if args.partition == "auto" and record.is_file() and args.resume_from_checkpoint:
-            payload = json.loads(record.read_text())
+            payload = read_json(record, "the recorded loss profile")
             logger.info("--partition auto: reusing the partition recorded in %s", record)
         else:
             profile = loss_profile(eps_function(unet, coefficients), images, coefficients, seed=args.seed)
